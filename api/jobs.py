@@ -1,0 +1,127 @@
+"""From OpenAI requests to broker jobs, and from job events back to OpenAI response objects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from api.schemas import ChatCompletionRequest, CompletionRequest
+from broker.producer import AnyEvent, JobEvents, Producer
+from broker.schemas import Delta, Done, Job, JobKind, SamplingParams
+
+
+def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+    max_tokens = body.max_new_tokens() if isinstance(body, ChatCompletionRequest) else body.max_tokens
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k_or_none(),
+        stop=body.stop or [],  # type: ignore[arg-type]  # normalised to a list by the validator
+        stop_token_ids=body.stop_token_ids or [],
+        seed=body.seed,
+        n=body.n,
+        logprobs=bool(getattr(body, "logprobs", False)),
+    )
+
+
+def chat_job(body: ChatCompletionRequest, timeout: float) -> Job:
+    return Job(
+        kind=JobKind.CHAT,
+        model=body.model,
+        messages=[m.as_template_message() for m in body.messages],
+        params=sampling_params(body),
+        deadline=time.time() + timeout,
+    )
+
+
+def completion_jobs(body: CompletionRequest, timeout: float) -> list[Job]:
+    params = sampling_params(body)
+    deadline = time.time() + timeout
+    return [
+        Job(kind=JobKind.COMPLETION, model=body.model, prompt=p, params=params, deadline=deadline)
+        for p in body.prompts()
+    ]
+
+
+async def submit_all(producer: Producer, jobs: Sequence[Job]) -> list[JobEvents]:
+    """Submit every job and wait for each first event, so an error before the first token becomes a proper
+    4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
+    submitted: list[JobEvents] = []
+    try:
+        for job in jobs:
+            submitted.append(await producer.submit(job))
+        firsts = await asyncio.gather(*(e.next_event() for e in submitted))
+    except BaseException:
+        for events in submitted:
+            events.close()
+        raise
+    for events, first in zip(submitted, firsts, strict=True):
+        events.pending_first = first
+    return submitted
+
+
+async def merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, AnyEvent]]:
+    """Events of several jobs as (job position, event), in arrival order."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, AnyEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(position: int, events: JobEvents) -> None:
+        try:
+            async for event in events:
+                await queue.put((position, event))
+            await queue.put((position, None))
+        except BaseException as exc:
+            await queue.put((position, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        open_streams = len(streams)
+        while open_streams:
+            position, item = await queue.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield position, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+@dataclass
+class ChoiceText:
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class Collected:
+    """A whole answer gathered from events, for non-streaming responses."""
+
+    choices: dict[int, ChoiceText] = field(default_factory=dict)
+    prompt_tokens: int = 0
+
+    def add(self, index: int, event: AnyEvent) -> None:
+        choice = self.choices.setdefault(index, ChoiceText())
+        if isinstance(event, Delta):
+            choice.text.append(event.text)
+            choice.token_ids += event.token_ids
+            if event.logprobs:
+                choice.logprobs += event.logprobs
+        elif isinstance(event, Done):
+            choice.finish_reason = event.finish_reason.value
+            choice.completion_tokens = event.usage.completion_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices.values())

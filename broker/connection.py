@@ -1,0 +1,28 @@
+"""Redis clients with the timeouts the protocol relies on: a dead Redis must fail fast, never hang."""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio as aredis
+
+# Connecting to a dead Redis must give up quickly so front servers answer 503 at once.
+CONNECT_TIMEOUT = 1.0
+# Plain commands are sub-millisecond; anything this slow means Redis is in trouble.
+COMMAND_TIMEOUT = 5.0
+
+
+def sync_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -> redis.Redis:
+    """A blocking client. Workers that block in XREADGROUP pass a command_timeout above their block time."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=command_timeout, health_check_interval=30
+    )
+
+
+def async_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -> aredis.Redis:
+    return aredis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=command_timeout,
+        health_check_interval=30,
+        max_connections=256,
+    )

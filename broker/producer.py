@@ -1,0 +1,288 @@
+"""The front servers' side of the protocol: submit a job, then iterate over its events.
+
+One pub/sub connection per process carries the events of every in-flight job: :class:`EventRouter` reads it in
+one task and hands each message to the queue of the job it belongs to. A job's channel is subscribed, and the
+subscription confirmed by Redis, before the job is added to its stream, so no event can be published unheard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from broker.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    ModelNotFound,
+    NoWorkerAvailable,
+    QueueFull,
+    RequestTimedOut,
+)
+from broker.keys import Keys
+from broker.registry import LiveWorker, alive_workers, models_of
+from broker.schemas import Accepted, Delta, Done, Error, Job, parse_event
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+AnyEvent = Accepted | Delta | Done | Error
+SUBSCRIBE_TIMEOUT = 2.0
+
+
+class EventRouter:
+    """Multiplexes one pub/sub connection over all in-flight jobs of this process.
+
+    Requests never touch the connection themselves: SUBSCRIBE and UNSUBSCRIBE are sent by one writer task (which
+    batches them), and messages are read by one reader task. A request cancelled mid-command (a client that
+    disconnects) therefore cannot tear down the connection every other job shares.
+    """
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._pubsub = client.pubsub()
+        self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._has_channels = asyncio.Event()
+
+    def _ensure_tasks(self) -> None:
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for task in self._tasks:
+                task.cancel()
+            self._tasks = [
+                asyncio.create_task(self._write_forever(), name="queuechat-events-writer"),
+                asyncio.create_task(self._read_forever(), name="queuechat-events-reader"),
+            ]
+
+    async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
+        """Subscribe and return once Redis has confirmed the subscription."""
+        self._ensure_tasks()
+        key = channel.encode()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues[key] = queue
+        self._confirmations[key] = confirmed
+        self._commands.put_nowait(("subscribe", key))
+        try:
+            await asyncio.wait_for(asyncio.shield(confirmed), timeout=SUBSCRIBE_TIMEOUT)
+        except TimeoutError as exc:
+            self.unsubscribe(channel)
+            raise BrokerUnavailable("the broker did not confirm the subscription to the job's events") from exc
+        except BaseException:
+            self.unsubscribe(channel)
+            raise
+        finally:
+            self._confirmations.pop(key, None)
+        if confirmed.done() and confirmed.exception() is not None:
+            self.unsubscribe(channel)
+            raise BrokerUnavailable(f"cannot subscribe to the job's events: {confirmed.exception()}")
+        return queue
+
+    def unsubscribe(self, channel: str) -> None:
+        """Forget the channel now; the UNSUBSCRIBE itself is sent in the background."""
+        key = channel.encode()
+        if self._queues.pop(key, None) is not None:
+            self._commands.put_nowait(("unsubscribe", key))
+
+    async def _write_forever(self) -> None:
+        while True:
+            kind, first = await self._commands.get()
+            batch = {kind: [first]}
+            while not self._commands.empty():  # coalesce what piled up into one command per kind
+                k, ch = self._commands.get_nowait()
+                batch.setdefault(k, []).append(ch)
+            for kind, channels in batch.items():
+                try:
+                    if kind == "subscribe":
+                        await self._pubsub.subscribe(*channels)
+                        self._has_channels.set()
+                    else:
+                        await self._pubsub.unsubscribe(*channels)
+                except (RedisError, OSError) as exc:
+                    log.warning("%s failed: %s", kind, exc)
+                    for ch in channels:
+                        fut = self._confirmations.get(ch)
+                        if fut is not None and not fut.done():
+                            fut.set_exception(BrokerUnavailable(str(exc)))
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    self._has_channels.clear()
+                    await self._has_channels.wait()
+                message = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.05
+            except (RedisError, OSError) as exc:
+                # redis-py reconnects and re-subscribes on the next read; events lost in the gap show up as a gap
+                # in seq, or the job runs into its deadline.
+                log.warning("event reader lost its connection (%s); retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        if kind == "message":
+            queue = self._queues.get(channel)
+            if queue is not None:
+                queue.put_nowait(message["data"])
+        elif kind == "subscribe":
+            confirmed = self._confirmations.get(channel)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+    @property
+    def channels(self) -> int:
+        return len(self._queues)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+
+class JobEvents:
+    """The events of one submitted job, in order. Iteration ends after ``done`` for every choice, or raises
+    :class:`JobFailed` on an ``error`` event or a gap in ``seq``. Always :meth:`close` (or use ``async with``)."""
+
+    def __init__(self, producer: Producer, job: Job, queue: asyncio.Queue[bytes]) -> None:
+        self.job = job
+        self._producer = producer
+        self._queue = queue
+        self._next_seq = 0
+        self._open_choices = job.params.n
+        self._closed = False
+        self.pending_first: AnyEvent | None = None  # the first event, once a front server has waited for it
+
+    async def __aenter__(self) -> JobEvents:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> AsyncIterator[AnyEvent]:
+        return self._iterate()
+
+    async def next_event(self) -> AnyEvent:
+        """The next event; raises :class:`JobFailed` for an error event, :class:`RequestTimedOut` at the deadline."""
+        remaining = self.job.deadline - time.time()
+        try:
+            raw = await asyncio.wait_for(self._queue.get(), timeout=max(remaining, 0.0))
+        except TimeoutError as exc:
+            raise RequestTimedOut(f"job {self.job.id} passed its deadline") from exc
+        event = parse_event(raw)
+        if event.seq != self._next_seq:
+            raise JobFailed(
+                f"events of job {self.job.id} arrived out of order (expected {self._next_seq}, got {event.seq})",
+                status=502,
+                code="event_gap",
+            )
+        self._next_seq += 1
+        if isinstance(event, Error):
+            raise JobFailed(event.message, status=event.status, code=event.code, param=event.param)
+        if isinstance(event, Done):
+            self._open_choices -= 1
+        return event
+
+    @property
+    def finished(self) -> bool:
+        return self._open_choices <= 0
+
+    async def _iterate(self) -> AsyncIterator[AnyEvent]:
+        while not self.finished:
+            yield await self.next_event()
+
+    def close(self) -> None:
+        """Stop listening. Synchronous, so it is safe in a ``finally`` of a cancelled request."""
+        if not self._closed:
+            self._closed = True
+            self._producer.router.unsubscribe(self._producer.keys.events(self.job.id))
+
+
+class Producer:
+    """Submits jobs for front servers (the API, the web UI)."""
+
+    def __init__(self, client: aredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.router = EventRouter(client)
+
+    async def live_workers(self) -> list[LiveWorker]:
+        try:
+            return await alive_workers(self.client, self.keys)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+
+    async def live_models(self) -> dict[str, list[LiveWorker]]:
+        return models_of(await self.live_workers())
+
+    async def check_model(self, model: str) -> None:
+        """Raise unless a live worker serves ``model`` and its queue has room."""
+        live = await self.live_models()
+        if model in live:
+            try:
+                backlog = await self.client.xlen(self.keys.jobs(model))
+            except (RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+            if backlog >= self.settings.max_queue_len:
+                slots = sum(w.card.slots for w in live[model]) or 1
+                raise QueueFull(
+                    f"the queue of model {model!r} is full ({backlog} jobs); retry later",
+                    retry_after=max(1, math.ceil(backlog / slots)),
+                )
+            return
+        try:
+            known = await self.client.exists(self.keys.jobs(model))
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+        if known:
+            raise NoWorkerAvailable(f"no worker is serving model {model!r} right now")
+        raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+
+    async def submit(self, job: Job) -> JobEvents:
+        """Check the model, subscribe to the job's channel, then queue the job. Returns its event iterator."""
+        await self.check_model(job.model)
+        channel = self.keys.events(job.id)
+        queue = await self.router.subscribe(channel)
+        events = JobEvents(self, job, queue)
+        try:
+            await self.client.xadd(
+                self.keys.jobs(job.model),
+                {"job": job.model_dump_json()},
+                maxlen=self.settings.stream_maxlen,
+                approximate=True,
+            )
+        except BaseException as exc:
+            events.close()
+            if isinstance(exc, RedisError | OSError):
+                raise BrokerUnavailable(f"cannot queue the job: {exc}") from exc
+            raise
+        return events
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.router.close()
+        await self.client.aclose()

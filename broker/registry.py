@@ -1,0 +1,129 @@
+"""Who is serving what: the worker cards in ``{p}:workers`` and their TTL heartbeat keys.
+
+A worker is alive exactly while its heartbeat key exists. Readers treat a card without a key as dead and prune it.
+A model is *known* while its job stream exists (workers create it); it is *live* while a live worker serves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from pydantic import BaseModel, Field
+
+from broker.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class WorkerCard(BaseModel):
+    id: str
+    models: list[str]
+    host: str = Field(default_factory=socket.gethostname)
+    pid: int = Field(default_factory=os.getpid)
+    device: str = "cpu"
+    slots: int = 1
+    started: float = Field(default_factory=time.time)
+    version: str = ""
+    max_model_len: int | None = None
+
+
+class WorkerStatus(BaseModel):
+    """The live part of a worker, refreshed with every heartbeat."""
+
+    state: str = "idle"  # idle | busy | draining
+    running: int = 0
+    free_slots: int = 0
+    tokens_per_s: float = 0.0
+    completed: int = 0
+    failed: int = 0
+    at: float = Field(default_factory=time.time)
+
+
+class LiveWorker(BaseModel):
+    card: WorkerCard
+    status: WorkerStatus
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_live(keys: Keys, cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWorker], list[str]]:
+    """Split the registry into live workers and ids whose heartbeat has expired."""
+    live: list[LiveWorker] = []
+    dead: list[str] = []
+    for (worker_id, card_json), beat in zip(cards.items(), beats, strict=True):
+        wid = _text(worker_id)
+        if beat is None:
+            dead.append(wid)
+            continue
+        try:
+            live.append(
+                LiveWorker(
+                    card=WorkerCard.model_validate_json(card_json),
+                    status=WorkerStatus.model_validate_json(beat),
+                )
+            )
+        except ValueError:
+            log.warning("ignoring malformed registry entry for worker %s", wid)
+    return live, dead
+
+
+def models_of(workers: list[LiveWorker]) -> dict[str, list[LiveWorker]]:
+    by_model: dict[str, list[LiveWorker]] = {}
+    for worker in workers:
+        for model in worker.card.models:
+            by_model.setdefault(model, []).append(worker)
+    return by_model
+
+
+class WorkerRegistration:
+    """A worker's own entry: register once, heartbeat every interval, deregister on the way out."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, card: WorkerCard, ttl: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.card = card
+        self.ttl_ms = int(ttl * 1000)
+
+    def heartbeat(self, status: WorkerStatus) -> None:
+        """One round trip: write the card (it may have been pruned while Redis was away) and refresh the TTL key."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.workers, self.card.id, self.card.model_dump_json())
+        pipe.set(self.keys.heartbeat(self.card.id), status.model_dump_json(), px=self.ttl_ms)
+        pipe.execute()
+
+    def deregister(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.keys.workers, self.card.id)
+        pipe.delete(self.keys.heartbeat(self.card.id))
+        pipe.execute()
+
+
+def live_workers(client: redis.Redis, keys: Keys) -> list[LiveWorker]:
+    cards = client.hgetall(keys.workers)
+    beats = client.mget([keys.heartbeat(_text(w)) for w in cards]) if cards else []
+    live, dead = _decode_live(keys, cards, beats)
+    if dead:
+        client.hdel(keys.workers, *dead)
+    return live
+
+
+async def alive_workers(client: aredis.Redis, keys: Keys) -> list[LiveWorker]:
+    """The async twin of :func:`live_workers`, for front servers."""
+    cards = await client.hgetall(keys.workers)
+    beats = await client.mget([keys.heartbeat(_text(w)) for w in cards]) if cards else []
+    live, dead = _decode_live(keys, cards, beats)
+    if dead:
+        await client.hdel(keys.workers, *dead)
+    return live

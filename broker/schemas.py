@@ -1,0 +1,117 @@
+"""The wire protocol: jobs on the streams and events on the channels, as pydantic models serialised to JSON.
+
+Payloads are JSON, never pickle, so write access to Redis never becomes code execution in a worker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class JobKind(StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+
+
+class SamplingParams(BaseModel):
+    """What the engine needs to know to generate; validated by the front server, trusted by the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    seed: int | None = None
+    n: int = Field(default=1, ge=1)
+    logprobs: bool = False
+
+
+class Job(BaseModel):
+    """One generation request, as it travels on ``{prefix}:jobs:{model}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: f"job-{uuid.uuid4().hex}")
+    kind: JobKind
+    model: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[int] | None = None
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    created: float = Field(default_factory=time.time)
+    deadline: float
+    attempt: int = 1
+
+
+class EventType(StrEnum):
+    ACCEPTED = "accepted"
+    DELTA = "delta"
+    DONE = "done"
+    ERROR = "error"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class _Event(BaseModel):
+    seq: int
+
+
+class Accepted(_Event):
+    type: Literal[EventType.ACCEPTED] = EventType.ACCEPTED
+    worker: str
+    attempt: int
+    prompt_tokens: int
+
+
+class Delta(_Event):
+    """New output of one choice. Under load a delta carries all the tokens of several engine steps."""
+
+    type: Literal[EventType.DELTA] = EventType.DELTA
+    index: int = 0
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+
+
+class Done(_Event):
+    type: Literal[EventType.DONE] = EventType.DONE
+    index: int = 0
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class Error(_Event):
+    """A job failed. ``status`` is the HTTP status the front server answers with, ``code`` OpenAI's error code."""
+
+    type: Literal[EventType.ERROR] = EventType.ERROR
+    code: str
+    message: str
+    status: int = 500
+    param: str | None = None
+
+
+Event = Annotated[Accepted | Delta | Done | Error, Field(discriminator="type")]
+event_adapter: TypeAdapter[Accepted | Delta | Done | Error] = TypeAdapter(Event)
+
+
+def parse_event(raw: bytes | str) -> Accepted | Delta | Done | Error:
+    return event_adapter.validate_json(raw)

@@ -1,0 +1,35 @@
+"""Typed settings shared by every queuechat process, read once from env (prefix ``QUEUECHAT_``) and flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What every process needs to agree on: where Redis is, how keys are named, and the timing of the protocol."""
+
+    model_config = SettingsConfigDict(env_prefix="QUEUECHAT_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, description="Redis/Valkey URL; None starts an embedded Valkey (queuechat up only)."
+    )
+    key_prefix: str = Field(default="qc", min_length=1, pattern=r"^[^:{}\s]+$")
+    heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between worker heartbeats.")
+    heartbeat_ttl: float = Field(default=6.0, gt=0, description="A worker whose key is older is dead.")
+    request_timeout: float = Field(default=600.0, gt=0, description="Deadline of a job, from its submission.")
+    max_queue_len: int = Field(default=1024, gt=0, description="Per-model backlog over which the API says 429.")
+    stream_maxlen: int = Field(default=100_000, gt=0, description="Approximate cap of a job stream's length.")
+    max_deliveries: int = Field(default=3, gt=0, description="Deliveries of one job before it is dead-lettered.")
+
+    @classmethod
+    def load(cls, redis_url: str | None = None) -> Settings:
+        """Settings from the environment, with a command-line ``--redis-url`` taking precedence."""
+        settings = cls()
+        if redis_url:
+            settings.redis_url = redis_url
+        return settings
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.model_dump().items())
+        return f"Settings({fields})"

@@ -1,0 +1,1 @@
+"""The ``queuechat`` command: one entry point for every process of the system."""

@@ -1,0 +1,18 @@
+"""``queuechat``: up (everything on one machine), api, worker."""
+
+from __future__ import annotations
+
+import typer
+
+from api.main import api_command
+from queuechat.up import up_command
+from workers.main import worker_command
+
+app = typer.Typer(
+    help="LLM serving on a Redis job queue: OpenAI-compatible API, continuously batching workers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("up")(up_command)
+app.command("api")(api_command)
+app.command("worker")(worker_command)

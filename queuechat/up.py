@@ -1,0 +1,118 @@
+"""``queuechat up``: the whole system on one machine, in one process tree.
+
+It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker and the API, prints where
+everything listens, and stops all of it on Ctrl-C or SIGTERM. Children die with this process even when it is
+killed outright (PR_SET_PDEATHSIG on Linux).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from broker.embedded import EmbeddedValkey, _die_with_parent
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, *args], env=env, preexec_fn=_die_with_parent)
+
+
+def _wait_for_model(redis_url: str, prefix: str, names: list[str] | None, worker: Any, timeout: float) -> list[str]:
+    from broker.connection import sync_client
+    from broker.keys import Keys
+    from broker.registry import live_workers
+
+    client = sync_client(redis_url)
+    keys = Keys(prefix)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise typer.Exit(code=worker.returncode or 1)
+        models = sorted({m for w in live_workers(client, keys) for m in w.card.models})
+        if models and (not names or set(names) <= set(models)):
+            return models
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker did not come up within {timeout:.0f}s")
+
+
+def up_command(
+    model_path: Annotated[
+        str | None, typer.Option(help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    ] = None,
+    model_names: Annotated[str | None, typer.Option(help="Comma-separated names to serve the model under")] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(envvar="QUEUECHAT_REDIS_URL", help="Use this Redis instead of an embedded Valkey"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    device: Annotated[str, typer.Option(help="Worker device: auto, cpu, cuda, mps")] = "auto",
+    num_threads: Annotated[int | None, typer.Option(min=1, help="torch threads of the worker")] = None,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the model to load")] = 600.0,
+) -> None:
+    """Run Valkey (embedded), one model worker and the API on this machine."""
+    from broker.settings import Settings
+
+    settings = Settings.load(redis_url)
+    server: EmbeddedValkey | None = None
+    if not settings.redis_url:
+        server = EmbeddedValkey()
+        server.start()
+        url = server.url
+        typer.echo(f"queuechat: embedded Valkey on {url}")
+    else:
+        url = settings.redis_url
+    env = {**os.environ, "QUEUECHAT_REDIS_URL": url}
+    worker_args = ["-m", "workers", "--redis-url", url, "--device", device]
+    if model_path:
+        worker_args += ["--model-path", model_path]
+    if model_names:
+        worker_args += ["--model-names", model_names]
+    if num_threads:
+        worker_args += ["--num-threads", str(num_threads)]
+    children: list[subprocess.Popen[bytes]] = []
+
+    def shutdown(*_: Any) -> None:
+        # A second Ctrl-C or SIGTERM must not cut the orderly stop short (workers deregister, then Valkey stops).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if server is not None:
+            server.stop()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        worker = _spawn(worker_args, env)
+        children.append(worker)
+        typer.echo("queuechat: loading the model (the default model is converted once on first use)…")
+        names = [n.strip() for n in model_names.split(",")] if model_names else None
+        models = _wait_for_model(url, settings.key_prefix, names, worker, startup_timeout)
+        api = _spawn(["-m", "api", "--host", host, "--port", str(port), "--redis-url", url], env)
+        children.append(api)
+        typer.echo(f"queuechat: serving {', '.join(models)}")
+        typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        failed = next(child for child in children if child.poll() is not None)
+        typer.echo(f"queuechat: a process exited with {failed.returncode}; stopping", err=True)
+        raise typer.Exit(code=1)
+    except KeyboardInterrupt:
+        typer.echo("queuechat: stopping…")
+    finally:
+        shutdown()

@@ -1,0 +1,1 @@
+"""Model workers: load a model, batch its sequences continuously, serve its Redis job streams."""

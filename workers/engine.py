@@ -1,0 +1,252 @@
+"""The batching engine: transformers' continuous-batching manager behind a small interface.
+
+It knows token ids and sampling parameters, nothing of Redis or text. New sequences join between decode steps,
+finished and cancelled ones leave at once, and each keeps its own paged KV cache. The manager's sharp edges
+(see ENGINE-NOTES.md) are handled here: the KV cache is sized explicitly, a request that cannot fit is refused
+before it reaches the manager, temperature 0 becomes top-k 1, and a dead generation loop is rebuilt after
+failing only the sequences that were in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Below this temperature the manager's probabilities turn NaN; such requests are greedy.
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass
+class GenerationRequest:
+    seq_id: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SeqUpdate:
+    """What happened to one sequence since the last poll."""
+
+    seq_id: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    finished: bool = False
+    error: str | None = None
+
+
+class Engine(Protocol):
+    max_model_len: int
+    slots: int
+    eos_token_ids: frozenset[int]
+
+    def add(self, request: GenerationRequest) -> None: ...
+    def cancel(self, seq_id: str) -> None: ...
+    def poll(self, timeout: float) -> list[SeqUpdate]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class EngineConfig:
+    slots: int = 32
+    page_size: int = 64
+    num_blocks: int | None = None
+    kv_cache_gib: float = 1.0
+    max_batch_tokens: int = 512
+    seed: int | None = None
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    cfg = model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+
+
+def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+class ContinuousBatchingEngine:
+    """Runs transformers' ``ContinuousBatchingManager`` in its own background thread."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.eos_token_ids = eos_ids_of(model, tokenizer)
+        self.slots = config.slots
+        num_blocks = config.num_blocks or max(
+            8, int(config.kv_cache_gib * 2**30) // (config.page_size * kv_bytes_per_token(model))
+        )
+        self.num_blocks = num_blocks
+        positions = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2**31
+        # A request longer than the whole cache kills the manager's loop for everyone: refuse it up front.
+        self.max_model_len = min(int(positions), num_blocks * config.page_size)
+        self._vocab = int(model.config.get_text_config().vocab_size)
+        self._lock = threading.Lock()
+        self._sent: dict[str, int] = {}  # seq id -> tokens already reported
+        self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
+        self._manager = self._start_manager()
+
+    def _start_manager(self) -> Any:
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        cb_config = ContinuousBatchingConfig(
+            num_blocks=self.num_blocks,
+            page_size=self.config.page_size,
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_requests_per_batch=self.config.slots,
+            per_request_processors=True,
+            return_logprobs=True,
+            seed=self.config.seed,
+            allow_block_sharing=False,
+        )
+        # The per-request samplers exist only when the base config has non-default values; every request then
+        # passes its own temperature, top_p and top_k, so these base values never apply.
+        gen_config = GenerationConfig(
+            do_sample=True,
+            temperature=0.5,
+            top_p=0.999,
+            top_k=self._vocab,
+            eos_token_id=sorted(self.eos_token_ids) or None,
+            max_new_tokens=256,
+        )
+        manager = self.model.init_continuous_batching(
+            generation_config=gen_config, continuous_batching_config=cb_config
+        )
+        manager.start()
+        return manager
+
+    def add(self, request: GenerationRequest) -> None:
+        total = len(request.prompt_ids) + request.max_new_tokens
+        if total > self.max_model_len:
+            raise ValueError(f"{total} tokens exceed this engine's limit of {self.max_model_len}")
+        self._check_loop()
+        greedy = request.temperature <= GREEDY_TEMPERATURE
+        sampling: dict[str, Any] = {
+            "temperature": 1.0 if greedy else float(request.temperature),
+            "top_p": 1.0 if greedy else float(request.top_p),
+            "top_k": 1 if greedy else int(request.top_k or self._vocab),
+        }
+        eos = sorted(self.eos_token_ids | set(request.stop_token_ids))
+        with self._lock:
+            self._sent[request.seq_id] = 0
+        added = self._manager.add_request(
+            request.prompt_ids,
+            request_id=request.seq_id,
+            max_new_tokens=request.max_new_tokens,
+            streaming=True,
+            eos_token_id=eos or None,
+            **sampling,
+        )
+        if added is None:
+            with self._lock:
+                self._sent.pop(request.seq_id, None)
+            raise RuntimeError("the engine refused the request (its generation loop is stopping)")
+
+    def cancel(self, seq_id: str) -> None:
+        with self._lock:
+            known = self._sent.pop(seq_id, None) is not None
+        if known:
+            self._manager.cancel_request(seq_id)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._sent)
+
+    def poll(self, timeout: float) -> list[SeqUpdate]:
+        """Everything the engine produced since the last poll, waiting up to ``timeout`` for the first output.
+        Several outputs of one sequence are merged, so under load one update carries several tokens."""
+        self._check_loop()
+        if self._failed:
+            failed, self._failed = self._failed, []
+            return failed
+        outputs: dict[str, Any] = {}
+        output_queue = self._manager.output_router.output_queue
+        try:
+            first = output_queue.get(timeout=timeout) if timeout > 0 else output_queue.get_nowait()
+        except queue.Empty:
+            return []
+        outputs[first.request_id] = first
+        while True:
+            try:
+                item = output_queue.get_nowait()
+            except queue.Empty:
+                break
+            previous = outputs.get(item.request_id)
+            # outputs are cumulative: the latest (or a finished one) supersedes the earlier ones
+            if previous is None or not previous.is_finished():
+                outputs[item.request_id] = item
+        return self._updates(outputs.values())
+
+    def _updates(self, outputs: Any) -> list[SeqUpdate]:
+        from transformers.generation.continuous_batching.requests import RequestStatus
+
+        updates = []
+        with self._lock:
+            for out in outputs:
+                sent = self._sent.get(out.request_id)
+                if sent is None:  # cancelled: the manager may still deliver what it had queued
+                    continue
+                tokens = list(out.generated_tokens[sent:])
+                logprobs = list(out.logprobs[sent : sent + len(tokens)]) if out.logprobs else None
+                failed = out.status == RequestStatus.FAILED
+                finished = out.is_finished()
+                if finished:
+                    del self._sent[out.request_id]
+                else:
+                    self._sent[out.request_id] = sent + len(tokens)
+                updates.append(
+                    SeqUpdate(
+                        seq_id=out.request_id,
+                        token_ids=tokens,
+                        logprobs=logprobs,
+                        finished=finished,
+                        error=(out.error or "generation failed") if failed else None,
+                    )
+                )
+        return updates
+
+    def _check_loop(self) -> None:
+        """If the generation loop died, fail the sequences that were in it and start a fresh one."""
+        if self._manager.is_running():
+            return
+        fatal = self._manager.background_thread_status.fatal_error
+        with self._lock:
+            lost = list(self._sent)
+            self._sent.clear()
+        log.error("the generation loop stopped (%s); failing %d sequences and restarting it", fatal, len(lost))
+        self._manager = self._start_manager()
+        self._failed += [
+            SeqUpdate(seq_id=s, token_ids=[], finished=True, error=f"engine failure: {fatal}") for s in lost
+        ]
+
+    def close(self) -> None:
+        try:
+            self._manager.stop(block=True, timeout=10)
+        except Exception:  # shutting down: nothing useful to do with an error here
+            log.exception("error while stopping the engine")
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Pin torch's intra-op threads: with few cores shared by several processes, the default oversubscribes."""
+    if num_threads:
+        torch.set_num_threads(num_threads)

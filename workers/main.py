@@ -1,0 +1,189 @@
+"""``queuechat worker`` / ``python -m workers``: load a model and serve its job streams.
+
+Flag names follow FastChat's model_worker where they mean the same; ``--controller-address`` becomes
+``--redis-url`` (env ``QUEUECHAT_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerOptions:
+    model_path: str | None = None
+    model_names: list[str] | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    num_gpus: int = 1
+    max_gpu_memory: str | None = None
+    limit_worker_concurrency: int = 32
+    seed: int | None = None
+    conv_template: str | None = None
+    num_threads: int | None = None
+    kv_cache_gib: float = 1.0
+    num_blocks: int | None = None
+    page_size: int = 64
+    max_batch_tokens: int = 512
+    drain_timeout: float = 30.0
+
+
+def default_names(model_path: str | None) -> list[str]:
+    if model_path is None:
+        from workers.default_model import DEFAULT_MODEL_NAME
+
+        return [DEFAULT_MODEL_NAME]
+    path = Path(model_path)
+    return [path.stem if path.suffix == ".gguf" else path.name]
+
+
+def build_worker(options: WorkerOptions, settings: Any) -> Any:
+    """Load the model and wire engine, consumer and registration into a :class:`ModelWorker`."""
+    from broker.connection import sync_client
+    from broker.consumer import JobConsumer
+    from broker.keys import Keys
+    from broker.registry import WorkerCard, WorkerRegistration, new_worker_id
+    from workers.engine import ContinuousBatchingEngine, EngineConfig, set_threads
+    from workers.loading import load_model
+    from workers.prompts import load_chat_template
+    from workers.service import ModelWorker
+
+    if not settings.redis_url:
+        raise typer.BadParameter("a worker needs --redis-url (or QUEUECHAT_REDIS_URL)")
+    set_threads(options.num_threads)
+    chat_template = load_chat_template(options.conv_template)
+    model_path = options.model_path
+    if model_path is None:
+        from workers.default_model import default_model_dir
+
+        model_path = str(default_model_dir())
+    names = options.model_names or default_names(options.model_path)
+    loaded = load_model(
+        model_path,
+        device=options.device,
+        dtype=options.dtype,
+        num_gpus=options.num_gpus,
+        max_gpu_memory=options.max_gpu_memory,
+    )
+    engine = ContinuousBatchingEngine(
+        loaded.model,
+        loaded.tokenizer,
+        EngineConfig(
+            slots=options.limit_worker_concurrency,
+            page_size=options.page_size,
+            num_blocks=options.num_blocks,
+            kv_cache_gib=options.kv_cache_gib,
+            max_batch_tokens=options.max_batch_tokens,
+            seed=options.seed,
+        ),
+    )
+    keys = Keys(settings.key_prefix)
+    worker_id = new_worker_id()
+    # XREADGROUP blocks up to 0.5 s, so the socket timeout must be longer than that
+    client = sync_client(settings.redis_url, command_timeout=10.0)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        qc_version = version("queuechat")
+    except PackageNotFoundError:
+        qc_version = "dev"
+    card = WorkerCard(
+        id=worker_id,
+        models=names,
+        device=str(loaded.device),
+        slots=engine.slots,
+        version=qc_version,
+        max_model_len=engine.max_model_len,
+    )
+    return ModelWorker(
+        engine,
+        loaded.tokenizer,
+        JobConsumer(client, keys, names, worker_id),
+        WorkerRegistration(client, keys, card, settings.heartbeat_ttl),
+        heartbeat_interval=settings.heartbeat_interval,
+        chat_template=chat_template,
+        drain_timeout=options.drain_timeout,
+    )
+
+
+def serve(options: WorkerOptions, settings: Any) -> None:
+    worker = build_worker(options, settings)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: draining", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run()
+    finally:
+        worker.engine.close()
+
+
+def worker_command(
+    model_path: Annotated[
+        str | None, typer.Option(help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    ] = None,
+    model_names: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated names to serve the model under (default: from the path)"),
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(envvar="QUEUECHAT_REDIS_URL", help="Redis/Valkey URL")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")] = "auto",
+    num_gpus: Annotated[int, typer.Option(min=1, help="Split the model over this many GPUs")] = 1,
+    max_gpu_memory: Annotated[str | None, typer.Option(help="Per-GPU memory cap with --num-gpus, e.g. 20GiB")] = None,
+    limit_worker_concurrency: Annotated[int, typer.Option(min=1, help="Sequences run at once")] = 32,
+    seed: Annotated[int | None, typer.Option(help="Seed of the worker's sampler")] = None,
+    conv_template: Annotated[str | None, typer.Option(help="Chat template override: 'chatml' or a Jinja file")] = None,
+    num_threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: QUEUECHAT_NUM_THREADS or torch's)")
+    ] = None,
+    kv_cache_gib: Annotated[float, typer.Option(min=0.01, help="KV cache size when --num-blocks is not set")] = 1.0,
+    num_blocks: Annotated[int | None, typer.Option(min=1, help="KV cache blocks (overrides --kv-cache-gib)")] = None,
+    page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 64,
+    max_batch_tokens: Annotated[int, typer.Option(min=16, help="Tokens per engine step (chunked prefill)")] = 512,
+    drain_timeout: Annotated[float, typer.Option(min=0, help="Seconds to finish running work on SIGTERM")] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Load a model and serve its job streams from Redis."""
+    from broker.logs import configure_logging
+    from broker.settings import Settings
+
+    configure_logging(log_level)
+    settings = Settings.load(redis_url)
+    threads = num_threads or (
+        int(os.environ["QUEUECHAT_NUM_THREADS"]) if "QUEUECHAT_NUM_THREADS" in os.environ else None
+    )
+    options = WorkerOptions(
+        model_path=model_path,
+        model_names=[n.strip() for n in model_names.split(",") if n.strip()] if model_names else None,
+        device=device,
+        dtype=dtype,
+        num_gpus=num_gpus,
+        max_gpu_memory=max_gpu_memory,
+        limit_worker_concurrency=limit_worker_concurrency,
+        seed=seed,
+        conv_template=conv_template,
+        num_threads=threads,
+        kv_cache_gib=kv_cache_gib,
+        num_blocks=num_blocks,
+        page_size=page_size,
+        max_batch_tokens=max_batch_tokens,
+        drain_timeout=drain_timeout,
+    )
+    serve(options, settings)
+
+
+def main() -> None:
+    typer.run(worker_command)

@@ -1,0 +1,57 @@
+"""Turn a job's messages or prompt into token ids with the model's own tokenizer and chat template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+BUILTIN_TEMPLATES = {"chatml": CHATML}
+
+
+class PromptError(ValueError):
+    """The prompt cannot be built for this model (a client error, answered with 400)."""
+
+    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+def load_chat_template(conv_template: str | None) -> str | None:
+    """``--conv-template``: a built-in name (chatml) or a path to a Jinja file; None keeps the tokenizer's."""
+    if conv_template is None:
+        return None
+    if conv_template in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[conv_template]
+    path = Path(conv_template)
+    if path.is_file():
+        return path.read_text()
+    raise ValueError(f"--conv-template {conv_template!r}: not a built-in ({', '.join(BUILTIN_TEMPLATES)}) or a file")
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]], chat_template: str | None = None) -> list[int]:
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            "this model has no chat template; use /v1/completions or start the worker with --conv-template"
+        )
+    try:
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, chat_template=chat_template
+        )
+    except Exception as exc:  # jinja raises whatever the template author chose
+        raise PromptError(f"the chat template rejected these messages: {exc}") from exc
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+    return [int(i) for i in ids]
+
+
+def completion_prompt_ids(tokenizer: Any, prompt: str | list[int], vocab_size: int) -> list[int]:
+    if isinstance(prompt, str):
+        return [int(i) for i in tokenizer.encode(prompt)]
+    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise PromptError(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})")
+    return list(prompt)

@@ -1,0 +1,377 @@
+"""The consume loop: Redis on one side, the engine on the other.
+
+One thread runs the loop: read jobs up to the free slots, admit them into the engine between decode steps, and
+after each engine step publish one event per running job in one pipelined round trip. PUBLISH returning 0 means
+the client left, and that job's sequences are cancelled at once. A second thread heartbeats, so a long prefill
+never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from broker.consumer import Delivery, JobConsumer, Malformed
+from broker.registry import WorkerRegistration, WorkerStatus
+from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
+from workers.engine import Engine, GenerationRequest, SeqUpdate
+from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
+from workers.textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+AnyEvent = Accepted | Delta | Done | Error
+
+
+@dataclass
+class Choice:
+    text: TextStream
+    tokens: int = 0
+    done: bool = False
+
+
+@dataclass
+class RunningJob:
+    delivery: Delivery
+    prompt_tokens: int
+    choices: list[Choice]
+    started: float = field(default_factory=time.time)
+    seq: int = 0
+    first_token_at: float | None = None
+
+    @property
+    def job(self) -> Job:
+        return self.delivery.job
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq - 1
+
+    @property
+    def finished(self) -> bool:
+        return all(c.done for c in self.choices)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.choices)
+
+
+def seq_id(job_id: str, index: int) -> str:
+    return f"{job_id}/{index}"
+
+
+def split_seq_id(sid: str) -> tuple[str, int]:
+    job_id, _, index = sid.rpartition("/")
+    return job_id, int(index)
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        consumer: JobConsumer,
+        registration: WorkerRegistration,
+        *,
+        heartbeat_interval: float = 2.0,
+        chat_template: str | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.consumer = consumer
+        self.registration = registration
+        self.heartbeat_interval = heartbeat_interval
+        self.chat_template = chat_template
+        self.drain_timeout = drain_timeout
+        self.vocab_size = len(tokenizer)
+        self.jobs: dict[str, RunningJob] = {}
+        self.stopping = threading.Event()
+        self._stopped = threading.Event()
+        self.totals: Counter[str] = Counter()
+        self._tokens_window: list[tuple[float, int]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` is called; then drain running work and deregister."""
+        self.consumer.ensure_groups()
+        self._beat()
+        heart = threading.Thread(target=self._heartbeat_forever, name="queuechat-heartbeat", daemon=True)
+        heart.start()
+        log.info("worker %s serving %s", self.consumer.consumer, ", ".join(self.consumer.models))
+        backoff = 0.05
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self._step()
+                    backoff = 0.05
+                except RedisError as exc:
+                    log.warning("broker unreachable (%s); retrying in %.2fs", exc, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            self._drain()
+        finally:
+            self._stopped.set()
+            try:
+                self.registration.deregister()
+            except RedisError:
+                log.warning("could not deregister; the heartbeat key will expire by itself")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _drain(self) -> None:
+        """Stop intake, let running sequences finish within the drain timeout, then leave the rest pending so a
+        live worker reclaims them."""
+        deadline = time.monotonic() + self.drain_timeout
+        while self.jobs and time.monotonic() < deadline:
+            try:
+                self._relay(self.engine.poll(timeout=0.05))
+            except RedisError:
+                time.sleep(0.1)
+        for running in list(self.jobs.values()):
+            for index in range(len(running.choices)):
+                self.engine.cancel(seq_id(running.job.id, index))
+        if self.jobs:
+            log.warning("handing back %d unfinished jobs", len(self.jobs))
+        self.jobs.clear()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _step(self) -> None:
+        free = self.engine.slots - len(self.jobs)
+        if free > 0:
+            # Idle: block in Redis so a new job starts at once. Busy: just look, the engine is waiting.
+            block_ms = None if self.jobs else 500
+            items = self.consumer.read(free, block_ms)
+            if items:
+                self._admit(items)
+        if self.jobs:
+            self._relay(self.engine.poll(timeout=0.05))
+
+    def _admit(self, items: list[Delivery | Malformed]) -> None:
+        events: list[tuple[str, AnyEvent]] = []
+        finished: list[Delivery | Malformed] = []
+        counters: dict[str, Counter[str]] = defaultdict(Counter)
+        deliveries = [i for i in items if isinstance(i, Delivery)]
+        listeners = self.consumer.subscribers(d.job.id for d in deliveries)
+        now = time.time()
+        for item in items:
+            if isinstance(item, Malformed):
+                log.warning("dropping malformed entry %s on %s: %s", item.entry_id, item.stream, item.reason)
+                finished.append(item)
+                counters[self.consumer.keys.model_of_jobs(item.stream)]["failed"] += 1
+                if item.job_id:
+                    events.append((item.job_id, Error(seq=0, code="invalid_job", message=item.reason, status=400)))
+        for delivery, listening in zip(deliveries, listeners, strict=True):
+            job = delivery.job
+            if job.deadline < now:
+                finished.append(delivery)
+                counters[job.model]["expired"] += 1
+                events.append((job.id, Error(seq=0, code="timeout", message="the job's deadline passed", status=504)))
+                continue
+            if not listening:
+                finished.append(delivery)  # the client left before the job started
+                counters[job.model]["cancelled"] += 1
+                continue
+            try:
+                running = self._start(delivery)
+            except PromptError as exc:
+                finished.append(delivery)
+                counters[job.model]["failed"] += 1
+                events.append((job.id, Error(seq=0, code=exc.code, message=str(exc), status=400, param=exc.param)))
+                continue
+            except Exception as exc:  # one bad job never takes the worker down
+                log.exception("job %s could not start", job.id)
+                finished.append(delivery)
+                counters[job.model]["failed"] += 1
+                events.append((job.id, Error(seq=0, code="engine_error", message=str(exc), status=500)))
+                continue
+            self.jobs[job.id] = running
+            events.append(
+                (
+                    job.id,
+                    Accepted(
+                        seq=running.next_seq(),
+                        worker=self.consumer.consumer,
+                        attempt=job.attempt,
+                        prompt_tokens=running.prompt_tokens,
+                    ),
+                )
+            )
+        self.consumer.publish(events)
+        self.consumer.ack(finished, counters)
+        self.totals["failed"] += sum(c["failed"] for c in counters.values())
+
+    def _start(self, delivery: Delivery) -> RunningJob:
+        job = delivery.job
+        if job.kind == JobKind.CHAT:
+            prompt_ids = chat_prompt_ids(self.tokenizer, job.messages or [], self.chat_template)
+        else:
+            prompt_ids = completion_prompt_ids(self.tokenizer, job.prompt or "", self.vocab_size)
+        if not prompt_ids:
+            raise PromptError("the prompt is empty")
+        limit = self.engine.max_model_len
+        room = limit - len(prompt_ids)
+        wanted = job.params.max_tokens
+        if room < 1 or (wanted is not None and wanted > room):
+            raise PromptError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(prompt_ids) + (wanted or 1)} tokens ({len(prompt_ids)} in the messages, "
+                f"{wanted or 1} in the completion). Please reduce the length of the messages or completion.",
+                code="context_length_exceeded",
+                param="messages" if job.kind == JobKind.CHAT else "prompt",
+            )
+        params = job.params
+        end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
+        choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
+        running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
+        for index in range(params.n):
+            self.engine.add(
+                GenerationRequest(
+                    seq_id=seq_id(job.id, index),
+                    prompt_ids=prompt_ids,
+                    max_new_tokens=wanted or room,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    stop_token_ids=params.stop_token_ids,
+                )
+            )
+        return running
+
+    def _relay(self, updates: list[SeqUpdate]) -> None:
+        if not updates:
+            return
+        events: list[tuple[str, AnyEvent]] = []
+        now = time.time()
+        for update in updates:
+            job_id, index = split_seq_id(update.seq_id)
+            running = self.jobs.get(job_id)
+            if running is None or running.choices[index].done:
+                continue
+            choice = running.choices[index]
+            if update.error is not None:
+                events.append((job_id, Error(seq=running.next_seq(), code="engine_error", message=update.error)))
+                self._cancel_all(running)
+                for c in running.choices:
+                    c.done = True
+                continue
+            choice.tokens += len(update.token_ids)
+            if update.token_ids and running.first_token_at is None:
+                running.first_token_at = now
+            text = choice.text.feed(update.token_ids)
+            if choice.text.stopped and not update.finished:
+                self.engine.cancel(update.seq_id)
+            finished = update.finished or choice.text.stopped
+            if finished:
+                text += choice.text.flush()
+            if text or update.token_ids:
+                events.append(
+                    (
+                        job_id,
+                        Delta(
+                            seq=running.next_seq(),
+                            index=index,
+                            text=text,
+                            token_ids=update.token_ids,
+                            logprobs=update.logprobs if running.job.params.logprobs else None,
+                        ),
+                    )
+                )
+            if finished:
+                choice.done = True
+                stopped = choice.text.stopped or choice.text.ended_by_token
+                events.append(
+                    (
+                        job_id,
+                        Done(
+                            seq=running.next_seq(),
+                            index=index,
+                            finish_reason=FinishReason.STOP if stopped else FinishReason.LENGTH,
+                            usage=Usage(prompt_tokens=running.prompt_tokens, completion_tokens=choice.tokens),
+                        ),
+                    )
+                )
+        self._count_tokens(now, sum(len(u.token_ids) for u in updates))
+        receivers = self.consumer.publish(events)
+        gone = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == 0}
+        self._finish(gone)
+
+    def _finish(self, gone: set[str]) -> None:
+        finished: list[Delivery | Malformed] = []
+        counters: dict[str, Counter[str]] = defaultdict(Counter)
+        for job_id in list(self.jobs):
+            running = self.jobs[job_id]
+            if job_id in gone and not running.finished:
+                self._cancel_all(running)
+                outcome = "cancelled"
+            elif running.finished:
+                outcome = "completed"
+            else:
+                continue
+            del self.jobs[job_id]
+            finished.append(running.delivery)
+            model = running.job.model
+            counters[model][outcome] += 1
+            counters[model]["prompt_tokens"] += running.prompt_tokens
+            counters[model]["output_tokens"] += running.completion_tokens
+            self.totals[outcome] += 1
+            log.info(
+                "job %s model=%s %s wait=%.3fs ttft=%.3fs tokens=%d+%d duration=%.3fs",
+                job_id,
+                model,
+                outcome,
+                running.started - running.job.created,
+                (running.first_token_at or running.started) - running.job.created,
+                running.prompt_tokens,
+                running.completion_tokens,
+                time.time() - running.started,
+            )
+        self.consumer.ack(finished, counters)
+
+    def _cancel_all(self, running: RunningJob) -> None:
+        for index, choice in enumerate(running.choices):
+            if not choice.done:
+                self.engine.cancel(seq_id(running.job.id, index))
+                choice.done = True
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _count_tokens(self, now: float, n: int) -> None:
+        self._tokens_window.append((now, n))
+        while self._tokens_window and self._tokens_window[0][0] < now - 10:
+            self._tokens_window.pop(0)
+
+    def status(self) -> WorkerStatus:
+        now = time.time()
+        window = [n for t, n in list(self._tokens_window) if t >= now - 10]
+        running = len(self.jobs)
+        state = "draining" if self.stopping.is_set() else ("busy" if running else "idle")
+        return WorkerStatus(
+            state=state,
+            running=running,
+            free_slots=max(self.engine.slots - running, 0),
+            tokens_per_s=round(sum(window) / 10, 2),
+            completed=self.totals["completed"],
+            failed=self.totals["failed"],
+        )
+
+    def _beat(self) -> None:
+        self.registration.heartbeat(self.status())
+
+    def _heartbeat_forever(self) -> None:
+        while not self._stopped.wait(self.heartbeat_interval):
+            if self.stopping.is_set() and not self.jobs:
+                return
+            try:
+                self._beat()
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)

@@ -40,26 +40,31 @@ SUBSCRIBE_TIMEOUT = 2.0
 class EventRouter:
     """Multiplexes one pub/sub connection over all in-flight jobs of this process.
 
-    Requests never touch the connection themselves: SUBSCRIBE and UNSUBSCRIBE are sent by one writer task (which
-    batches them), and messages are read by one reader task. A request cancelled mid-command (a client that
-    disconnects) therefore cannot tear down the connection every other job shares.
+    One task reads the connection and hands each message to its job's queue; one task writes SUBSCRIBE and
+    UNSUBSCRIBE commands, batching what piled up. Requests never touch the connection, so a request cancelled
+    mid-command (a client that disconnects) cannot break the connection every other job shares. When the
+    connection drops, the reader reconnects with backoff and subscribes again to every open channel.
     """
 
     def __init__(self, client: aredis.Redis) -> None:
-        self._pubsub = client.pubsub()
+        pool = client.connection_pool
+        # No read timeout: the connection idles between jobs. A dead peer shows up as a reset or via keepalive.
+        self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None, "socket_keepalive": True}
+        self._connection_class = pool.connection_class
+        self._conn: Any = None
+        self._connected = asyncio.Event()
         self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._commands: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._has_channels = asyncio.Event()
 
     def _ensure_tasks(self) -> None:
         if not self._tasks or any(t.done() for t in self._tasks):
             for task in self._tasks:
                 task.cancel()
             self._tasks = [
-                asyncio.create_task(self._write_forever(), name="queuechat-events-writer"),
                 asyncio.create_task(self._read_forever(), name="queuechat-events-reader"),
+                asyncio.create_task(self._write_forever(), name="queuechat-events-writer"),
             ]
 
     async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
@@ -70,7 +75,7 @@ class EventRouter:
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues[key] = queue
         self._confirmations[key] = confirmed
-        self._commands.put_nowait(("subscribe", key))
+        self._commands.put_nowait((b"SUBSCRIBE", key))
         try:
             await asyncio.wait_for(asyncio.shield(confirmed), timeout=SUBSCRIBE_TIMEOUT)
         except TimeoutError as exc:
@@ -81,65 +86,67 @@ class EventRouter:
             raise
         finally:
             self._confirmations.pop(key, None)
-        if confirmed.done() and confirmed.exception() is not None:
-            self.unsubscribe(channel)
-            raise BrokerUnavailable(f"cannot subscribe to the job's events: {confirmed.exception()}")
         return queue
 
     def unsubscribe(self, channel: str) -> None:
         """Forget the channel now; the UNSUBSCRIBE itself is sent in the background."""
         key = channel.encode()
         if self._queues.pop(key, None) is not None:
-            self._commands.put_nowait(("unsubscribe", key))
+            self._commands.put_nowait((b"UNSUBSCRIBE", key))
 
-    async def _write_forever(self) -> None:
-        while True:
-            kind, first = await self._commands.get()
-            batch = {kind: [first]}
-            while not self._commands.empty():  # coalesce what piled up into one command per kind
-                k, ch = self._commands.get_nowait()
-                batch.setdefault(k, []).append(ch)
-            for kind, channels in batch.items():
-                try:
-                    if kind == "subscribe":
-                        await self._pubsub.subscribe(*channels)
-                        self._has_channels.set()
-                    else:
-                        await self._pubsub.unsubscribe(*channels)
-                except (RedisError, OSError) as exc:
-                    log.warning("%s failed: %s", kind, exc)
-                    for ch in channels:
-                        fut = self._confirmations.get(ch)
-                        if fut is not None and not fut.done():
-                            fut.set_exception(BrokerUnavailable(str(exc)))
+    async def _connect(self) -> None:
+        conn = self._connection_class(**self._connection_kwargs)
+        await conn.connect()
+        if self._queues:
+            await conn.send_command(b"SUBSCRIBE", *self._queues)
+        self._conn = conn
+        self._connected.set()
 
     async def _read_forever(self) -> None:
         backoff = 0.05
         while True:
             try:
-                if not self._pubsub.subscribed:
-                    self._has_channels.clear()
-                    await self._has_channels.wait()
-                message = await self._pubsub.get_message(timeout=1.0)
+                await self._connect()
                 backoff = 0.05
+                while True:
+                    self._dispatch(await self._conn.read_response(timeout=math.inf, push_request=True))
             except (RedisError, OSError) as exc:
-                # redis-py reconnects and re-subscribes on the next read; events lost in the gap show up as a gap
-                # in seq, or the job runs into its deadline.
-                log.warning("event reader lost its connection (%s); retrying in %.2fs", exc, backoff)
+                self._connected.clear()
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._conn.disconnect()
+                # Jobs keep their queues: events lost in the gap surface as a gap in seq or as the deadline.
+                log.warning("event connection lost (%s); reconnecting in %.2fs", exc, backoff)
+                for fut in self._confirmations.values():
+                    if not fut.done():
+                        fut.set_exception(BrokerUnavailable(f"the broker is unreachable: {exc}"))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            if message is not None:
-                self._dispatch(message)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        channel = message["channel"]
-        if kind == "message":
+    async def _write_forever(self) -> None:
+        while True:
+            command, first = await self._commands.get()
+            batch: dict[bytes, list[bytes]] = {command: [first]}
+            while not self._commands.empty():  # coalesce what piled up into one command of each kind
+                more, channel = self._commands.get_nowait()
+                batch.setdefault(more, []).append(channel)
+            await self._connected.wait()
+            for verb, channels in batch.items():
+                try:
+                    await self._conn.send_command(verb, *channels)
+                except (RedisError, OSError) as exc:
+                    # the reader notices the broken connection too, reconnects and subscribes again
+                    log.warning("%s failed: %s", verb.decode(), exc)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind, channel = reply[0], reply[1]
+        if kind == b"message":
             queue = self._queues.get(channel)
             if queue is not None:
-                queue.put_nowait(message["data"])
-        elif kind == "subscribe":
+                queue.put_nowait(reply[2])
+        elif kind == b"subscribe":
             confirmed = self._confirmations.get(channel)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
@@ -154,8 +161,9 @@ class EventRouter:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(Exception):
-            await self._pubsub.aclose()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
 
 
 class JobEvents:

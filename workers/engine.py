@@ -59,7 +59,7 @@ class Engine(Protocol):
 @dataclass
 class EngineConfig:
     slots: int = 32
-    page_size: int = 64
+    page_size: int = 16
     num_blocks: int | None = None
     kv_cache_gib: float = 1.0
     max_batch_tokens: int = 512

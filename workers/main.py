@@ -32,7 +32,7 @@ class WorkerOptions:
     num_threads: int | None = None
     kv_cache_gib: float = 1.0
     num_blocks: int | None = None
-    page_size: int = 64
+    page_size: int = 16
     max_batch_tokens: int = 512
     drain_timeout: float = 30.0
 
@@ -151,7 +151,7 @@ def worker_command(
     ] = None,
     kv_cache_gib: Annotated[float, typer.Option(min=0.01, help="KV cache size when --num-blocks is not set")] = 1.0,
     num_blocks: Annotated[int | None, typer.Option(min=1, help="KV cache blocks (overrides --kv-cache-gib)")] = None,
-    page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 64,
+    page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 16,
     max_batch_tokens: Annotated[int, typer.Option(min=16, help="Tokens per engine step (chunked prefill)")] = 512,
     drain_timeout: Annotated[float, typer.Option(min=0, help="Seconds to finish running work on SIGTERM")] = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",

@@ -1,0 +1,187 @@
+"""Shared fixtures: a real Redis, per-test key prefixes, the tiny model, in-process workers and API servers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # two cores shared by worker threads, the API and Redis
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import torch
+import uvicorn
+
+from broker.connection import sync_client
+from broker.embedded import EmbeddedValkey
+from broker.settings import Settings
+from tests.tiny_model import build_tiny_llama
+
+torch.set_num_threads(1)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """QUEUECHAT_TEST_REDIS_URL if set, else a Redis on 127.0.0.1:6379 if one answers, else an embedded Valkey."""
+    url = os.environ.get("QUEUECHAT_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _reachable("redis://127.0.0.1:6379/0"):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    with EmbeddedValkey() as server:
+        yield server.url
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Iterator[Settings]:
+    """Settings with a key prefix of this test's own, so tests never see each other's keys; deleted afterwards."""
+    prefix = f"qctest-{uuid.uuid4().hex[:10]}"
+    yield Settings(redis_url=redis_url, key_prefix=prefix, heartbeat_interval=0.5, heartbeat_ttl=2.0)
+    client = sync_client(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningWorker:
+    def __init__(self, worker: Any, thread: threading.Thread) -> None:
+        self.worker = worker
+        self.thread = thread
+
+    @property
+    def id(self) -> str:
+        return str(self.worker.consumer.consumer)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.worker.stop()
+        self.thread.join(timeout)
+        self.worker.engine.close()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tiny_model_dir: Path) -> Iterator[Callable[..., RunningWorker]]:
+    """Factory: a real model worker (tiny model, real engine, real Redis) running in a thread of this process."""
+    from workers.main import WorkerOptions, build_worker
+
+    started: list[RunningWorker] = []
+
+    def start(names: str = "tiny", settings_: Settings | None = None, **options: Any) -> RunningWorker:
+        opts = WorkerOptions(
+            model_path=str(tiny_model_dir),
+            model_names=names.split(","),
+            device="cpu",
+            num_blocks=options.pop("num_blocks", 128),
+            page_size=options.pop("page_size", 32),
+            **options,
+        )
+        worker = build_worker(opts, settings_ or settings)
+        thread = threading.Thread(target=worker.run, name=f"worker-{worker.consumer.consumer}", daemon=True)
+        thread.start()
+        running = RunningWorker(worker, thread)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+class ApiServer:
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, port: int) -> None:
+        self.server = server
+        self.thread = thread
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def start_api(settings: Settings) -> Iterator[Callable[..., ApiServer]]:
+    """Factory: the real API app under a real uvicorn server in a thread, on a free loopback port."""
+    from api.app import create_app
+
+    servers: list[ApiServer] = []
+
+    def start(settings_: Settings | None = None) -> ApiServer:
+        port = free_port()
+        config = uvicorn.Config(
+            create_app(settings_ or settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        api = ApiServer(server, thread, port)
+        servers.append(api)
+        return api
+
+    yield start
+    for api in servers:
+        api.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except AssertionError:
+            raise
+        except Exception:
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@dataclass
+class Stack:
+    worker: RunningWorker
+    api: ApiServer
+
+    @property
+    def base_url(self) -> str:
+        return self.api.base_url
+
+
+@pytest.fixture
+def stack(start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer]) -> Stack:
+    """One tiny worker serving ``tiny`` plus an API in front of it, ready to answer."""
+    worker = start_worker()
+    api = start_api()
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+    return Stack(worker, api)

@@ -1,0 +1,153 @@
+"""The OpenAI API end to end: official openai client -> API -> Redis -> tiny-model worker -> pub/sub -> SSE."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from broker.connection import sync_client
+from broker.consumer import JobConsumer
+from broker.keys import Keys
+from tests.conftest import Stack, wait_for
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(stack: Stack) -> OpenAI:
+    return OpenAI(base_url=f"{stack.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_models_lists_the_live_model(stack: Stack) -> None:
+    assert [m.id for m in client(stack).models.list()] == ["tiny"]
+
+
+def test_chat_non_stream_has_usage_and_length_finish(stack: Stack) -> None:
+    r = client(stack).chat.completions.create(model="tiny", messages=PROMPT, max_tokens=12, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert r.usage is not None
+    assert r.usage.completion_tokens == 12
+    assert r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.id.startswith("chatcmpl-")
+
+
+def test_stream_joined_equals_non_stream_at_temperature_zero(stack: Stack) -> None:
+    c = client(stack)
+    whole = c.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=24, temperature=0)
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny",
+            messages=PROMPT,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len({ch.id for ch in chunks}) == 1
+    assert all(ch.model == "tiny" and ch.object == "chat.completion.chunk" and ch.created for ch in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == ["length"]
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 24
+
+
+def test_raw_stream_ends_with_done_marker(stack: Stack) -> None:
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": 5, "stream": True}
+    with httpx.stream("POST", f"{stack.base_url}/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        json.loads(line.removeprefix("data:").strip())
+
+
+def test_completions_string_and_list_prompts(stack: Stack) -> None:
+    c = client(stack)
+    one = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert one.object == "text_completion" and len(one.choices) == 1
+    assert one.choices[0].finish_reason == "length"
+    many = c.completions.create(model="tiny", prompt=["Once upon a time", "Redis streams"], max_tokens=6, temperature=0)
+    assert [ch.index for ch in many.choices] == [0, 1]
+    assert many.choices[0].text == one.choices[0].text  # greedy: same prompt, same text
+    assert many.usage is not None and many.usage.completion_tokens == 12
+    ids = c.completions.create(model="tiny", prompt=[5, 6, 7, 8], max_tokens=3, temperature=0)
+    assert ids.usage is not None and ids.usage.prompt_tokens == 4
+
+
+def test_completions_stream(stack: Stack) -> None:
+    chunks = list(client(stack).completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, stream=True))
+    assert len({ch.id for ch in chunks}) == 1
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices[0].finish_reason] == ["length"]
+
+
+def test_stop_string_cuts_text_and_reports_stop(stack: Stack) -> None:
+    c = client(stack)
+    free = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=30, temperature=0)
+    text = free.choices[0].text
+    stop = text[8:11]
+    assert len(stop) == 3 and stop.strip(), f"need a visible stop string from {text!r}"
+    cut = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=30, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == text[: text.index(stop)]
+    streamed = c.completions.create(
+        model="tiny", prompt="Once upon a time", max_tokens=30, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(ch.choices[0].text for ch in streamed) == text[: text.index(stop)]
+
+
+def test_sampling_parameters_are_accepted(stack: Stack) -> None:
+    r = client(stack).chat.completions.create(
+        model="tiny", messages=PROMPT, max_tokens=5, temperature=0.8, top_p=0.9, seed=7, extra_body={"top_k": 20}
+    )
+    assert r.usage is not None and r.usage.completion_tokens == 5
+
+
+def test_unknown_model_is_404_model_not_found(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(stack).chat.completions.create(model="nope", messages=PROMPT)
+    assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_known_model_without_live_worker_is_503(stack: Stack, settings) -> None:  # type: ignore[no-untyped-def]
+    # a model that once had a worker (its stream exists) but has none alive now
+    JobConsumer(sync_client(settings.redis_url), Keys(settings.key_prefix), ["gone"], "x").ensure_groups()
+    r = httpx.post(f"{stack.base_url}/v1/chat/completions", json={"model": "gone", "messages": PROMPT})
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "no_worker_available"
+
+
+def test_context_length_exceeded_is_400_before_any_token(stack: Stack) -> None:
+    limit = stack.worker.worker.engine.max_model_len
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": limit, "stream": True}
+    r = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_health(stack: Stack) -> None:
+    r = httpx.get(f"{stack.base_url}/health")
+    assert r.status_code == 200 and r.json()["broker"] == "up"
+
+
+def test_worker_with_expired_heartbeat_leaves_models(stack: Stack, settings) -> None:  # type: ignore[no-untyped-def]
+    from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
+
+    client_ = sync_client(settings.redis_url)
+    ghost = WorkerRegistration(client_, Keys(settings.key_prefix), WorkerCard(id="ghost", models=["ghostly"]), 0.5)
+    ghost.heartbeat(WorkerStatus())
+    models = lambda: {m["id"] for m in httpx.get(f"{stack.base_url}/v1/models").json()["data"]}  # noqa: E731
+    assert models() == {"tiny", "ghostly"}
+    wait_for(lambda: models() == {"tiny"}, timeout=5)  # nothing refreshes the ghost's heartbeat
+    assert client_.hget(f"{settings.key_prefix}:workers", "ghost") is None  # and readers pruned its card

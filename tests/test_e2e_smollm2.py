@@ -1,0 +1,93 @@
+"""The README's promise, end to end: ``queuechat up`` on its embedded defaults (Valkey from the wheel, SmolLM2)
+answers the official openai client, streaming and not, and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.conftest import free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("up") / "up.log", "w+")  # noqa: SIM115  # a file, not a pipe nobody drains
+    env = {k: v for k, v in os.environ.items() if k != "QUEUECHAT_REDIS_URL"}  # embedded Valkey, as a new user
+    process = subprocess.Popen(
+        [sys.executable, "-m", "queuechat", "up", "--port", str(port), "--num-threads", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    process.log = log  # type: ignore[attr-defined]
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"queuechat up exited with {process.returncode}:\n{log.read()[-3000:]}")
+            return bool(httpx.get(f"{base}/v1/models", timeout=2).json()["data"])
+
+        wait_for(ready, timeout=600, interval=0.5)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+
+
+def test_lists_the_default_model(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    client = OpenAI(base_url=f"{base}/v1", api_key="none")
+    assert [m.id for m in client.models.list()] == ["smollm2"]
+
+
+def test_streaming_answer_mentions_paris(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", timeout=120)
+    pieces = []
+    for chunk in client.chat.completions.create(
+        model="smollm2", messages=QUESTION, temperature=0, max_tokens=40, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    assert len(pieces) > 2  # tokens arrived as they were generated, not in one piece
+    assert "Paris" in "".join(pieces)
+
+
+def test_non_streaming_answer_mentions_paris(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", timeout=120)
+    r = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=40)
+    assert "Paris" in (r.choices[0].message.content or "")
+    assert r.choices[0].finish_reason == "stop"  # SmolLM2 ends its answer with its EOS token
+    assert r.usage is not None and r.usage.completion_tokens > 0
+
+
+def test_sigterm_stops_everything(up: tuple[str, subprocess.Popen[str]]) -> None:
+    _, process = up
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    process.log.seek(0)  # type: ignore[attr-defined]
+    output = process.log.read()  # type: ignore[attr-defined]
+    assert process.returncode == 0, output
+    match = re.search(r"embedded Valkey on redis://127\.0\.0\.1:(\d+)", output)
+    assert match, output
+    time.sleep(0.2)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{match.group(1)}", timeout=1)

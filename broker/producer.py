@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
 SUBSCRIBE_TIMEOUT = 2.0
+# How long a front server trusts its view of the live workers when admitting jobs (one lookup per second
+# instead of three round trips per request). A job sent to a model whose last worker just died waits in its stream
+# for a worker until its deadline.
+LIVE_CACHE_SECONDS = 1.0
 
 
 class EventRouter:
@@ -49,7 +53,13 @@ class EventRouter:
     def __init__(self, client: aredis.Redis) -> None:
         pool = client.connection_pool
         # No read timeout: the connection idles between jobs. A dead peer shows up as a reset or via keepalive.
-        self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None, "socket_keepalive": True}
+        # No health check either: redis-py's PING-before-command would read a reply that the reader task owns.
+        self._connection_kwargs = {
+            **pool.connection_kwargs,
+            "socket_timeout": None,
+            "socket_keepalive": True,
+            "health_check_interval": 0,
+        }
         self._connection_class = pool.connection_class
         self._conn: Any = None
         self._connected = asyncio.Event()
@@ -232,6 +242,7 @@ class Producer:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.router = EventRouter(client)
+        self._live_cache: tuple[float, dict[str, list[LiveWorker]]] = (0.0, {})
 
     async def live_workers(self) -> list[LiveWorker]:
         try:
@@ -242,9 +253,19 @@ class Producer:
     async def live_models(self) -> dict[str, list[LiveWorker]]:
         return models_of(await self.live_workers())
 
+    async def _live_models_cached(self, model: str) -> dict[str, list[LiveWorker]]:
+        """The live models, re-read at most once a second while ``model`` is among them. Only the positive answer
+        is cached: a model missing from the cache is always looked up afresh before a 404 or 503."""
+        at, live = self._live_cache
+        if model in live and time.monotonic() - at < LIVE_CACHE_SECONDS:
+            return live
+        live = await self.live_models()
+        self._live_cache = (time.monotonic(), live)
+        return live
+
     async def check_model(self, model: str) -> None:
         """Raise unless a live worker serves ``model`` and its queue has room."""
-        live = await self.live_models()
+        live = await self._live_models_cached(model)
         if model in live:
             try:
                 backlog = await self.client.xlen(self.keys.jobs(model))

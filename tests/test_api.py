@@ -151,3 +151,24 @@ def test_worker_with_expired_heartbeat_leaves_models(stack: Stack, settings) -> 
     assert models() == {"tiny", "ghostly"}
     wait_for(lambda: models() == {"tiny"}, timeout=5)  # nothing refreshes the ghost's heartbeat
     assert client_.hget(f"{settings.key_prefix}:workers", "ghost") is None  # and readers pruned its card
+
+
+def test_seed_makes_sampling_reproducible_whatever_shares_the_batch(stack: Stack) -> None:
+    import concurrent.futures
+
+    c = client(stack)
+
+    def sample(seed: int) -> str:
+        r = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=20, temperature=1.0, seed=seed)
+        return r.choices[0].text
+
+    alone = sample(42)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        noise = [
+            pool.submit(lambda: c.completions.create(model="tiny", prompt="Redis", max_tokens=30)) for _ in range(3)
+        ]
+        crowded = pool.submit(sample, 42).result()
+        for f in noise:
+            f.result()
+    assert crowded == alone
+    assert sample(43) != alone

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import torch
 
+from workers import seeded
+
 log = logging.getLogger(__name__)
 
 # Below this temperature the manager's probabilities turn NaN; such requests are greedy.
@@ -32,6 +34,7 @@ class GenerationRequest:
     top_p: float = 1.0
     top_k: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
 
 
 @dataclass
@@ -131,6 +134,7 @@ class ContinuousBatchingEngine:
         manager = self.model.init_continuous_batching(
             generation_config=gen_config, continuous_batching_config=cb_config
         )
+        self._seeded = seeded.install(manager)
         manager.start()
         return manager
 
@@ -145,6 +149,8 @@ class ContinuousBatchingEngine:
             "top_p": 1.0 if greedy else float(request.top_p),
             "top_k": 1 if greedy else int(request.top_k or self._vocab),
         }
+        if request.seed is not None and not greedy:
+            sampling[seeded.SEED_KWARG] = int(request.seed)
         eos = sorted(self.eos_token_ids | set(request.stop_token_ids))
         with self._lock:
             self._sent[request.seq_id] = 0
@@ -166,6 +172,7 @@ class ContinuousBatchingEngine:
             known = self._sent.pop(seq_id, None) is not None
         if known:
             self._manager.cancel_request(seq_id)
+            self._seeded.release(seq_id)
 
     @property
     def running(self) -> int:
@@ -212,6 +219,7 @@ class ContinuousBatchingEngine:
                 finished = out.is_finished()
                 if finished:
                     del self._sent[out.request_id]
+                    self._seeded.release(out.request_id)
                 else:
                     self._sent[out.request_id] = sent + len(tokens)
                 updates.append(

@@ -243,6 +243,8 @@ class ModelWorker:
                     top_p=params.top_p,
                     top_k=params.top_k,
                     stop_token_ids=params.stop_token_ids,
+                    # each choice of a seeded request gets its own stream of randomness
+                    seed=None if params.seed is None else params.seed + index,
                 )
             )
         return running

@@ -16,8 +16,8 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
     max_tokens = body.max_new_tokens() if isinstance(body, ChatCompletionRequest) else body.max_tokens
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
+        temperature=body.temperature,
+        top_p=body.top_p,
         top_k=body.top_k_or_none(),
         stop=body.stop or [],  # type: ignore[arg-type]  # normalised to a list by the validator
         stop_token_ids=body.stop_token_ids or [],

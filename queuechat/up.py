@@ -96,7 +96,9 @@ def up_command(
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT explicitly too: a process started in the background inherits SIGINT ignored, and Ctrl-C must still work
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         worker = _spawn(worker_args, env)
         children.append(worker)

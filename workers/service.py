@@ -231,6 +231,7 @@ class ModelWorker:
             )
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
+        defaults = self.engine.sampling_defaults
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
         for index in range(params.n):
@@ -239,9 +240,9 @@ class ModelWorker:
                     seq_id=seq_id(job.id, index),
                     prompt_ids=prompt_ids,
                     max_new_tokens=wanted or room,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=params.top_k,
+                    temperature=defaults.temperature if params.temperature is None else params.temperature,
+                    top_p=defaults.top_p if params.top_p is None else params.top_p,
+                    top_k=defaults.top_k if params.top_k is None else params.top_k,
                     stop_token_ids=params.stop_token_ids,
                     # each choice of a seeded request gets its own stream of randomness
                     seed=None if params.seed is None else params.seed + index,

@@ -53,6 +53,20 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+async def _sse(streams: list[JobEvents], chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The SSE body: the chunks, an OpenAI-shaped error chunk if the job fails midway, then ``[DONE]``.
+    The jobs are closed however the stream ends, a client disconnect included."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except QueuechatError as exc:
+        yield dumps(error_body(exc.message, exc.type, exc.code, exc.param))
+    finally:
+        for s in streams:
+            s.close()
+    yield "[DONE]"
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -72,7 +86,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     response_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     if body.stream:
-        return EventSourceResponse(_chat_stream(streams, body, response_id, created), ping=15)
+        return EventSourceResponse(_sse(streams, _chat_stream(streams, body, response_id, created)), ping=15)
     try:
         collected = Collected()
         async for _, event in merged(streams):
@@ -118,27 +132,20 @@ async def _chat_stream(
         return dumps({**head, "choices": choices, **extra})
 
     completion_tokens = 0
-    try:
-        for index in range(body.n):
-            yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                          "finish_reason": None}])  # fmt: skip
-        async for _, event in merged(streams):
-            if isinstance(event, Delta):
-                if event.text:
-                    yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": None,
-                                  "finish_reason": None}])  # fmt: skip
-            elif isinstance(event, Done):
-                completion_tokens += event.usage.completion_tokens
-                yield chunk([{"index": event.index, "delta": {}, "logprobs": None,
-                              "finish_reason": event.finish_reason.value}])  # fmt: skip
-        if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage=_usage(_prompt_tokens(streams), completion_tokens))
-    except QueuechatError as exc:
-        yield dumps(error_body(exc.message, exc.type, exc.code, exc.param))
-    finally:
-        for s in streams:
-            s.close()
-    yield "[DONE]"
+    for index in range(body.n):
+        yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])  # fmt: skip
+    async for _, event in merged(streams):
+        if isinstance(event, Delta):
+            if event.text:
+                yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": None,
+                              "finish_reason": None}])  # fmt: skip
+        elif isinstance(event, Done):
+            completion_tokens += event.usage.completion_tokens
+            yield chunk([{"index": event.index, "delta": {}, "logprobs": None,
+                          "finish_reason": event.finish_reason.value}])  # fmt: skip
+    if body.stream_options and body.stream_options.include_usage:
+        yield chunk([], usage=_usage(_prompt_tokens(streams), completion_tokens))
 
 
 @router.post("/v1/completions", response_model=None)
@@ -150,7 +157,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     created = int(time.time())
     prompts = body.prompts()
     if body.stream:
-        return EventSourceResponse(_completion_stream(streams, body, prompts, response_id, created), ping=15)
+        chunks = _completion_stream(streams, body, prompts, response_id, created)
+        return EventSourceResponse(_sse(streams, chunks), ping=15)
     try:
         collected = Collected()
         async for position, event in merged(streams):
@@ -189,27 +197,20 @@ async def _completion_stream(
         return dumps({**head, "choices": choices, **extra})
 
     completion_tokens = 0
-    try:
-        if body.echo:
-            for position, prompt in enumerate(prompts):
-                if isinstance(prompt, str):
-                    for i in range(body.n):
-                        yield chunk([{"index": position * body.n + i, "text": prompt, "logprobs": None,
-                                      "finish_reason": None}])  # fmt: skip
-        async for position, event in merged(streams):
-            if isinstance(event, Delta):
-                if event.text:
-                    yield chunk([{"index": position * body.n + event.index, "text": event.text, "logprobs": None,
+    if body.echo:
+        for position, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                for i in range(body.n):
+                    yield chunk([{"index": position * body.n + i, "text": prompt, "logprobs": None,
                                   "finish_reason": None}])  # fmt: skip
-            elif isinstance(event, Done):
-                completion_tokens += event.usage.completion_tokens
-                yield chunk([{"index": position * body.n + event.index, "text": "", "logprobs": None,
-                              "finish_reason": event.finish_reason.value}])  # fmt: skip
-        if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage=_usage(_prompt_tokens(streams), completion_tokens))
-    except QueuechatError as exc:
-        yield dumps(error_body(exc.message, exc.type, exc.code, exc.param))
-    finally:
-        for s in streams:
-            s.close()
-    yield "[DONE]"
+    async for position, event in merged(streams):
+        if isinstance(event, Delta):
+            if event.text:
+                yield chunk([{"index": position * body.n + event.index, "text": event.text, "logprobs": None,
+                              "finish_reason": None}])  # fmt: skip
+        elif isinstance(event, Done):
+            completion_tokens += event.usage.completion_tokens
+            yield chunk([{"index": position * body.n + event.index, "text": "", "logprobs": None,
+                          "finish_reason": event.finish_reason.value}])  # fmt: skip
+    if body.stream_options and body.stream_options.include_usage:
+        yield chunk([], usage=_usage(_prompt_tokens(streams), completion_tokens))

@@ -172,3 +172,17 @@ def test_seed_makes_sampling_reproducible_whatever_shares_the_batch(stack: Stack
             f.result()
     assert crowded == alone
     assert sample(43) != alone
+
+
+def test_default_kv_cache_sizing_serves_a_small_model(start_worker, start_api) -> None:  # type: ignore[no-untyped-def]
+    """Without --num-blocks the cache comes from --kv-cache-gib; for a tiny model that must not explode into
+    gigabytes of attention mask (it did: 'Memory footprint ... is more than available memory')."""
+    worker = start_worker(num_blocks=None, page_size=16)
+    api = start_api()
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+    assert worker.worker.engine.max_model_len == 4096  # the model's context, not cut by the cache
+    r = httpx.post(
+        f"{api.base_url}/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 3}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 3

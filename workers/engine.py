@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Below this temperature the manager's probabilities turn NaN; such requests are greedy.
 GREEDY_TEMPERATURE = 1e-5
+# On CPU the cache is attended through a dense mask as wide as the cache: 32k tokens x 512 batch tokens = 64 MiB.
+CPU_MAX_CACHE_TOKENS = 32_768
 
 
 @dataclass
@@ -118,11 +120,9 @@ class ContinuousBatchingEngine:
         self.eos_token_ids = eos_ids_of(model, tokenizer)
         self.sampling_defaults = sampling_defaults_of(model)
         self.slots = config.slots
-        num_blocks = config.num_blocks or max(
-            8, int(config.kv_cache_gib * 2**30) // (config.page_size * kv_bytes_per_token(model))
-        )
-        self.num_blocks = num_blocks
         positions = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2**31
+        num_blocks = config.num_blocks or self._blocks_for(model, config, int(positions))
+        self.num_blocks = num_blocks
         # A request longer than the whole cache kills the manager's loop for everyone: refuse it up front.
         self.max_model_len = min(int(positions), num_blocks * config.page_size)
         self._vocab = int(model.config.get_text_config().vocab_size)
@@ -130,6 +130,17 @@ class ContinuousBatchingEngine:
         self._sent: dict[str, int] = {}  # seq id -> tokens already reported
         self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
         self._manager = self._start_manager()
+
+    @staticmethod
+    def _blocks_for(model: Any, config: EngineConfig, positions: int) -> int:
+        """KV blocks from the memory budget, capped at what every slot at full context could use, and on CPU at
+        CPU_MAX_CACHE_TOKENS: there the manager builds a dense attention mask over the whole cache per step
+        (max_batch_tokens x cache tokens), which for a tiny model's 1 GiB budget would take gigabytes."""
+        tokens = int(config.kv_cache_gib * 2**30) // kv_bytes_per_token(model)
+        tokens = min(tokens, config.slots * positions)
+        if model.device.type == "cpu":
+            tokens = min(tokens, CPU_MAX_CACHE_TOKENS)
+        return max(8, tokens // config.page_size)
 
     def _start_manager(self) -> Any:
         from transformers import ContinuousBatchingConfig, GenerationConfig

@@ -44,6 +44,7 @@ class RunningJob:
     started: float = field(default_factory=time.time)
     seq: int = 0
     first_token_at: float | None = None
+    failed: bool = False
 
     @property
     def job(self) -> Job:
@@ -264,8 +265,7 @@ class ModelWorker:
             if update.error is not None:
                 events.append((job_id, Error(seq=running.next_seq(), code="engine_error", message=update.error)))
                 self._cancel_all(running)
-                for c in running.choices:
-                    c.done = True
+                running.failed = True
                 continue
             choice.tokens += len(update.token_ids)
             if update.token_ids and running.first_token_at is None:
@@ -317,7 +317,7 @@ class ModelWorker:
                 self._cancel_all(running)
                 outcome = "cancelled"
             elif running.finished:
-                outcome = "completed"
+                outcome = "failed" if running.failed else "completed"
             else:
                 continue
             del self.jobs[job_id]

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
 SUBSCRIBE_TIMEOUT = 2.0
+EVENTS_CLIENT_NAME = "queuechat-events"
 # How long a front server trusts its view of the live workers when admitting jobs (one lookup per second
 # instead of three round trips per request). A job sent to a model whose last worker just died waits in its stream
 # for a worker until its deadline.
@@ -59,6 +60,7 @@ class EventRouter:
             "socket_timeout": None,
             "socket_keepalive": True,
             "health_check_interval": 0,
+            "client_name": EVENTS_CLIENT_NAME,  # so operators (and tests) can find it in CLIENT LIST
         }
         self._connection_class = pool.connection_class
         self._conn: Any = None

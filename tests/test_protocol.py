@@ -147,3 +147,47 @@ async def test_producer_reports_worker_error_events(settings: Settings) -> None:
         assert client.xlen(keys.jobs("erring")) == 0  # acknowledged entries are deleted: length = backlog
     finally:
         await producer.close()
+
+
+async def test_event_connection_recovers_after_being_killed(settings: Settings) -> None:
+    """Redis dropping the shared pub/sub connection must not leave the front server deaf: the router reconnects,
+    subscribes again and later jobs get their events."""
+    from broker.producer import EVENTS_CLIENT_NAME
+
+    assert settings.redis_url
+    keys = Keys(settings.key_prefix)
+    client = sync_client(settings.redis_url)
+    JobConsumer(client, keys, ["instant"], "instant").ensure_groups()
+    WorkerRegistration(client, keys, WorkerCard(id="instant", models=["instant"]), ttl=60).heartbeat(WorkerStatus())
+    stop = threading.Event()
+    thread = threading.Thread(target=_instant_worker, args=(settings, "instant", stop), daemon=True)
+    thread.start()
+    producer = Producer(async_client(settings.redis_url), settings)
+
+    async def one() -> list[str]:
+        job = Job(kind=JobKind.COMPLETION, model="instant", prompt="x", deadline=time.time() + 10)
+        events = await producer.submit(job)
+        try:
+            return [type(e).__name__ async for e in events]
+        finally:
+            events.close()
+
+    try:
+        assert await one() == ["Accepted", "Delta", "Done"]
+        ours = [c for c in client.client_list() if c.get("name") == EVENTS_CLIENT_NAME]
+        assert ours
+        for c in ours:
+            client.client_kill_filter(_id=c["id"])
+
+        async def eventually() -> list[str]:
+            while True:
+                try:
+                    return await one()
+                except Exception:  # BrokerUnavailable while reconnecting
+                    await asyncio.sleep(0.05)
+
+        assert await asyncio.wait_for(eventually(), timeout=10) == ["Accepted", "Delta", "Done"]
+    finally:
+        stop.set()
+        thread.join(5)
+        await producer.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
@@ -43,7 +45,9 @@ def _instant_worker(settings: Settings, model: str, stop: threading.Event) -> No
         consumer.ack(items)
 
 
-async def test_subscription_is_confirmed_before_the_job_is_queued(settings: Settings) -> None:
+@pytest.fixture
+async def instant(settings: Settings) -> AsyncIterator[Producer]:
+    """A producer in front of a live model ``instant`` whose worker answers every job the moment it appears."""
     assert settings.redis_url
     keys = Keys(settings.key_prefix)
     client = sync_client(settings.redis_url)
@@ -54,22 +58,27 @@ async def test_subscription_is_confirmed_before_the_job_is_queued(settings: Sett
     thread.start()
     producer = Producer(async_client(settings.redis_url), settings)
     try:
-
-        async def one() -> list[str]:
-            job = Job(kind=JobKind.COMPLETION, model="instant", prompt="x", deadline=time.time() + 10)
-            events = await producer.submit(job)
-            try:
-                return [type(e).__name__ async for e in events]
-            finally:
-                events.close()
-
-        results = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(200))), timeout=30)
-        assert all(r == ["Accepted", "Delta", "Done"] for r in results)
-        assert producer.router.channels == 0  # every job unsubscribed
+        yield producer
     finally:
         stop.set()
         thread.join(5)
         await producer.close()
+
+
+async def event_types(producer: Producer) -> list[str]:
+    """Submit one job to ``instant`` and return the types of its events, in order."""
+    job = Job(kind=JobKind.COMPLETION, model="instant", prompt="x", deadline=time.time() + 10)
+    events = await producer.submit(job)
+    try:
+        return [type(e).__name__ async for e in events]
+    finally:
+        events.close()
+
+
+async def test_subscription_is_confirmed_before_the_job_is_queued(instant: Producer) -> None:
+    results = await asyncio.wait_for(asyncio.gather(*(event_types(instant) for _ in range(200))), timeout=30)
+    assert all(r == ["Accepted", "Delta", "Done"] for r in results)
+    assert instant.router.channels == 0  # every job unsubscribed
 
 
 def test_two_workers_of_one_model_share_the_load(start_worker, start_api) -> None:  # type: ignore[no-untyped-def]
@@ -149,45 +158,24 @@ async def test_producer_reports_worker_error_events(settings: Settings) -> None:
         await producer.close()
 
 
-async def test_event_connection_recovers_after_being_killed(settings: Settings) -> None:
+async def test_event_connection_recovers_after_being_killed(instant: Producer, settings: Settings) -> None:
     """Redis dropping the shared pub/sub connection must not leave the front server deaf: the router reconnects,
     subscribes again and later jobs get their events."""
     from broker.producer import EVENTS_CLIENT_NAME
 
     assert settings.redis_url
-    keys = Keys(settings.key_prefix)
     client = sync_client(settings.redis_url)
-    JobConsumer(client, keys, ["instant"], "instant").ensure_groups()
-    WorkerRegistration(client, keys, WorkerCard(id="instant", models=["instant"]), ttl=60).heartbeat(WorkerStatus())
-    stop = threading.Event()
-    thread = threading.Thread(target=_instant_worker, args=(settings, "instant", stop), daemon=True)
-    thread.start()
-    producer = Producer(async_client(settings.redis_url), settings)
+    assert await event_types(instant) == ["Accepted", "Delta", "Done"]
+    ours = [c for c in client.client_list() if c.get("name") == EVENTS_CLIENT_NAME]
+    assert ours
+    for c in ours:
+        client.client_kill_filter(_id=c["id"])
 
-    async def one() -> list[str]:
-        job = Job(kind=JobKind.COMPLETION, model="instant", prompt="x", deadline=time.time() + 10)
-        events = await producer.submit(job)
-        try:
-            return [type(e).__name__ async for e in events]
-        finally:
-            events.close()
+    async def eventually() -> list[str]:
+        while True:
+            try:
+                return await event_types(instant)
+            except Exception:  # BrokerUnavailable while reconnecting
+                await asyncio.sleep(0.05)
 
-    try:
-        assert await one() == ["Accepted", "Delta", "Done"]
-        ours = [c for c in client.client_list() if c.get("name") == EVENTS_CLIENT_NAME]
-        assert ours
-        for c in ours:
-            client.client_kill_filter(_id=c["id"])
-
-        async def eventually() -> list[str]:
-            while True:
-                try:
-                    return await one()
-                except Exception:  # BrokerUnavailable while reconnecting
-                    await asyncio.sleep(0.05)
-
-        assert await asyncio.wait_for(eventually(), timeout=10) == ["Accepted", "Delta", "Done"]
-    finally:
-        stop.set()
-        thread.join(5)
-        await producer.close()
+    assert await asyncio.wait_for(eventually(), timeout=10) == ["Accepted", "Delta", "Done"]

@@ -1,10 +1,11 @@
-"""``queuechat``: up (everything on one machine), api, worker."""
+"""``queuechat``: up (everything on one machine), api, worker, info."""
 
 from __future__ import annotations
 
 import typer
 
 from api.main import api_command
+from queuechat.info import info_command
 from queuechat.up import up_command
 from workers.main import worker_command
 
@@ -16,3 +17,4 @@ app = typer.Typer(
 app.command("up")(up_command)
 app.command("api")(api_command)
 app.command("worker")(worker_command)
+app.command("info")(info_command)

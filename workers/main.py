@@ -35,6 +35,8 @@ class WorkerOptions:
     page_size: int = 16
     max_batch_tokens: int = 512
     drain_timeout: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -104,7 +106,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
         version=qc_version,
         max_model_len=engine.max_model_len,
     )
-    return ModelWorker(
+    worker = ModelWorker(
         engine,
         loaded.tokenizer,
         JobConsumer(client, keys, names, worker_id),
@@ -113,6 +115,12 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
         chat_template=chat_template,
         drain_timeout=options.drain_timeout,
     )
+    if options.metrics_port is not None:
+        from workers.metrics import WorkerMetrics
+
+        worker.metrics = WorkerMetrics(worker, client, keys, names, engine.slots)
+        worker.metrics.serve(options.metrics_port, options.metrics_host)
+    return worker
 
 
 def serve(options: WorkerOptions, settings: Any) -> None:
@@ -128,6 +136,8 @@ def serve(options: WorkerOptions, settings: Any) -> None:
         worker.run()
     finally:
         worker.engine.close()
+        if worker.metrics is not None:
+            worker.metrics.close()
 
 
 def worker_command(
@@ -154,6 +164,10 @@ def worker_command(
     page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 16,
     max_batch_tokens: Annotated[int, typer.Option(min=16, help="Tokens per engine step (chunked prefill)")] = 512,
     drain_timeout: Annotated[float, typer.Option(min=0, help="Seconds to finish running work on SIGTERM")] = 30.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port (default: off)")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint")] = "0.0.0.0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
@@ -181,6 +195,8 @@ def worker_command(
         page_size=page_size,
         max_batch_tokens=max_batch_tokens,
         drain_timeout=drain_timeout,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     serve(options, settings)
 

@@ -21,6 +21,7 @@ from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.registry import WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
 from workers.engine import Engine, GenerationRequest, SeqUpdate
+from workers.metrics import WorkerMetrics
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
 from workers.textstream import TextStream
 
@@ -96,6 +97,7 @@ class ModelWorker:
         self.stopping = threading.Event()
         self._stopped = threading.Event()
         self.totals: Counter[str] = Counter()
+        self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
         self._tokens_window: list[tuple[float, int]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -208,6 +210,8 @@ class ModelWorker:
                 )
             )
         self.consumer.publish(events)
+        if self.metrics is not None:
+            self.metrics.count(counters)
         self.consumer.ack(finished, counters)
         self.totals["failed"] += sum(c["failed"] for c in counters.values())
 
@@ -338,6 +342,8 @@ class ModelWorker:
                 running.completion_tokens,
                 time.time() - running.started,
             )
+        if self.metrics is not None:
+            self.metrics.count(counters)
         self.consumer.ack(finished, counters)
 
     def _cancel_all(self, running: RunningJob) -> None:

@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.metrics import ApiMetrics
+from api.metrics import router as metrics_router
 from api.routes import router
 from broker.connection import async_client
+from broker.keys import Keys
 from broker.producer import Producer
 from broker.settings import Settings
 
@@ -27,9 +30,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.producer.close()
+            app.state.metrics.close()
 
     app = FastAPI(title="queuechat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(metrics_router)
     return app

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from api.metrics import ApiMetrics, observe
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Delta, Done, Job, JobKind, SamplingParams
@@ -46,13 +47,16 @@ def completion_jobs(body: CompletionRequest, timeout: float) -> list[Job]:
     ]
 
 
-async def submit_all(producer: Producer, jobs: Sequence[Job]) -> list[JobEvents]:
+async def submit_all(producer: Producer, jobs: Sequence[Job], metrics: ApiMetrics | None = None) -> list[JobEvents]:
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
     4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
     submitted: list[JobEvents] = []
     try:
         for job in jobs:
+            arrived = time.monotonic()
             submitted.append(await producer.submit(job))
+            if metrics is not None:
+                metrics.track(submitted[-1], arrived)
         firsts = await asyncio.gather(*(e.next_event() for e in submitted))
     except BaseException:
         for events in submitted:
@@ -60,6 +64,7 @@ async def submit_all(producer: Producer, jobs: Sequence[Job]) -> list[JobEvents]
         raise
     for events, first in zip(submitted, firsts, strict=True):
         events.pending_first = first
+        observe(events, first)
     return submitted
 
 
@@ -67,6 +72,7 @@ async def merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, AnyEv
     """Events of several jobs as (job position, event), in arrival order."""
     if len(streams) == 1:
         async for event in streams[0]:
+            observe(streams[0], event)
             yield 0, event
         return
     queue: asyncio.Queue[tuple[int, AnyEvent | BaseException | None]] = asyncio.Queue()
@@ -74,6 +80,7 @@ async def merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, AnyEv
     async def pump(position: int, events: JobEvents) -> None:
         try:
             async for event in events:
+                observe(events, event)
                 await queue.put((position, event))
             await queue.put((position, None))
         except BaseException as exc:

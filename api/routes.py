@@ -82,7 +82,7 @@ def _prompt_tokens(streams: list[JobEvents]) -> int:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
-    streams = await submit_all(producer, [chat_job(body, producer.settings.request_timeout)])
+    streams = await submit_all(producer, [chat_job(body, producer.settings.request_timeout)], request.app.state.metrics)
     response_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     if body.stream:
@@ -152,7 +152,7 @@ async def _chat_stream(
 async def completions(body: CompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
     jobs = completion_jobs(body, producer.settings.request_timeout)
-    streams = await submit_all(producer, jobs)
+    streams = await submit_all(producer, jobs, request.app.state.metrics)
     response_id = "cmpl-" + uuid.uuid4().hex
     created = int(time.time())
     prompts = body.prompts()

@@ -126,9 +126,18 @@ def known_models(client: redis.Redis, keys: Keys) -> list[str]:
     return sorted({keys.model_of_jobs(k) for k in client.scan_iter(match=keys.jobs_pattern(), count=1000)})
 
 
-def snapshot(client: redis.Redis, keys: Keys, models: Sequence[str] = (), *, with_queues: bool = True) -> Snapshot:
+def snapshot(
+    client: redis.Redis,
+    keys: Keys,
+    models: Sequence[str] = (),
+    *,
+    with_queues: bool = True,
+    known: Sequence[str] | None = None,
+) -> Snapshot:
     """Queues and workers as they are now. ``models`` limits both to those models (a named model that does not
-    exist shows as an empty queue); without it every known or served model is listed. Raises redis errors."""
+    exist shows as an empty queue); without it every known or served model is listed. ``known`` replaces the
+    SCAN for job streams with a list the caller keeps (the metrics scrape refreshes it now and then). Raises redis
+    errors."""
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(keys.workers)
@@ -139,9 +148,10 @@ def snapshot(client: redis.Redis, keys: Keys, models: Sequence[str] = (), *, wit
     live, _expired = split_registry(cards, beats)
     workers = sorted((worker_info(w, now) for w in live), key=lambda w: w.id)
 
-    names = list(dict.fromkeys(models)) or sorted(
-        set(known_models(client, keys)) | {m for w in workers for m in w.models}
-    )
+    names = list(dict.fromkeys(models))
+    if not names:
+        streams = known_models(client, keys) if known is None else known
+        names = sorted(set(streams) | {m for w in workers for m in w.models})
     if models:
         workers = [w for w in workers if set(w.models) & set(names)]
     queues = _queues(client, keys, names, workers, now) if with_queues else []

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from broker.monitor import QueueInfo, Snapshot, WorkerInfo
 
-BAR_WIDTH = 16
+BAR_WIDTH = 24
 STATE_STYLES = {"busy": "green", "idle": "dim", "draining": "yellow"}
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -99,50 +99,63 @@ def render_raw(snap: Snapshot, *, queues: bool = True, workers: bool = True, by_
 # ------------------------------------------------------------------ rich: tables with bars, for people
 
 
-def bar(q: QueueInfo, scale: int) -> Text:
+def bar(q: QueueInfo, scale: int, width: int) -> Text:
     """Running jobs in green, then waiting ones in yellow, scaled so the longest queue fills the bar."""
-    running = round(BAR_WIDTH * q.running / scale) if scale else 0
-    waiting = round(BAR_WIDTH * q.waiting / scale) if scale else 0
+    running = round(width * q.running / scale) if scale else 0
+    waiting = round(width * q.waiting / scale) if scale else 0
     text = Text("█" * running, style="green")
     text.append("█" * waiting, style="yellow")
-    text.append("·" * max(BAR_WIDTH - running - waiting, 0), style="dim")
+    text.append("·" * max(width - running - waiting, 0), style="dim")
     return text
 
 
 def _table(*columns: str) -> Table:
-    """A borderless table; columns named with a leading ">" are right-aligned (numbers)."""
-    table = Table(box=None, pad_edge=False, padding=(0, 0, 0, 2), header_style="bold")
+    """A borderless table. Columns named with a leading ">" hold numbers: right-aligned and never wrapped; the
+    others fold when the terminal is narrow."""
+    table = Table(box=None, pad_edge=False, padding=(0, 0, 0, 1), header_style="bold")
     for column in columns:
-        right = column.startswith(">")
-        table.add_column(column.lstrip(">"), justify="right" if right else "left", no_wrap=True)
+        number = column.startswith(">")
+        table.add_column(column.lstrip(">"), justify="right" if number else "left", no_wrap=number)
     return table
 
 
-def queues_table(snap: Snapshot) -> Table:
-    table = _table(
-        "model", "", ">wait", ">run", ">done", ">fail", ">canc", ">exp", ">dead", ">oldest", ">tok/s", ">wkrs"
-    )
+QUEUE_NUMBERS = ("wait", "run", "done", "fail", "canc", "exp", "dead", "oldest", "tok/s", "wkrs")
+
+
+def _queue_cells(q: QueueInfo) -> list[Text]:
+    def cell(value: object, style: str = "") -> Text:
+        return Text(str(value), style=style)
+
+    return [
+        cell(q.waiting, "yellow" if q.waiting else ""),
+        cell(q.running, "green" if q.running else ""),
+        cell(q.completed),
+        cell(q.failed, "red" if q.failed else ""),
+        cell(q.cancelled),
+        cell(q.expired),
+        cell(q.dead, "red" if q.dead else ""),
+        cell(age(q.oldest_waiting_s)),
+        cell(f"{q.tokens_per_s:.1f}"),
+        cell(q.workers, "" if q.workers else "red"),
+    ]
+
+
+def queues_table(snap: Snapshot, width: int = 80) -> Table:
+    rows = [(q, _queue_cells(q)) for q in snap.queues]
+    # The bar gets what the numbers and the names leave of the terminal's width (none on a very narrow one).
+    used = max((len(q.model) for q in snap.queues), default=5) + len(QUEUE_NUMBERS) + 1
+    used += sum(max([len(h), *(len(cells[i]) for _, cells in rows)]) for i, h in enumerate(QUEUE_NUMBERS))
+    bar_width = min(BAR_WIDTH, width - used - 1)
+    with_bar = bar_width >= 4
+    table = _table("model", *([">"] if with_bar else []), *(">" + h for h in QUEUE_NUMBERS))
     scale = max((q.waiting + q.running for q in snap.queues), default=0)
-    for q in snap.queues:
-        table.add_row(
-            Text(q.model, style="bold"),
-            bar(q, scale),
-            Text(str(q.waiting), style="yellow" if q.waiting else ""),
-            Text(str(q.running), style="green" if q.running else ""),
-            str(q.completed),
-            Text(str(q.failed), style="red" if q.failed else ""),
-            str(q.cancelled),
-            str(q.expired),
-            Text(str(q.dead), style="red" if q.dead else ""),
-            age(q.oldest_waiting_s),
-            f"{q.tokens_per_s:.1f}",
-            Text(f"{q.workers}", style="" if q.workers else "red"),
-        )
+    for q, cells in rows:
+        table.add_row(Text(q.model, style="bold"), *([bar(q, scale, bar_width)] if with_bar else []), *cells)
     return table
 
 
 def workers_table(snap: Snapshot) -> Table:
-    table = _table("worker", "host/pid", "models", "state", ">running", ">done/failed", ">beat", ">tok/s", "device")
+    table = _table("worker", "host/pid", "models", ">state", ">run", ">done/fail", ">beat", ">tok/s", "device")
     for w in snap.workers:
         table.add_row(
             w.id,
@@ -166,10 +179,12 @@ def by_model_table(snap: Snapshot) -> Table:
     return table
 
 
-def render_rich(snap: Snapshot, *, queues: bool = True, workers: bool = True, by_model: bool = False) -> RenderableType:
+def render_rich(
+    snap: Snapshot, *, queues: bool = True, workers: bool = True, by_model: bool = False, width: int = 80
+) -> RenderableType:
     parts: list[RenderableType] = []
     if queues:
-        parts += [queues_table(snap), Text(summary_line(snap)), Text("")]
+        parts += [queues_table(snap, width), Text(summary_line(snap)), Text("")]
     if workers:
         parts += [by_model_table(snap) if by_model else workers_table(snap), Text(workers_line(snap)), Text("")]
     parts.append(Text(updated_line(snap), style="dim"))
@@ -217,7 +232,7 @@ def info_command(
         elif raw:
             print(render_raw(snap, **show), flush=True)
         else:
-            console.print(render_rich(snap, **show))
+            console.print(render_rich(snap, **show, width=console.width))
 
     try:
         first = take()
@@ -234,11 +249,11 @@ def info_command(
                 time.sleep(interval)
                 emit(_retrying(take, redis_url))
         else:
-            with Live(render_rich(first, **show), console=console, auto_refresh=False) as live:
+            with Live(render_rich(first, **show, width=console.width), console=console, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval)
                     try:
-                        live.update(render_rich(take(), **show), refresh=True)
+                        live.update(render_rich(take(), **show, width=console.width), refresh=True)
                     except (redis.RedisError, OSError) as exc:
                         # keep watching through a Redis restart instead of dying in the middle of it
                         live.update(

@@ -35,6 +35,17 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def problem(exc: Exception, url: str) -> str:
+    """One line for the operator: unreachable (network, timeout) or reached but refused (auth, ACL)."""
+    import redis
+
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError) and not isinstance(
+        exc, redis.AuthenticationError
+    ):
+        return f"cannot reach Redis at {redact(url)}: {exc}"
+    return f"Redis at {redact(url)} refused: {exc}"
+
+
 def age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -219,7 +230,11 @@ def info_command(
 
     redis_url = url or DEFAULT_URL
     keys = Keys(key_prefix)
-    client = sync_client(redis_url)
+    try:
+        client = sync_client(redis_url)
+    except ValueError as exc:  # redis-py's answer to a URL without a redis://, rediss:// or unix:// scheme
+        print(f"queuechat info: invalid Redis URL {redact(redis_url)}: {exc}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
     show = {"queues": not only_workers or only_queues, "workers": not only_queues or only_workers, "by_model": by_model}
     console = Console(highlight=False)
 
@@ -237,7 +252,7 @@ def info_command(
     try:
         first = take()
     except (redis.RedisError, OSError) as exc:
-        print(f"queuechat info: cannot reach Redis at {redact(redis_url)}: {exc}", file=sys.stderr)
+        print(f"queuechat info: {problem(exc, redis_url)}", file=sys.stderr)
         raise typer.Exit(code=1) from None
     if interval is None:
         emit(first)
@@ -256,9 +271,7 @@ def info_command(
                         live.update(render_rich(take(), **show, width=console.width), refresh=True)
                     except (redis.RedisError, OSError) as exc:
                         # keep watching through a Redis restart instead of dying in the middle of it
-                        live.update(
-                            Text(f"cannot reach Redis at {redact(redis_url)}: {exc}", style="red"), refresh=True
-                        )
+                        live.update(Text(problem(exc, redis_url), style="red"), refresh=True)
     except KeyboardInterrupt:
         return
 
@@ -271,5 +284,5 @@ def _retrying(take: Callable[[], Snapshot], redis_url: str) -> Snapshot:
         try:
             return take()
         except (redis.RedisError, OSError) as exc:
-            print(f"queuechat info: cannot reach Redis at {redact(redis_url)}: {exc}", file=sys.stderr, flush=True)
+            print(f"queuechat info: {problem(exc, redis_url)}", file=sys.stderr, flush=True)
             time.sleep(1.0)

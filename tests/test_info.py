@@ -152,6 +152,13 @@ def test_unreachable_redis_is_one_line_and_exit_1() -> None:
     assert "cannot reach Redis" in line and "secret" not in line and "127.0.0.1" in line
 
 
+def test_a_url_without_a_scheme_is_one_line_and_exit_1() -> None:
+    result = CliRunner().invoke(app, ["info", "-u", "localhost:6379"])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert "invalid Redis URL" in line
+
+
 def test_url_from_the_environment(scene: Settings) -> None:
     assert scene.redis_url
     result = CliRunner().invoke(

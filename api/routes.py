@@ -33,8 +33,16 @@ def dumps(obj: Any) -> str:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    up = await producer_of(request).ping()
-    return JSONResponse({"status": "ok" if up else "degraded", "broker": "up" if up else "down"}, 200 if up else 503)
+    """200 while the broker answers; 503 (and which part is down) otherwise, for load balancers and compose."""
+    producer = producer_of(request)
+    up = await producer.ping()
+    body = {
+        "status": "ok" if up else "degraded",
+        "broker": "up" if up else "down",
+        "events": "connected" if producer.router.connected else "disconnected",
+        "open_jobs": producer.router.channels,
+    }
+    return JSONResponse(body, 200 if up else 503)
 
 
 @router.get("/v1/models")
@@ -67,6 +75,12 @@ async def _sse(streams: list[JobEvents], chunks: AsyncIterator[str]) -> AsyncIte
     yield "[DONE]"
 
 
+def stream_response(body: AsyncIterator[str], producer: Producer) -> EventSourceResponse:
+    """An SSE response that, when the server is told to stop, gets the drain timeout to finish instead of being
+    cut at once (sse-starlette's default)."""
+    return EventSourceResponse(body, ping=15, shutdown_grace_period=producer.settings.drain_timeout)
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -86,11 +100,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     response_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     if body.stream:
-        return EventSourceResponse(_sse(streams, _chat_stream(streams, body, response_id, created)), ping=15)
+        chunks = _chat_stream(streams, body, response_id, created)
+        return stream_response(_sse(streams, chunks), producer)
     try:
         collected = Collected()
         async for _, event in merged(streams):
-            collected.add(getattr(event, "index", 0), event)
+            if isinstance(event, Accepted):  # the job restarted on another worker
+                collected.restart(range(body.n))
+            elif isinstance(event, Delta | Done):
+                collected.add(event.index, event)
     finally:
         for s in streams:
             s.close()
@@ -135,9 +153,10 @@ async def _chat_stream(
     for index in range(body.n):
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None}])  # fmt: skip
-    async for _, event in merged(streams):
+    async for position, event in merged(streams):
         if isinstance(event, Delta):
             if event.text:
+                streams[position].committed = True  # from here on, a restart elsewhere would repeat text
                 yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": None,
                               "finish_reason": None}])  # fmt: skip
         elif isinstance(event, Done):
@@ -158,11 +177,14 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     prompts = body.prompts()
     if body.stream:
         chunks = _completion_stream(streams, body, prompts, response_id, created)
-        return EventSourceResponse(_sse(streams, chunks), ping=15)
+        return stream_response(_sse(streams, chunks), producer)
     try:
         collected = Collected()
         async for position, event in merged(streams):
-            collected.add(position * body.n + getattr(event, "index", 0), event)
+            if isinstance(event, Accepted):  # the job restarted on another worker
+                collected.restart(range(position * body.n, (position + 1) * body.n))
+            elif isinstance(event, Delta | Done):
+                collected.add(position * body.n + event.index, event)
     finally:
         for s in streams:
             s.close()
@@ -206,6 +228,7 @@ async def _completion_stream(
     async for position, event in merged(streams):
         if isinstance(event, Delta):
             if event.text:
+                streams[position].committed = True
                 yield chunk([{"index": position * body.n + event.index, "text": event.text, "logprobs": None,
                               "finish_reason": None}])  # fmt: skip
         elif isinstance(event, Done):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -96,8 +95,9 @@ def _prompt_tokens(streams: list[JobEvents]) -> int:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
-    streams = await submit_all(producer, [chat_job(body, producer.settings.request_timeout)])
-    response_id = "chatcmpl-" + uuid.uuid4().hex
+    job = chat_job(body, producer.settings.request_timeout)
+    streams = await submit_all(producer, [job])
+    response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
     created = int(time.time())
     if body.stream:
         chunks = _chat_stream(streams, body, response_id, created)
@@ -115,14 +115,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     prompt_tokens = _prompt_tokens(streams)
     choices = []
     for index, choice in sorted(collected.choices.items()):
-        logprobs: dict[str, Any] | None = None
-        if body.logprobs:
-            logprobs = {
-                "content": [
-                    {"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(choice.token_ids, choice.logprobs, strict=False)
-                ]
-            }
+        logprobs = _chat_logprobs(choice.token_ids, choice.logprobs) if body.logprobs else None
         choices.append(
             {
                 "index": index,
@@ -141,6 +134,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     }
 
 
+def _chat_logprobs(token_ids: list[int], logprobs: list[float] | None) -> dict[str, Any]:
+    return {
+        "content": [
+            {"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
+            for t, lp in zip(token_ids, logprobs or [], strict=False)
+        ]
+    }
+
+
 async def _chat_stream(
     streams: list[JobEvents], body: ChatCompletionRequest, response_id: str, created: int
 ) -> AsyncIterator[str]:
@@ -155,9 +157,12 @@ async def _chat_stream(
                       "finish_reason": None}])  # fmt: skip
     async for position, event in merged(streams):
         if isinstance(event, Delta):
-            if event.text:
+            # With logprobs every token is reported, also one whose text is still held back (a partial
+            # character, a possible stop string).
+            if event.text or (body.logprobs and event.token_ids):
                 streams[position].committed = True  # from here on, a restart elsewhere would repeat text
-                yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": None,
+                logprobs = _chat_logprobs(event.token_ids, event.logprobs) if body.logprobs else None
+                yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": logprobs,
                               "finish_reason": None}])  # fmt: skip
         elif isinstance(event, Done):
             completion_tokens += event.usage.completion_tokens
@@ -172,7 +177,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
     jobs = completion_jobs(body, producer.settings.request_timeout)
     streams = await submit_all(producer, jobs)
-    response_id = "cmpl-" + uuid.uuid4().hex
+    response_id = "cmpl-" + jobs[0].id.removeprefix("job-")
     created = int(time.time())
     prompts = body.prompts()
     if body.stream:

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,7 @@ class ModelWorker:
         self.drain_timeout = drain_timeout
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
+        self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
         self.totals: Counter[str] = Counter()
@@ -307,11 +308,15 @@ class ModelWorker:
         if not updates:
             return
         events: list[tuple[str, AnyEvent]] = []
+        late: Counter[str] = Counter()
         now = time.time()
         for update in updates:
             job_id, index = split_seq_id(update.seq_id)
-            running = self.jobs.get(job_id)
+            running = self.jobs.get(job_id) or self._ended.get(job_id)
             if running is None or running.choices[index].done:
+                # Computed before a cancel took effect: wasted work, counted so operators (and tests) see it.
+                if running is not None:
+                    late[running.job.model] += len(update.token_ids)
                 continue
             choice = running.choices[index]
             if update.error is not None:
@@ -358,11 +363,14 @@ class ModelWorker:
         self._count_tokens(now, sum(len(u.token_ids) for u in updates))
         receivers = self.consumer.publish(events)
         gone = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == 0}
-        self._finish(gone)
+        self._finish(gone, late)
 
-    def _finish(self, gone: set[str]) -> None:
+    def _finish(self, gone: set[str], late: Counter[str] | None = None) -> None:
         finished: list[Delivery | Malformed] = []
         counters: dict[str, Counter[str]] = defaultdict(Counter)
+        for model, n in (late or {}).items():
+            counters[model]["output_tokens"] += n
+            counters[model]["tokens_after_cancel"] += n
         for job_id in list(self.jobs):
             running = self.jobs[job_id]
             if job_id in gone and not running.finished:
@@ -373,6 +381,9 @@ class ModelWorker:
             else:
                 continue
             del self.jobs[job_id]
+            self._ended[job_id] = running
+            while len(self._ended) > 256:
+                self._ended.popitem(last=False)
             finished.append(running.delivery)
             model = running.job.model
             counters[model][outcome] += 1

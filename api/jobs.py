@@ -129,6 +129,11 @@ class Collected:
             choice.finish_reason = event.finish_reason.value
             choice.completion_tokens = event.usage.completion_tokens
 
+    def restart(self, indices: range) -> None:
+        """Forget what these choices gathered: their job is being run again by another worker."""
+        for index in indices:
+            self.choices.pop(index, None)
+
     @property
     def completion_tokens(self) -> int:
         return sum(c.completion_tokens for c in self.choices.values())

@@ -24,7 +24,15 @@ def api_command(
     settings = Settings.load(redis_url)
     if not settings.redis_url:
         raise typer.BadParameter("the API needs --redis-url (or QUEUECHAT_REDIS_URL); `queuechat up` embeds one")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower(), access_log=False)
+    # On SIGTERM uvicorn stops accepting at once; open streams get the drain timeout to finish (see routes).
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+    )
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,8 +32,16 @@ def dumps(obj: Any) -> str:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    up = await producer_of(request).ping()
-    return JSONResponse({"status": "ok" if up else "degraded", "broker": "up" if up else "down"}, 200 if up else 503)
+    """200 while the broker answers; 503 (and which part is down) otherwise, for load balancers and compose."""
+    producer = producer_of(request)
+    up = await producer.ping()
+    body = {
+        "status": "ok" if up else "degraded",
+        "broker": "up" if up else "down",
+        "events": "connected" if producer.router.connected else "disconnected",
+        "open_jobs": producer.router.channels,
+    }
+    return JSONResponse(body, 200 if up else 503)
 
 
 @router.get("/v1/models")
@@ -67,6 +74,12 @@ async def _sse(streams: list[JobEvents], chunks: AsyncIterator[str]) -> AsyncIte
     yield "[DONE]"
 
 
+def stream_response(body: AsyncIterator[str], producer: Producer) -> EventSourceResponse:
+    """An SSE response that, when the server is told to stop, gets the drain timeout to finish instead of being
+    cut at once (sse-starlette's default)."""
+    return EventSourceResponse(body, ping=15, shutdown_grace_period=producer.settings.drain_timeout)
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -82,29 +95,27 @@ def _prompt_tokens(streams: list[JobEvents]) -> int:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
-    streams = await submit_all(producer, [chat_job(body, producer.settings.request_timeout)], request.app.state.metrics)
-    response_id = "chatcmpl-" + uuid.uuid4().hex
+    job = chat_job(body, producer.settings.request_timeout)
+    streams = await submit_all(producer, [job], request.app.state.metrics)
+    response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
     created = int(time.time())
     if body.stream:
-        return EventSourceResponse(_sse(streams, _chat_stream(streams, body, response_id, created)), ping=15)
+        chunks = _chat_stream(streams, body, response_id, created)
+        return stream_response(_sse(streams, chunks), producer)
     try:
         collected = Collected()
         async for _, event in merged(streams):
-            collected.add(getattr(event, "index", 0), event)
+            if isinstance(event, Accepted):  # the job restarted on another worker
+                collected.restart(range(body.n))
+            elif isinstance(event, Delta | Done):
+                collected.add(event.index, event)
     finally:
         for s in streams:
             s.close()
     prompt_tokens = _prompt_tokens(streams)
     choices = []
     for index, choice in sorted(collected.choices.items()):
-        logprobs: dict[str, Any] | None = None
-        if body.logprobs:
-            logprobs = {
-                "content": [
-                    {"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(choice.token_ids, choice.logprobs, strict=False)
-                ]
-            }
+        logprobs = _chat_logprobs(choice.token_ids, choice.logprobs) if body.logprobs else None
         choices.append(
             {
                 "index": index,
@@ -123,6 +134,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     }
 
 
+def _chat_logprobs(token_ids: list[int], logprobs: list[float] | None) -> dict[str, Any]:
+    return {
+        "content": [
+            {"token": str(t), "logprob": lp, "bytes": None, "top_logprobs": []}
+            for t, lp in zip(token_ids, logprobs or [], strict=False)
+        ]
+    }
+
+
 async def _chat_stream(
     streams: list[JobEvents], body: ChatCompletionRequest, response_id: str, created: int
 ) -> AsyncIterator[str]:
@@ -135,10 +155,14 @@ async def _chat_stream(
     for index in range(body.n):
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None}])  # fmt: skip
-    async for _, event in merged(streams):
+    async for position, event in merged(streams):
         if isinstance(event, Delta):
-            if event.text:
-                yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": None,
+            # With logprobs every token is reported, also one whose text is still held back (a partial
+            # character, a possible stop string).
+            if event.text or (body.logprobs and event.token_ids):
+                streams[position].committed = True  # from here on, a restart elsewhere would repeat text
+                logprobs = _chat_logprobs(event.token_ids, event.logprobs) if body.logprobs else None
+                yield chunk([{"index": event.index, "delta": {"content": event.text}, "logprobs": logprobs,
                               "finish_reason": None}])  # fmt: skip
         elif isinstance(event, Done):
             completion_tokens += event.usage.completion_tokens
@@ -153,16 +177,19 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
     jobs = completion_jobs(body, producer.settings.request_timeout)
     streams = await submit_all(producer, jobs, request.app.state.metrics)
-    response_id = "cmpl-" + uuid.uuid4().hex
+    response_id = "cmpl-" + jobs[0].id.removeprefix("job-")
     created = int(time.time())
     prompts = body.prompts()
     if body.stream:
         chunks = _completion_stream(streams, body, prompts, response_id, created)
-        return EventSourceResponse(_sse(streams, chunks), ping=15)
+        return stream_response(_sse(streams, chunks), producer)
     try:
         collected = Collected()
         async for position, event in merged(streams):
-            collected.add(position * body.n + getattr(event, "index", 0), event)
+            if isinstance(event, Accepted):  # the job restarted on another worker
+                collected.restart(range(position * body.n, (position + 1) * body.n))
+            elif isinstance(event, Delta | Done):
+                collected.add(position * body.n + event.index, event)
     finally:
         for s in streams:
             s.close()
@@ -206,6 +233,7 @@ async def _completion_stream(
     async for position, event in merged(streams):
         if isinstance(event, Delta):
             if event.text:
+                streams[position].committed = True
                 yield chunk([{"index": position * body.n + event.index, "text": event.text, "logprobs": None,
                               "finish_reason": None}])  # fmt: skip
         elif isinstance(event, Done):

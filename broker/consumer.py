@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from broker.schemas import Accepted, Delta, Done, Error, Job
 log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -44,13 +49,32 @@ class Malformed:
     job_id: str | None
 
 
+@dataclass
+class Reclaimed:
+    """What one reclaim pass did: jobs taken over from dead workers (to run again) and jobs given up on."""
+
+    deliveries: list[Delivery | Malformed]
+    dead_lettered: list[str]
+
+
 class JobConsumer:
-    def __init__(self, client: redis.Redis, keys: Keys, models: Sequence[str], consumer: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        models: Sequence[str],
+        consumer: str,
+        *,
+        max_deliveries: int = 3,
+        claim_min_idle: float = 1.0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.models = list(models)
         self.consumer = consumer
         self.streams = [keys.jobs(m) for m in self.models]
+        self.max_deliveries = max_deliveries
+        self.claim_min_idle_ms = int(claim_min_idle * 1000)
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as
@@ -82,13 +106,91 @@ class JobConsumer:
                 out.append(self._decode(stream, eid, fields))
         return out
 
+    def reclaim(self, count: int) -> Reclaimed:
+        """Take over up to ``count`` jobs that workers without a heartbeat left pending, and forget those workers.
+
+        A pending entry is only taken when its consumer's heartbeat key is gone, so a long job on a live worker is
+        never stolen however long it runs; XCLAIM's min-idle makes two live workers racing for one entry safe (the
+        first claim resets the idle time, the second then claims nothing). A job delivered ``max_deliveries``
+        times is moved to the dead-letter stream instead, and its client is told why.
+        """
+        taken: list[Delivery | Malformed] = []
+        dead_lettered: list[str] = []
+        for stream in self.streams:
+            if len(taken) >= count:
+                break
+            pending: list[Any] = self.client.xpending_range(
+                stream, CONSUMER_GROUP, min="-", max="+", count=max(count * 4, 16), idle=self.claim_min_idle_ms
+            )
+            owners = sorted({_text(p["consumer"]) for p in pending} - {self.consumer})
+            dead_owners = self._without_heartbeat(owners)
+            orphans = [p for p in pending if _text(p["consumer"]) in dead_owners][: count - len(taken)]
+            if orphans:
+                deliveries = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in orphans}
+                claimed: list[Any] = self.client.xclaim(
+                    stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, list(deliveries)
+                )
+                for entry_id, fields in claimed or []:
+                    if fields is None:  # deleted meanwhile (Redis 6 still lists such ids)
+                        continue
+                    eid = _text(entry_id)
+                    item = self._decode(stream, eid, fields, attempt=deliveries.get(eid, 1))
+                    if isinstance(item, Delivery) and item.job.attempt > self.max_deliveries:
+                        self._dead_letter(item)
+                        dead_lettered.append(item.job.id)
+                    else:
+                        taken.append(item)
+            self._forget_dead_consumers(stream)
+        if taken or dead_lettered:
+            log.warning("took over %d jobs from dead workers, dead-lettered %d", len(taken), len(dead_lettered))
+        return Reclaimed(taken, dead_lettered)
+
+    def _without_heartbeat(self, consumers: Sequence[str]) -> set[str]:
+        if not consumers:
+            return set()
+        beats = self.client.mget([self.keys.heartbeat(c) for c in consumers])
+        return {c for c, beat in zip(consumers, beats, strict=True) if beat is None}
+
+    def _forget_dead_consumers(self, stream: str) -> None:
+        """Delete consumers that hold nothing and have no heartbeat, so the group does not grow forever."""
+        consumers: list[Any] = self.client.xinfo_consumers(stream, CONSUMER_GROUP)
+        idle_ones = [
+            _text(c["name"]) for c in consumers if int(c["pending"]) == 0 and _text(c["name"]) != self.consumer
+        ]
+        for name in self._without_heartbeat(idle_ones):
+            self.client.xgroup_delconsumer(stream, CONSUMER_GROUP, name)
+
+    def _dead_letter(self, delivery: Delivery) -> None:
+        job = delivery.job
+        message = (
+            f"job {job.id} was given to {job.attempt - 1} workers and each of them died before finishing it; "
+            "it was set aside (dead-lettered) so it cannot take down more workers"
+        )
+        log.error("%s", message)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(
+            self.keys.dead(job.model),
+            {"job": job.model_dump_json(), "reason": message, "at": str(time.time())},
+            maxlen=10_000,
+            approximate=True,
+        )
+        pipe.publish(
+            self.keys.events(job.id),
+            Error(seq=0, code="worker_lost", message=message, status=503).model_dump_json(exclude_none=True),
+        )
+        pipe.xack(delivery.stream, CONSUMER_GROUP, delivery.entry_id)
+        pipe.xdel(delivery.stream, delivery.entry_id)
+        pipe.hincrby(self.keys.stats(job.model), "dead", 1)
+        pipe.execute()
+
     @staticmethod
-    def _decode(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Delivery | Malformed:
+    def _decode(stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int = 1) -> Delivery | Malformed:
         raw = fields.get(b"job")
         if raw is None:
             return Malformed(stream, entry_id, "entry has no 'job' field", None)
         try:
-            return Delivery(stream, entry_id, Job.model_validate_json(raw))
+            job = Job.model_validate_json(raw)
+            return Delivery(stream, entry_id, job.model_copy(update={"attempt": attempt}) if attempt > 1 else job)
         except ValidationError as exc:
             job_id = None
             with contextlib.suppress(ValueError, AttributeError):

@@ -40,6 +40,19 @@ EVENTS_CLIENT_NAME = "queuechat-events"
 # instead of three round trips per request). A job sent to a model whose last worker just died waits in its stream
 # for a worker until its deadline.
 LIVE_CACHE_SECONDS = 1.0
+# Put in every job's queue when the event connection drops (never a valid event: events are JSON objects).
+CONNECTION_LOST = b""
+
+# Check the backlog and queue the job in one step, so concurrent requests cannot overfill a queue between the
+# check and the XADD. Returns the backlog it saw, negative (-backlog - 1) when the job was refused.
+ADMIT_SCRIPT = """
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog >= tonumber(ARGV[1]) then
+  return -backlog - 1
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'job', ARGV[3])
+return backlog
+"""
 
 
 class EventRouter:
@@ -69,6 +82,11 @@ class EventRouter:
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._commands: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._down = False  # the last connection attempt failed: refuse new subscriptions at once
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     def _ensure_tasks(self) -> None:
         if not self._tasks or any(t.done() for t in self._tasks):
@@ -82,6 +100,8 @@ class EventRouter:
     async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
         """Subscribe and return once Redis has confirmed the subscription."""
         self._ensure_tasks()
+        if self._down:
+            raise BrokerUnavailable("the broker is unreachable (the event connection is down)")
         key = channel.encode()
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -112,6 +132,7 @@ class EventRouter:
         if self._queues:
             await conn.send_command(b"SUBSCRIBE", *self._queues)
         self._conn = conn
+        self._down = False
         self._connected.set()
 
     async def _read_forever(self) -> None:
@@ -124,14 +145,18 @@ class EventRouter:
                     self._dispatch(await self._conn.read_response(timeout=math.inf, push_request=True))
             except (RedisError, OSError) as exc:
                 self._connected.clear()
+                self._down = True
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         await self._conn.disconnect()
-                # Jobs keep their queues: events lost in the gap surface as a gap in seq or as the deadline.
                 log.warning("event connection lost (%s); reconnecting in %.2fs", exc, backoff)
                 for fut in self._confirmations.values():
                     if not fut.done():
                         fut.set_exception(BrokerUnavailable(f"the broker is unreachable: {exc}"))
+                # Events published while the connection was down are lost, so no job in flight can be finished
+                # faithfully: each is told now, rather than waiting for a gap in seq or for its deadline.
+                for queue in self._queues.values():
+                    queue.put_nowait(CONNECTION_LOST)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -180,7 +205,14 @@ class EventRouter:
 
 class JobEvents:
     """The events of one submitted job, in order. Iteration ends after ``done`` for every choice, or raises
-    :class:`JobFailed` on an ``error`` event or a gap in ``seq``. Always :meth:`close` (or use ``async with``)."""
+    :class:`JobFailed` on an ``error`` event or a gap in ``seq``. Always :meth:`close` (or use ``async with``).
+
+    When the job's worker dies, another worker runs the job again and its events start over with an ``accepted``
+    of a higher attempt. That restart is passed through (the caller drops what it gathered so far) unless the
+    caller has marked the job :attr:`committed` (a stream that already sent text to its client): then it is a
+    ``worker_lost`` error. While no event arrives, the job's worker is checked every ``watch_interval`` seconds, so
+    a client learns of a dead worker (or of no worker left at all) in seconds, not at the deadline.
+    """
 
     def __init__(self, producer: Producer, job: Job, queue: asyncio.Queue[bytes]) -> None:
         self.job = job
@@ -190,6 +222,9 @@ class JobEvents:
         self._open_choices = job.params.n
         self._closed = False
         self.pending_first: AnyEvent | None = None  # the first event, once a front server has waited for it
+        self.worker: str | None = None  # the worker running the job, from its ``accepted``
+        self.attempt = 0
+        self.committed = False  # set by the caller once output has reached the client
 
     async def __aenter__(self) -> JobEvents:
         return self
@@ -201,13 +236,29 @@ class JobEvents:
         return self._iterate()
 
     async def next_event(self) -> AnyEvent:
-        """The next event; raises :class:`JobFailed` for an error event, :class:`RequestTimedOut` at the deadline."""
-        remaining = self.job.deadline - time.time()
-        try:
-            raw = await asyncio.wait_for(self._queue.get(), timeout=max(remaining, 0.0))
-        except TimeoutError as exc:
-            raise RequestTimedOut(f"job {self.job.id} passed its deadline") from exc
+        """The next event; raises :class:`JobFailed` for an error event, :class:`RequestTimedOut` at the deadline,
+        :class:`BrokerUnavailable` when the connection to the broker was lost."""
+        while True:
+            remaining = self.job.deadline - time.time()
+            if remaining <= 0:
+                raise RequestTimedOut(f"job {self.job.id} passed its deadline")
+            try:
+                wait = min(remaining, self._producer.settings.heartbeat_interval)
+                raw = await asyncio.wait_for(self._queue.get(), timeout=wait)
+            except TimeoutError:
+                await self._check_worker()
+                continue
+            return self._accept(raw)
+
+    def _accept(self, raw: bytes) -> AnyEvent:
+        if raw == CONNECTION_LOST:
+            raise BrokerUnavailable(f"the connection to the broker was lost while job {self.job.id} was running")
         event = parse_event(raw)
+        if isinstance(event, Error):  # ends the job whoever sent it (a dead-letter notice has no place in seq)
+            raise JobFailed(event.message, status=event.status, code=event.code, param=event.param)
+        if isinstance(event, Accepted) and event.seq == 0 and self._next_seq > 0:
+            self._restart(event)
+            return event
         if event.seq != self._next_seq:
             raise JobFailed(
                 f"events of job {self.job.id} arrived out of order (expected {self._next_seq}, got {event.seq})",
@@ -215,11 +266,41 @@ class JobEvents:
                 code="event_gap",
             )
         self._next_seq += 1
-        if isinstance(event, Error):
-            raise JobFailed(event.message, status=event.status, code=event.code, param=event.param)
-        if isinstance(event, Done):
+        if isinstance(event, Accepted):
+            self.worker, self.attempt = event.worker, event.attempt
+        elif isinstance(event, Done):
             self._open_choices -= 1
         return event
+
+    def _restart(self, event: Accepted) -> None:
+        if self.committed:
+            raise self._worker_lost()
+        log.warning("job %s restarted on worker %s (attempt %d)", self.job.id, event.worker, event.attempt)
+        self._next_seq = 1
+        self._open_choices = self.job.params.n
+        self.worker, self.attempt = event.worker, event.attempt
+
+    def _worker_lost(self) -> JobFailed:
+        return JobFailed(
+            f"the worker running job {self.job.id} was lost after part of the answer had been sent; retry the request",
+            status=503,
+            code="worker_lost",
+        )
+
+    async def _check_worker(self) -> None:
+        """Called when no event came for a while: fail now if the job can no longer finish."""
+        producer = self._producer
+        try:
+            if self.worker is not None and await producer.client.exists(producer.keys.heartbeat(self.worker)):
+                return
+            if self.worker is not None and self.committed:
+                raise self._worker_lost()
+            live = await producer._live_models_cached(self.job.model)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+        if self.job.model not in live:
+            raise NoWorkerAvailable(f"no worker is serving model {self.job.model!r} any more")
+        # Otherwise a live worker will take the job over (or start it, if it is still queued): keep waiting.
 
     @property
     def finished(self) -> bool:
@@ -244,6 +325,7 @@ class Producer:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.router = EventRouter(client)
+        self._admit = client.register_script(ADMIT_SCRIPT)
         self._live_cache: tuple[float, dict[str, list[LiveWorker]]] = (0.0, {})
 
     async def live_workers(self) -> list[LiveWorker]:
@@ -274,11 +356,7 @@ class Producer:
             except (RedisError, OSError) as exc:
                 raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
             if backlog >= self.settings.max_queue_len:
-                slots = sum(w.card.slots for w in live[model]) or 1
-                raise QueueFull(
-                    f"the queue of model {model!r} is full ({backlog} jobs); retry later",
-                    retry_after=max(1, math.ceil(backlog / slots)),
-                )
+                raise self._queue_full(model, backlog)
             return
         try:
             known = await self.client.exists(self.keys.jobs(model))
@@ -295,18 +373,30 @@ class Producer:
         queue = await self.router.subscribe(channel)
         events = JobEvents(self, job, queue)
         try:
-            await self.client.xadd(
-                self.keys.jobs(job.model),
-                {"job": job.model_dump_json()},
-                maxlen=self.settings.stream_maxlen,
-                approximate=True,
+            backlog = int(
+                await self._admit(
+                    keys=[self.keys.jobs(job.model)],
+                    args=[self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()],
+                )
             )
         except BaseException as exc:
             events.close()
             if isinstance(exc, RedisError | OSError):
                 raise BrokerUnavailable(f"cannot queue the job: {exc}") from exc
             raise
+        if backlog < 0:
+            events.close()
+            raise self._queue_full(job.model, -backlog - 1)
         return events
+
+    def _queue_full(self, model: str, backlog: int) -> QueueFull:
+        """A 429 whose Retry-After is the time for the backlog to drain one slot-full at a time (at least 1 s)."""
+        _, live = self._live_cache
+        slots = sum(w.card.slots for w in live.get(model, [])) or 1
+        return QueueFull(
+            f"the queue of model {model!r} is full ({backlog} jobs); retry later",
+            retry_after=max(1, math.ceil(backlog / slots)),
+        )
 
     async def ping(self) -> bool:
         try:

@@ -21,6 +21,15 @@ class Settings(BaseSettings):
     max_queue_len: int = Field(default=1024, gt=0, description="Per-model backlog over which the API says 429.")
     stream_maxlen: int = Field(default=100_000, gt=0, description="Approximate cap of a job stream's length.")
     max_deliveries: int = Field(default=3, gt=0, description="Deliveries of one job before it is dead-lettered.")
+    claim_min_idle: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds a dead worker's job must sit unclaimed before a live worker takes it over; keeps two "
+        "live workers from both claiming one job.",
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds a worker or API gets on SIGTERM to finish running work."
+    )
 
     @classmethod
     def load(cls, redis_url: str | None = None) -> Settings:

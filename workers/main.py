@@ -109,9 +109,17 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     worker = ModelWorker(
         engine,
         loaded.tokenizer,
-        JobConsumer(client, keys, names, worker_id),
+        JobConsumer(
+            client,
+            keys,
+            names,
+            worker_id,
+            max_deliveries=settings.max_deliveries,
+            claim_min_idle=settings.claim_min_idle,
+        ),
         WorkerRegistration(client, keys, card, settings.heartbeat_ttl),
         heartbeat_interval=settings.heartbeat_interval,
+        heartbeat_ttl=settings.heartbeat_ttl,
         chat_template=chat_template,
         drain_timeout=options.drain_timeout,
     )
@@ -163,7 +171,9 @@ def worker_command(
     num_blocks: Annotated[int | None, typer.Option(min=1, help="KV cache blocks (overrides --kv-cache-gib)")] = None,
     page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 16,
     max_batch_tokens: Annotated[int, typer.Option(min=16, help="Tokens per engine step (chunked prefill)")] = 512,
-    drain_timeout: Annotated[float, typer.Option(min=0, help="Seconds to finish running work on SIGTERM")] = 30.0,
+    drain_timeout: Annotated[
+        float | None, typer.Option(min=0, help="Seconds to finish running work on SIGTERM (default 30)")
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port (default: off)")
     ] = None,
@@ -194,7 +204,7 @@ def worker_command(
         num_blocks=num_blocks,
         page_size=page_size,
         max_batch_tokens=max_batch_tokens,
-        drain_timeout=drain_timeout,
+        drain_timeout=settings.drain_timeout if drain_timeout is None else drain_timeout,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )

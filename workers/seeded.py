@@ -42,7 +42,8 @@ class SeededSampler(ContinuousBatchingLogitsProcessor):
                 if slot is None:
                     slot = self._slots[rid] = self._next_slot
                     self._next_slot = (self._next_slot + 1) % 2**31
-                    self._generators[slot] = torch.Generator().manual_seed(int(seed))
+                    # Any integer maps into the generator's 64-bit seed space: raising here would kill the whole loop.
+                    self._generators[slot] = torch.Generator().manual_seed(int(seed) % 2**64)
                 slots.append(slot)
         return torch.tensor(slots, dtype=torch.int32)
 

@@ -9,9 +9,10 @@ never makes a live worker look dead. This module knows nothing of torch: the eng
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class RunningJob:
     seq: int = 0
     first_token_at: float | None = None
     failed: bool = False
+    expired: bool = False
 
     @property
     def job(self) -> Job:
@@ -62,6 +64,15 @@ class RunningJob:
     @property
     def completion_tokens(self) -> int:
         return sum(c.tokens for c in self.choices)
+
+
+def engine_error(seq: int, exc: BaseException | None = None, message: str | None = None) -> Error:
+    """The error event for a job the engine failed on. Out-of-memory is named as such (FastChat's 50002), since
+    the client's remedy differs: a shorter request, or a retry once the worker has room again."""
+    text = message if message is not None else f"{type(exc).__name__}: {exc}"
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return Error(seq=seq, code="out_of_memory", message=f"the worker ran out of memory: {text}", status=503)
+    return Error(seq=seq, code="engine_error", message=text, status=500)
 
 
 def seq_id(job_id: str, index: int) -> str:
@@ -82,6 +93,7 @@ class ModelWorker:
         registration: WorkerRegistration,
         *,
         heartbeat_interval: float = 2.0,
+        heartbeat_ttl: float = 6.0,
         chat_template: str | None = None,
         drain_timeout: float = 30.0,
     ) -> None:
@@ -90,15 +102,21 @@ class ModelWorker:
         self.consumer = consumer
         self.registration = registration
         self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_ttl = heartbeat_ttl
         self.chat_template = chat_template
         self.drain_timeout = drain_timeout
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
+        self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
         self.totals: Counter[str] = Counter()
         self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
         self._tokens_window: list[tuple[float, int]] = []
+        # Reclaiming waits until this worker has seen the broker healthy for a whole heartbeat TTL: right after an
+        # outage every heartbeat key may have expired, and live workers need that long to renew theirs.
+        self._broker_ok_since = time.monotonic()
+        self._next_reclaim = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -117,6 +135,7 @@ class ModelWorker:
                     backoff = 0.05
                 except RedisError as exc:
                     log.warning("broker unreachable (%s); retrying in %.2fs", exc, backoff)
+                    self._broker_ok_since = math.inf
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
             self._drain()
@@ -149,7 +168,16 @@ class ModelWorker:
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
+        if self._broker_ok_since == math.inf:
+            self.consumer.ensure_groups()  # Redis may have come back empty
+            self._broker_ok_since = time.monotonic()
         free = self.engine.slots - len(self.jobs)
+        if free > 0 and self._reclaim_due():
+            reclaimed = self.consumer.reclaim(free)
+            self.totals["reclaimed"] += len(reclaimed.deliveries)
+            if reclaimed.deliveries:
+                self._admit(reclaimed.deliveries, reclaimed=True)
+            free = self.engine.slots - len(self.jobs)
         if free > 0:
             # Idle: block in Redis so a new job starts at once. Busy: just look, the engine is waiting.
             block_ms = None if self.jobs else 500
@@ -157,9 +185,32 @@ class ModelWorker:
             if items:
                 self._admit(items)
         if self.jobs:
+            self._expire_overdue()
             self._relay(self.engine.poll(timeout=0.05))
 
-    def _admit(self, items: list[Delivery | Malformed]) -> None:
+    def _reclaim_due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_reclaim or now - self._broker_ok_since < self.heartbeat_ttl:
+            return False
+        self._next_reclaim = now + self.heartbeat_interval
+        return True
+
+    def _expire_overdue(self) -> None:
+        """End running jobs whose deadline passed: their front server has given up on them already."""
+        now = time.time()
+        overdue = [r for r in self.jobs.values() if r.job.deadline < now]
+        if not overdue:
+            return
+        events: list[tuple[str, AnyEvent]] = []
+        for running in overdue:
+            self._cancel_all(running)
+            running.expired = True
+            message = "the request passed its deadline while it was running"
+            events.append((running.job.id, Error(seq=running.next_seq(), code="timeout", message=message, status=504)))
+        self.consumer.publish(events)
+        self._finish(set())
+
+    def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False) -> None:
         events: list[tuple[str, AnyEvent]] = []
         finished: list[Delivery | Malformed] = []
         counters: dict[str, Counter[str]] = defaultdict(Counter)
@@ -195,9 +246,11 @@ class ModelWorker:
                 log.exception("job %s could not start", job.id)
                 finished.append(delivery)
                 counters[job.model]["failed"] += 1
-                events.append((job.id, Error(seq=0, code="engine_error", message=str(exc), status=500)))
+                events.append((job.id, engine_error(seq=0, exc=exc)))
                 continue
             self.jobs[job.id] = running
+            if reclaimed:
+                counters[job.model]["reclaimed"] += 1
             events.append(
                 (
                     job.id,
@@ -259,15 +312,19 @@ class ModelWorker:
         if not updates:
             return
         events: list[tuple[str, AnyEvent]] = []
+        late: Counter[str] = Counter()
         now = time.time()
         for update in updates:
             job_id, index = split_seq_id(update.seq_id)
-            running = self.jobs.get(job_id)
+            running = self.jobs.get(job_id) or self._ended.get(job_id)
             if running is None or running.choices[index].done:
+                # Computed before a cancel took effect: wasted work, counted so operators (and tests) see it.
+                if running is not None:
+                    late[running.job.model] += len(update.token_ids)
                 continue
             choice = running.choices[index]
             if update.error is not None:
-                events.append((job_id, Error(seq=running.next_seq(), code="engine_error", message=update.error)))
+                events.append((job_id, engine_error(seq=running.next_seq(), message=update.error)))
                 self._cancel_all(running)
                 running.failed = True
                 continue
@@ -310,21 +367,27 @@ class ModelWorker:
         self._count_tokens(now, sum(len(u.token_ids) for u in updates))
         receivers = self.consumer.publish(events)
         gone = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == 0}
-        self._finish(gone)
+        self._finish(gone, late)
 
-    def _finish(self, gone: set[str]) -> None:
+    def _finish(self, gone: set[str], late: Counter[str] | None = None) -> None:
         finished: list[Delivery | Malformed] = []
         counters: dict[str, Counter[str]] = defaultdict(Counter)
+        for model, n in (late or {}).items():
+            counters[model]["output_tokens"] += n
+            counters[model]["tokens_after_cancel"] += n
         for job_id in list(self.jobs):
             running = self.jobs[job_id]
             if job_id in gone and not running.finished:
                 self._cancel_all(running)
                 outcome = "cancelled"
             elif running.finished:
-                outcome = "failed" if running.failed else "completed"
+                outcome = "expired" if running.expired else "failed" if running.failed else "completed"
             else:
                 continue
             del self.jobs[job_id]
+            self._ended[job_id] = running
+            while len(self._ended) > 256:
+                self._ended.popitem(last=False)
             finished.append(running.delivery)
             model = running.job.model
             counters[model][outcome] += 1

@@ -25,11 +25,12 @@ class Role:
 
 
 ROLES: dict[str, Role] = {
-    # submit jobs, listen to their events, read the registry (and prune expired cards), and serve /metrics
+    # submit jobs (a Lua script checks the backlog and adds the job in one step), listen to their events, read the
+    # registry (and prune expired cards), and serve /metrics
     "front": Role(
         keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers"),
         channels=("{p}:events:*",),
-        commands=f"{_CONNECTION} xadd xlen exists hgetall hdel mget subscribe unsubscribe "
+        commands=f"{_CONNECTION} evalsha script|load xadd xlen exists get hgetall hdel mget subscribe unsubscribe "
         "time scan xinfo|groups xrange",
     ),
     # consume the streams, publish events, count, heartbeat, take over a dead worker's jobs, dead-letter
@@ -37,6 +38,7 @@ ROLES: dict[str, Role] = {
         keys=("~{p}:*",),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
+        "xgroup|delconsumer "
         "xinfo|groups xinfo|consumers publish pubsub|numsub hincrby hset hdel hgetall set get del mget exists time",
     ),
     # queuechat info and anything else that only looks

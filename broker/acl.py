@@ -30,7 +30,7 @@ ROLES: dict[str, Role] = {
     "front": Role(
         keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers"),
         channels=("{p}:events:*",),
-        commands=f"{_CONNECTION} evalsha script|load xadd xlen exists get hgetall hdel mget subscribe unsubscribe "
+        commands=f"{_CONNECTION} evalsha script|load xadd xlen exists hgetall hdel mget subscribe unsubscribe "
         "time scan xinfo|groups xrange",
     ),
     # consume the streams, publish events, count, heartbeat, take over a dead worker's jobs, dead-letter
@@ -38,8 +38,8 @@ ROLES: dict[str, Role] = {
         keys=("~{p}:*",),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
-        "xgroup|delconsumer "
-        "xinfo|groups xinfo|consumers publish pubsub|numsub hincrby hset hdel hgetall set get del mget exists time",
+        "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
+        "hincrby hset hdel hgetall set get del mget exists time",
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,14 @@ from typer.testing import CliRunner
 
 from broker.acl import ROLES, acl_rules
 from broker.connection import sync_client
+from broker.consumer import Delivery, JobConsumer
 from broker.keys import Keys
 from broker.monitor import Snapshot
+from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.settings import Settings
 from queuechat.cli import app
 from tests.conftest import ApiServer, RunningWorker, wait_for
+from tests.test_info import _job
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -73,6 +77,31 @@ def test_each_role_serves_with_its_own_user(
 
     snap = wait_for(info)
     assert [q.model for q in snap.queues] == ["tiny"] and len(snap.workers) == 1
+
+
+def test_worker_user_takes_jobs_over_and_dead_letters(settings: Settings, role_urls: dict[str, str]) -> None:
+    """The recovery path runs as the worker user too: reclaiming a dead worker's job, then dead-lettering it."""
+    keys = Keys(settings.key_prefix)
+    client = sync_client(role_urls["worker"])
+
+    def consumer(name: str) -> JobConsumer:
+        made = JobConsumer(client, keys, ["m"], name, max_deliveries=2, claim_min_idle=0.05)
+        made.ensure_groups()
+        WorkerRegistration(client, keys, WorkerCard(id=name, models=["m"]), ttl=60).heartbeat(WorkerStatus())
+        return made
+
+    first = consumer("w1")
+    client.xadd(keys.jobs("m"), {"job": _job("m")})
+    assert len(first.read(1, None)) == 1
+    client.delete(keys.heartbeat("w1"))  # w1 died
+    time.sleep(0.1)  # past claim_min_idle
+    second = consumer("w2")
+    assert [d.job.attempt for d in second.reclaim(10).deliveries if isinstance(d, Delivery)] == [2]
+    client.delete(keys.heartbeat("w2"))  # and so did w2
+    time.sleep(0.1)
+    outcome = consumer("w3").reclaim(10)
+    assert outcome.deliveries == [] and len(outcome.dead_lettered) == 1
+    assert client.xlen(keys.dead("m")) == 1
 
 
 def test_monitor_user_cannot_write_and_nobody_reaches_other_prefixes(

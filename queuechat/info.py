@@ -24,6 +24,7 @@ from broker.monitor import QueueInfo, Snapshot, WorkerInfo
 BAR_WIDTH = 24
 STATE_STYLES = {"busy": "green", "idle": "dim", "draining": "yellow"}
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+INFO_COMMAND_TIMEOUT = 2.0
 
 
 def redact(url: str) -> str:
@@ -231,7 +232,8 @@ def info_command(
     redis_url = url or DEFAULT_URL
     keys = Keys(key_prefix)
     try:
-        client = sync_client(redis_url)
+        # Every command info sends is cheap: a Redis that takes seconds to answer is as good as down.
+        client = sync_client(redis_url, command_timeout=INFO_COMMAND_TIMEOUT)
     except ValueError as exc:  # redis-py's answer to a URL without a redis://, rediss:// or unix:// scheme
         print(f"queuechat info: invalid Redis URL {redact(redis_url)}: {exc}", file=sys.stderr)
         raise typer.Exit(code=1) from None

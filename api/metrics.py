@@ -102,7 +102,10 @@ class ApiMetrics:
             PREFIX + "prompt_tokens", "Prompt tokens of accepted requests.", labels, registry=self.registry
         )
         self.generation_tokens = Counter(
-            PREFIX + "generation_tokens", "Generated tokens relayed to clients.", labels, registry=self.registry
+            PREFIX + "generation_tokens",
+            "Generated tokens of the finished choices (their usage).",
+            labels,
+            registry=self.registry,
         )
         self.success = Counter(
             PREFIX + "request_success",
@@ -121,13 +124,15 @@ class ApiMetrics:
         model = events.job.model
         now = time.monotonic()
         if isinstance(event, Accepted):
-            if not timing.accepted:  # a job taken over by another worker is accepted again; count it once
+            if timing.accepted:
+                # A worker died and another runs the job from the start: its first tokens follow no earlier token.
+                timing.last_token.clear()
+            else:
                 timing.accepted = True
                 self.queue_time.labels(model).observe(now - timing.submitted)
                 self.prompt_tokens.labels(model).inc(event.prompt_tokens)
         elif isinstance(event, Delta) and event.token_ids:
             count = len(event.token_ids)
-            self.generation_tokens.labels(model).inc(count)
             if not timing.first_token:
                 timing.first_token = True
                 self.ttft.labels(model).observe(now - timing.submitted)
@@ -142,6 +147,8 @@ class ApiMetrics:
                     self.itl.labels(model).observe((now - previous) / count)
             timing.last_token[event.index] = now
         elif isinstance(event, Done):
+            # Counted from the choice's usage, so a run that was restarted on another worker counts once.
+            self.generation_tokens.labels(model).inc(event.usage.completion_tokens)
             self.success.labels(model, event.finish_reason.value).inc()
             if events.finished:
                 self.e2e.labels(model).observe(now - timing.submitted)

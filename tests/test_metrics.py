@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.connection import sync_client
-from broker.consumer import JobConsumer
+from api.jobs import merged, submit_all
+from api.metrics import ApiMetrics
+from broker.connection import async_client, sync_client
+from broker.consumer import Delivery, JobConsumer
 from broker.keys import Keys
+from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
+from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Usage
 from broker.settings import Settings
 from tests.conftest import ApiServer, RunningWorker, Stack, free_port, wait_for
 from tests.test_info import _job
@@ -139,3 +145,61 @@ def test_worker_metrics_port(
     finally:
         assert worker.worker.metrics is not None
         worker.worker.metrics.close()
+
+
+def _restarting_worker(settings: Settings, ready: threading.Event) -> None:
+    """Runs one job, dies after 3 tokens (as far as the client can tell), and a second attempt answers 2 tokens."""
+    assert settings.redis_url
+    client = sync_client(settings.redis_url)
+    consumer = JobConsumer(client, Keys(settings.key_prefix), ["scripted"], "scripted")
+    ready.set()
+    items: list = []
+    while not items:
+        items = consumer.read(count=1, block_ms=100)
+    [item] = items
+    assert isinstance(item, Delivery)
+    job_id = item.job.id
+    consumer.publish(
+        [
+            (job_id, Accepted(seq=0, worker="first", attempt=1, prompt_tokens=4)),
+            (job_id, Delta(seq=1, text="abc", token_ids=[1, 2, 3])),
+            (job_id, Accepted(seq=0, worker="second", attempt=2, prompt_tokens=4)),
+            (job_id, Delta(seq=1, text="de", token_ids=[4, 5])),
+            (job_id, Done(seq=2, finish_reason=FinishReason.LENGTH, usage=Usage(prompt_tokens=4, completion_tokens=2))),
+        ]
+    )
+    consumer.ack([item])
+
+
+async def test_a_restarted_job_counts_once(settings: Settings) -> None:
+    assert settings.redis_url
+    keys = Keys(settings.key_prefix)
+    client = sync_client(settings.redis_url)
+    JobConsumer(client, keys, ["scripted"], "scripted").ensure_groups()
+    WorkerRegistration(client, keys, WorkerCard(id="second", models=["scripted"]), ttl=60).heartbeat(WorkerStatus())
+    ready = threading.Event()
+    thread = threading.Thread(target=_restarting_worker, args=(settings, ready), daemon=True)
+    thread.start()
+    ready.wait(10)
+    metrics = ApiMetrics(settings.redis_url, keys)
+    producer = Producer(async_client(settings.redis_url), settings)
+    try:
+        job = Job(kind=JobKind.COMPLETION, model="scripted", prompt="x", deadline=time.time() + 30)
+        streams = await submit_all(producer, [job], metrics)
+        texts = [e.text async for _, e in merged(streams) if isinstance(e, Delta)]
+        for s in streams:
+            s.close()
+    finally:
+        await producer.close()
+        metrics.close()
+        thread.join(10)
+    assert texts == ["abc", "de"]  # the API passes the restart on; a non-streaming answer keeps only "de"
+    scripted = {"model_name": "scripted"}
+    sample = metrics.registry.get_sample_value
+    assert sample("queuechat:generation_tokens_total", scripted) == 2
+    assert sample("queuechat:prompt_tokens_total", scripted) == 4
+    assert sample("queuechat:request_success_total", {**scripted, "finished_reason": "length"}) == 1
+    for histogram in ("time_to_first_token", "e2e_request_latency", "request_queue_time"):
+        assert sample(f"queuechat:{histogram}_seconds_count", scripted) == 1, histogram
+    # 2 tokens after each attempt's first: 2 of the first attempt, 1 of the second
+    assert sample("queuechat:inter_token_latency_seconds_count", scripted) == 3

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import chat, completions
 from api.errors import install_error_handlers
 from api.routes import router
 from broker.connection import async_client
@@ -32,4 +33,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
     return app

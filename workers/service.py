@@ -20,7 +20,18 @@ from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.registry import WorkerRegistration, WorkerStatus
-from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
+from broker.schemas import (
+    Accepted,
+    Delta,
+    Done,
+    Error,
+    FinishReason,
+    Job,
+    JobKind,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
 from workers.textstream import TextStream
@@ -47,6 +58,7 @@ class RunningJob:
     first_token_at: float | None = None
     failed: bool = False
     expired: bool = False
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def job(self) -> Job:
@@ -63,6 +75,24 @@ class RunningJob:
     @property
     def completion_tokens(self) -> int:
         return sum(c.tokens for c in self.choices)
+
+
+# Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
+MAX_PROMPT_LOGPROBS_TOKENS = 4096
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The llguidance grammar for JSON output following ``schema`` (JSON mode is the schema ``{"type": "object"}``)."""
+    import llguidance
+
+    try:
+        grammar = str(llguidance.LLMatcher.grammar_from_json_schema(schema))
+        problem = llguidance.LLMatcher.validate_grammar(grammar)
+    except Exception as exc:  # llguidance reports some bad schemas by raising
+        problem = str(exc)
+    if problem:
+        raise PromptError(f"the JSON schema cannot be used: {problem}", param="response_format")
+    return grammar
 
 
 def engine_error(seq: int, exc: BaseException | None = None, message: str | None = None) -> Error:
@@ -106,6 +136,7 @@ class ModelWorker:
         self.drain_timeout = drain_timeout
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
+        self._texts: dict[int, str] = {}  # token id -> its text, for logprobs
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
@@ -257,6 +288,7 @@ class ModelWorker:
                         worker=self.consumer.consumer,
                         attempt=job.attempt,
                         prompt_tokens=running.prompt_tokens,
+                        prompt_logprobs=running.prompt_logprobs,
                     ),
                 )
             )
@@ -267,7 +299,7 @@ class ModelWorker:
     def _start(self, delivery: Delivery) -> RunningJob:
         job = delivery.job
         if job.kind == JobKind.CHAT:
-            prompt_ids = chat_prompt_ids(self.tokenizer, job.messages or [], self.chat_template)
+            prompt_ids = chat_prompt_ids(self.tokenizer, job.messages or [], self.chat_template, job.tools)
         else:
             prompt_ids = completion_prompt_ids(self.tokenizer, job.prompt or "", self.vocab_size)
         if not prompt_ids:
@@ -288,6 +320,9 @@ class ModelWorker:
         defaults = self.engine.sampling_defaults
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
+        if params.prompt_logprobs:
+            running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
+        grammar = json_grammar(params.json_schema) if params.json_schema is not None else None
         for index in range(params.n):
             self.engine.add(
                 GenerationRequest(
@@ -300,9 +335,49 @@ class ModelWorker:
                     stop_token_ids=params.stop_token_ids,
                     # each choice of a seeded request gets its own stream of randomness
                     seed=None if params.seed is None else params.seed + index,
+                    logprobs=params.top_logprobs if params.logprobs else None,
+                    penalties=(params.repetition_penalty, params.presence_penalty, params.frequency_penalty),
+                    grammar=grammar,
                 )
             )
         return running
+
+    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
+        if len(prompt_ids) > MAX_PROMPT_LOGPROBS_TOKENS:
+            raise PromptError(
+                f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
+                param="echo",
+            )
+        scored = self.engine.prompt_logprobs(prompt_ids, top)
+        return [self._token_logprob(t, lp, top) for t, (lp, top) in zip(prompt_ids, scored, strict=True)]
+
+    def _token_text(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def _token_logprob(
+        self, token_id: int, logprob: float | None, alternatives: list[tuple[int, float]]
+    ) -> TokenLogprob:
+        text = self._token_text(token_id)
+        return TokenLogprob(
+            token=text,
+            logprob=logprob,
+            bytes=list(text.encode()),
+            top_logprobs=[
+                TopLogprob(token=(alt := self._token_text(i)), logprob=lp, bytes=list(alt.encode()))
+                for i, lp in alternatives
+            ],
+        )
+
+    def _logprobs_of(self, update: SeqUpdate) -> list[TokenLogprob]:
+        chosen = update.logprobs or []
+        tops = update.top_logprobs or [[] for _ in update.token_ids]
+        return [
+            self._token_logprob(t, lp, alternatives)
+            for t, lp, alternatives in zip(update.token_ids, chosen, tops, strict=False)
+        ]
 
     def _relay(self, updates: list[SeqUpdate]) -> None:
         if not updates:
@@ -342,7 +417,7 @@ class ModelWorker:
                             index=index,
                             text=text,
                             token_ids=update.token_ids,
-                            logprobs=update.logprobs if running.job.params.logprobs else None,
+                            logprobs=self._logprobs_of(update) if running.job.params.logprobs else None,
                         ),
                     )
                 )

@@ -28,6 +28,7 @@ class CompletionLogprobs:
     of the choice's text (the prompt's, when echoed)."""
 
     offset: int = 0
+    spelled: bytes = b""  # the bytes so far: offsets count the whole characters they make
     tokens: list[str] = field(default_factory=list)
     token_logprobs: list[float | None] = field(default_factory=list)
     top_logprobs: list[dict[str, float] | None] = field(default_factory=list)
@@ -45,7 +46,8 @@ class CompletionLogprobs:
                 top.setdefault(e.token, e.logprob)
                 self.top_logprobs.append(top)
             self.text_offset.append(self.offset)
-            self.offset += len(e.token)
+            self.spelled += bytes(e.bytes) if e.bytes is not None else e.token.encode()
+            self.offset = len(self.spelled.decode("utf-8", errors="ignore"))
         return self
 
     def as_openai(self) -> dict[str, Any]:

@@ -90,7 +90,7 @@ class TokenLogprob(BaseModel):
     ``logprob`` is None only for a prompt's first token, which nothing predicts."""
 
     token: str
-    logprob: float | None
+    logprob: float | None = None  # events are sent without None fields
     bytes: list[int] | None = None
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 

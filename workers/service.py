@@ -35,6 +35,7 @@ from broker.schemas import (
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
 from workers.textstream import TextStream
+from workers.token_text import TokenTexts
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def json_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 
     try:
-        grammar = str(llguidance.LLMatcher.grammar_from_json_schema(schema))
+        # Compact JSON: with free whitespace a model can pad forever without ever closing the object.
+        grammar = str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False}))
         problem = llguidance.LLMatcher.validate_grammar(grammar)
     except Exception as exc:  # llguidance reports some bad schemas by raising
         problem = str(exc)
@@ -136,7 +138,7 @@ class ModelWorker:
         self.drain_timeout = drain_timeout
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
-        self._texts: dict[int, str] = {}  # token id -> its text, for logprobs
+        self._texts = TokenTexts(tokenizer)  # token id -> its text and bytes, for logprobs
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
@@ -351,25 +353,15 @@ class ModelWorker:
         scored = self.engine.prompt_logprobs(prompt_ids, top)
         return [self._token_logprob(t, lp, top) for t, (lp, top) in zip(prompt_ids, scored, strict=True)]
 
-    def _token_text(self, token_id: int) -> str:
-        text = self._texts.get(token_id)
-        if text is None:
-            text = self._texts[token_id] = self.tokenizer.decode([token_id])
-        return text
-
     def _token_logprob(
         self, token_id: int, logprob: float | None, alternatives: list[tuple[int, float]]
     ) -> TokenLogprob:
-        text = self._token_text(token_id)
-        return TokenLogprob(
-            token=text,
-            logprob=logprob,
-            bytes=list(text.encode()),
-            top_logprobs=[
-                TopLogprob(token=(alt := self._token_text(i)), logprob=lp, bytes=list(alt.encode()))
-                for i, lp in alternatives
-            ],
-        )
+        text, raw = self._texts(token_id)
+        top = []
+        for alternative, alternative_logprob in alternatives:
+            alt_text, alt_raw = self._texts(alternative)
+            top.append(TopLogprob(token=alt_text, logprob=alternative_logprob, bytes=alt_raw))
+        return TokenLogprob(token=text, logprob=logprob, bytes=raw, top_logprobs=top)
 
     def _logprobs_of(self, update: SeqUpdate) -> list[TokenLogprob]:
         chosen = update.logprobs or []
@@ -409,6 +401,9 @@ class ModelWorker:
             if finished:
                 text += choice.text.flush()
             if text or update.token_ids:
+                logprobs = self._logprobs_of(update) if running.job.params.logprobs else None
+                if logprobs and finished and choice.text.ended_by_token:
+                    logprobs = logprobs[:-1]  # the end-of-sequence token is not part of the answer
                 events.append(
                     (
                         job_id,
@@ -417,7 +412,7 @@ class ModelWorker:
                             index=index,
                             text=text,
                             token_ids=update.token_ids,
-                            logprobs=self._logprobs_of(update) if running.job.params.logprobs else None,
+                            logprobs=logprobs,
                         ),
                     )
                 )

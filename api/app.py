@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import chat, completions
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from api.metrics import router as metrics_router
@@ -37,5 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
     app.include_router(metrics_router)
     return app

@@ -210,7 +210,7 @@ def info_command(
     models: Annotated[list[str] | None, typer.Argument(help="Show only these models (default: all)")] = None,
     url: Annotated[
         str | None,
-        typer.Option("--url", "-u", envvar="QUEUECHAT_REDIS_URL", help=f"Redis URL [default: {DEFAULT_URL}]"),
+        typer.Option("--url", "-u", envvar="QUEUECHAT_REDIS_URL", help=f"Redis URL (default: {DEFAULT_URL})"),
     ] = None,
     key_prefix: Annotated[str, typer.Option(envvar="QUEUECHAT_KEY_PREFIX", help="Key prefix of the deployment")] = "qc",
     interval: Annotated[

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -189,6 +191,31 @@ def test_interval_redraws_until_ctrl_c_then_exits_0(scene: Settings) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_interval_on_a_terminal_redraws_in_place_until_ctrl_c(scene: Settings) -> None:
+    """On a terminal the view is redrawn in place (rich Live) rather than printed again and again."""
+    assert scene.redis_url
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", "LINES": "40", "TERM": "xterm"}
+    args = ["-m", "queuechat", "info", "-u", scene.redis_url, "--key-prefix", scene.key_prefix, "-i", "0.2"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, *args], stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while seen.count(b"Updated: ") < 3 and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 65536)
+        assert seen.count(b"Updated: ") >= 3
+        assert b"2 models, 3 jobs waiting" in seen and b"\x1b[" in seen  # colours and cursor moves
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
 
 
 def test_info_follows_real_traffic(stack: Stack, settings: Settings) -> None:

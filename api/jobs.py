@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from api.messages import reject_media
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Delta, Done, Job, JobKind, SamplingParams
@@ -28,6 +29,7 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
 
 
 def chat_job(body: ChatCompletionRequest, timeout: float) -> Job:
+    reject_media(body.messages)
     return Job(
         kind=JobKind.CHAT,
         model=body.model,

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.requestid import HEADER, request_id_of
 from broker.errors import QueuechatError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(str(exc.detail), type_, code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request_id_of(request.scope)
+        log.exception("unexpected error (request %s)", request_id)
+        # this handler runs outside every middleware, so the request id header is set here
         return JSONResponse(
             error_body("The server had an error processing your request.", "server_error", "internal_error"),
             status_code=500,
+            headers={HEADER: request_id} if request_id else None,
         )

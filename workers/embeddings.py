@@ -65,7 +65,10 @@ class SentenceEmbedder:
         self.model.eval()
         self.device = self.model.device
         self.tokenizer = self.model.tokenizer
-        self.dimensions = int(self.model.get_sentence_embedding_dimension() or 0)
+        # renamed in sentence-transformers 6; the old name warns there
+        model: Any = self.model
+        dimension_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dimensions = int(dimension_of() or 0)
         self.max_model_len = int(self.model.max_seq_length or self.tokenizer.model_max_length)
         # Jobs read at once. Each is answered within one admission, so reading more only makes later ones wait
         # here instead of on another worker.

@@ -97,3 +97,15 @@ def test_bad_messages_name_the_message(stack: Stack, message: dict[str, Any], pa
     error = r.json()["error"]
     assert error["param"] == param
     assert words in error["message"]
+
+
+def test_a_response_message_can_be_sent_back(stack: Stack) -> None:
+    """What the SDK serialises when a client appends the previous answer's message object to the conversation."""
+    c = client(stack)
+    first: list[Any] = [{"role": "user", "content": "Hi"}]
+    r = c.chat.completions.create(model="tiny", messages=first, max_tokens=3)
+    follow_up = [*first, r.choices[0].message, {"role": "user", "content": "And then?"}]
+    again = c.chat.completions.create(model="tiny", messages=follow_up, max_tokens=3)
+    assert again.choices[0].finish_reason == "length"
+    assert again.usage is not None and r.usage is not None
+    assert again.usage.prompt_tokens > r.usage.prompt_tokens

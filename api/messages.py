@@ -2,7 +2,7 @@
 
 ``content`` is a string or a list of content parts. Text parts are joined; image, audio and file parts parse (so a
 request is never rejected for its shape) but are refused with a 400 naming the part, since no model queuechat
-serves accepts them. Roles: system, developer (mapped to system: most chat templates predate it), user,
+serves accepts them. Roles: system, developer (the worker maps it to system for chat templates that predate it), user,
 assistant (with ``tool_calls``) and tool (with ``tool_call_id``).
 """
 
@@ -134,8 +134,8 @@ class ChatMessage(BaseModel):
 
     def as_template_message(self) -> dict[str, Any]:
         """The message as Hugging Face chat templates expect it."""
-        role = "system" if self.role == "developer" else self.role
-        message: dict[str, Any] = {"role": role, "content": self.text()}
+        # developer stays developer: the worker maps it to system for a template that does not know it
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
         if self.name:
             message["name"] = self.name
         if self.tool_call_id:

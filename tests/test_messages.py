@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,3 +110,17 @@ def test_a_response_message_can_be_sent_back(stack: Stack) -> None:
     assert again.choices[0].finish_reason == "length"
     assert again.usage is not None and r.usage is not None
     assert again.usage.prompt_tokens > r.usage.prompt_tokens
+
+
+def test_developer_reaches_a_template_that_knows_it(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from workers.prompts import CHATML, chat_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    knows = "{# a template with its own developer role #}" + CHATML
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    as_developer = tokenizer.decode(chat_prompt_ids(tokenizer, messages, knows))
+    as_system = tokenizer.decode(chat_prompt_ids(tokenizer, messages, CHATML))
+    assert "developer\nBe brief." in as_developer
+    assert "system\nBe brief." in as_system and "developer" not in as_system

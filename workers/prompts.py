@@ -33,11 +33,20 @@ def load_chat_template(conv_template: str | None) -> str | None:
     raise ValueError(f"--conv-template {conv_template!r}: not a built-in ({', '.join(BUILTIN_TEMPLATES)}) or a file")
 
 
+def developer_as_system(messages: list[dict[str, Any]], template: Any) -> list[dict[str, Any]]:
+    """OpenAI's ``developer`` role is newer than most chat templates: a template that never names it gets such
+    messages as ``system`` ones, which is what the role replaced."""
+    if isinstance(template, str) and "developer" in template:
+        return messages
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
+
+
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]], chat_template: str | None = None) -> list[int]:
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise PromptError(
             "this model has no chat template; use /v1/completions or start the worker with --conv-template"
         )
+    messages = developer_as_system(messages, chat_template or getattr(tokenizer, "chat_template", None))
     try:
         encoded = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, chat_template=chat_template

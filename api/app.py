@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import chat, completions
 from api.auth import ApiKeyMiddleware
 from api.cors import CorsOptions, install_cors
 from api.embeddings import router as embeddings_router
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
     app.include_router(misc_router)
     app.include_router(embeddings_router)
     # The last added runs first: request ids on everything, then CORS (answers preflights, and decorates 401s so

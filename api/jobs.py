@@ -6,25 +6,44 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from api.messages import reject_media
 from api.schemas import ChatCompletionRequest, CompletionRequest
+from api.tools import forced_call_schema
 from broker.producer import AnyEvent, JobEvents, Producer
-from broker.schemas import Delta, Done, Job, JobKind, SamplingParams
+from broker.schemas import Delta, Done, Job, JobKind, SamplingParams, TokenLogprob
 
 
 def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
-    max_tokens = body.max_new_tokens() if isinstance(body, ChatCompletionRequest) else body.max_tokens
+    common: dict[str, Any] = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k_or_none(),
+        "stop": body.stop or [],  # normalised to a list by the validator
+        "stop_token_ids": body.stop_token_ids or [],
+        "seed": body.seed,
+        "n": body.n,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
+    }
+    if isinstance(body, ChatCompletionRequest):
+        schema = forced_call_schema(body) or (body.response_format.output_schema() if body.response_format else None)
+        return SamplingParams(
+            max_tokens=body.max_new_tokens(),
+            logprobs=body.logprobs,
+            top_logprobs=body.top_logprobs or 0,
+            json_schema=schema,
+            **common,
+        )
+    # best_of: generate that many, answer with the n of highest cumulative logprob (so logprobs are needed)
     return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k_or_none(),
-        stop=body.stop or [],  # type: ignore[arg-type]  # normalised to a list by the validator
-        stop_token_ids=body.stop_token_ids or [],
-        seed=body.seed,
-        n=body.n,
-        logprobs=bool(getattr(body, "logprobs", False)),
+        max_tokens=body.max_tokens,
+        logprobs=body.logprobs is not None or (body.best_of or body.n) > body.n,
+        top_logprobs=body.logprobs or 0,
+        prompt_logprobs=body.echo and body.logprobs is not None,
+        **{**common, "n": body.best_of or body.n},
     )
 
 
@@ -34,6 +53,7 @@ def chat_job(body: ChatCompletionRequest, timeout: float) -> Job:
         kind=JobKind.CHAT,
         model=body.model,
         messages=[m.as_template_message() for m in body.messages],
+        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools_offered() and body.tools else None,
         params=sampling_params(body),
         deadline=time.time() + timeout,
     )
@@ -101,9 +121,13 @@ async def merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, AnyEv
 class ChoiceText:
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+
+    @property
+    def cumulative_logprob(self) -> float:
+        return sum(t.logprob or 0.0 for t in self.logprobs)
 
 
 @dataclass

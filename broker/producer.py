@@ -253,7 +253,12 @@ class JobEvents:
     def _accept(self, raw: bytes) -> AnyEvent:
         if raw == CONNECTION_LOST:
             raise BrokerUnavailable(f"the connection to the broker was lost while job {self.job.id} was running")
-        event = parse_event(raw)
+        try:
+            event = parse_event(raw)
+        except ValueError as exc:  # a worker of another version, or a bug: fail this job, never the server
+            raise JobFailed(
+                f"job {self.job.id} got an event it cannot read: {exc}", status=502, code="bad_event"
+            ) from exc
         if isinstance(event, Error):  # ends the job whoever sent it (a dead-letter notice has no place in seq)
             raise JobFailed(event.message, status=event.status, code=event.code, param=event.param)
         if isinstance(event, Accepted) and event.seq == 0 and self._next_seq > 0:

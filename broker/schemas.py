@@ -50,6 +50,12 @@ class SamplingParams(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1)
     logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0)  # alternatives reported per token, with ``logprobs``
+    prompt_logprobs: bool = False  # report the prompt's tokens and their logprobs too (completions' echo)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    json_schema: dict[str, Any] | None = None  # the output must be JSON that follows this schema
 
 
 class Job(BaseModel):
@@ -61,6 +67,7 @@ class Job(BaseModel):
     kind: JobKind
     model: str
     messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # for the chat template
     prompt: str | list[int] | None = None
     params: SamplingParams = Field(default_factory=SamplingParams)
     inputs: list[str] | list[list[int]] | None = None  # embedding jobs: texts or token id lists
@@ -86,6 +93,22 @@ class Usage(BaseModel):
         return self.prompt_tokens + self.completion_tokens
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    """One token with its log-probability under the model's raw distribution and the likeliest alternatives.
+    ``logprob`` is None only for a prompt's first token, which nothing predicts."""
+
+    token: str
+    logprob: float | None = None  # events are sent without None fields
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
 class _Event(BaseModel):
     seq: int
 
@@ -95,6 +118,7 @@ class Accepted(_Event):
     worker: str
     attempt: int
     prompt_tokens: int
+    prompt_logprobs: list[TokenLogprob] | None = None  # with ``params.prompt_logprobs``
 
 
 class Delta(_Event):
@@ -104,7 +128,7 @@ class Delta(_Event):
     index: int = 0
     text: str
     token_ids: list[int]
-    logprobs: list[float] | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token id, with ``params.logprobs``
 
 
 class Done(_Event):

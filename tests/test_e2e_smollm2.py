@@ -3,6 +3,7 @@ answers the official openai client, streaming and not, and stops cleanly."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -77,6 +78,20 @@ def test_non_streaming_answer_mentions_paris(up: tuple[str, subprocess.Popen[str
     assert "Paris" in (r.choices[0].message.content or "")
     assert r.choices[0].finish_reason == "stop"  # SmolLM2 ends its answer with its EOS token
     assert r.usage is not None and r.usage.completion_tokens > 0
+
+
+def test_json_mode_answers_valid_json(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", timeout=120)
+    r = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Give the capital of France as JSON with the key 'capital'."}],
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_object"},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
 
 
 def test_sigterm_stops_everything(up: tuple[str, subprocess.Popen[str]]) -> None:

@@ -133,6 +133,9 @@ class SentenceEmbedder:
     def add(self, request: GenerationRequest) -> None:
         raise PromptError("this is an embeddings model: it does not generate text", param="model")
 
+    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        raise PromptError("this is an embeddings model: it has no token logprobs", param="model")
+
     def cancel(self, seq_id: str) -> None:
         pass
 

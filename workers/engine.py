@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from workers import seeded
+from workers import processors, seeded
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class GenerationRequest:
     top_k: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
+    logprobs: int | None = None  # None: none; N: the chosen token's and the N most likely alternatives
+    penalties: tuple[float, float, float] | None = None  # (repetition, presence, frequency)
+    grammar: str | None = None  # an llguidance grammar the output must follow
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SeqUpdate:
     seq_id: str
     token_ids: list[int]
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     finished: bool = False
     error: str | None = None
 
@@ -78,6 +82,9 @@ class Engine(Protocol):
     sampling_defaults: SamplingDefaults
 
     def add(self, request: GenerationRequest) -> None: ...
+    def prompt_logprobs(
+        self, prompt_ids: list[int], top: int
+    ) -> list[tuple[float | None, list[tuple[int, float]]]]: ...
     def cancel(self, seq_id: str) -> None: ...
     def poll(self, timeout: float) -> list[SeqUpdate]: ...
     def close(self) -> None: ...
@@ -116,6 +123,7 @@ class ContinuousBatchingEngine:
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig) -> None:
         self.model = model
+        self.tokenizer = tokenizer
         self.config = config
         self.eos_token_ids = eos_ids_of(model, tokenizer)
         self.sampling_defaults = sampling_defaults_of(model)
@@ -128,6 +136,7 @@ class ContinuousBatchingEngine:
         self._vocab = int(model.config.get_text_config().vocab_size)
         self._lock = threading.Lock()
         self._sent: dict[str, int] = {}  # seq id -> tokens already reported
+        self._recorded: set[str] = set()  # seq ids whose logprobs come from our recorder
         self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
         self._manager = self._start_manager()
 
@@ -151,7 +160,7 @@ class ContinuousBatchingEngine:
             max_batch_tokens=self.config.max_batch_tokens,
             max_requests_per_batch=self.config.slots,
             per_request_processors=True,
-            return_logprobs=True,
+            return_logprobs=False,  # logprobs come from our own recorder, only for requests that ask
             seed=self.config.seed,
             allow_block_sharing=False,
         )
@@ -168,6 +177,7 @@ class ContinuousBatchingEngine:
         manager = self.model.init_continuous_batching(
             generation_config=gen_config, continuous_batching_config=cb_config
         )
+        self._extras = processors.install(manager, self.tokenizer)
         self._seeded = seeded.install(manager)
         manager.start()
         return manager
@@ -185,9 +195,18 @@ class ContinuousBatchingEngine:
         }
         if request.seed is not None and not greedy:
             sampling[seeded.SEED_KWARG] = int(request.seed)
+        if request.logprobs is not None:
+            sampling[processors.LOGPROBS_KWARG] = int(request.logprobs)
+        if request.penalties is not None and request.penalties != (1.0, 0.0, 0.0):
+            sampling[processors.PENALTIES_KWARG] = tuple(float(p) for p in request.penalties)
+        if request.grammar is not None:
+            self._extras.grammar.register(request.seq_id, request.grammar)
+            sampling[processors.GRAMMAR_KWARG] = request.grammar
         eos = sorted(self.eos_token_ids | set(request.stop_token_ids))
         with self._lock:
             self._sent[request.seq_id] = 0
+            if request.logprobs is not None:
+                self._recorded.add(request.seq_id)
         added = self._manager.add_request(
             request.prompt_ids,
             request_id=request.seq_id,
@@ -199,14 +218,34 @@ class ContinuousBatchingEngine:
         if added is None:
             with self._lock:
                 self._sent.pop(request.seq_id, None)
+            self._release(request.seq_id)
             raise RuntimeError("the engine refused the request (its generation loop is stopping)")
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        """Each prompt token's logprob given the tokens before it, with the ``top`` likeliest alternatives (the
+        first token has none: nothing predicts it). One forward pass beside the batch, not through it."""
+        with torch.inference_mode():
+            ids = torch.tensor([prompt_ids], device=self.model.device)
+            logits = self.model(ids).logits[0, :-1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            chosen = logprobs.gather(1, torch.tensor(prompt_ids[1:], device=logits.device).unsqueeze(1)).squeeze(1)
+            values, indices = logprobs.topk(top, dim=-1) if top > 0 else (logprobs[:, :0], logprobs[:, :0].long())
+        scored: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
+        for lp, ids_row, vals_row in zip(chosen.tolist(), indices.tolist(), values.tolist(), strict=True):
+            scored.append((lp, list(zip(ids_row, vals_row, strict=True))))
+        return scored
 
     def cancel(self, seq_id: str) -> None:
         with self._lock:
             known = self._sent.pop(seq_id, None) is not None
         if known:
             self._manager.cancel_request(seq_id)
-            self._seeded.release(seq_id)
+            self._release(seq_id)
+
+    def _release(self, seq_id: str) -> None:
+        self._seeded.release(seq_id)
+        self._extras.release(seq_id)
+        self._recorded.discard(seq_id)
 
     @property
     def running(self) -> int:
@@ -249,11 +288,16 @@ class ContinuousBatchingEngine:
                     continue
                 tokens = list(out.generated_tokens[sent:])
                 logprobs = list(out.logprobs[sent : sent + len(tokens)]) if out.logprobs else None
+                top: list[list[tuple[int, float]]] | None = None
+                if out.request_id in self._recorded:
+                    recorded = self._extras.logprobs.take(out.request_id, tokens) or []
+                    logprobs = [chosen for chosen, _ in recorded]
+                    top = [alternatives for _, alternatives in recorded]
                 failed = out.status == RequestStatus.FAILED
                 finished = out.is_finished()
                 if finished:
                     del self._sent[out.request_id]
-                    self._seeded.release(out.request_id)
+                    self._release(out.request_id)
                 else:
                     self._sent[out.request_id] = sent + len(tokens)
                 updates.append(
@@ -261,6 +305,7 @@ class ContinuousBatchingEngine:
                         seq_id=out.request_id,
                         token_ids=tokens,
                         logprobs=logprobs,
+                        top_logprobs=top,
                         finished=finished,
                         error=(out.error or "generation failed") if failed else None,
                     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,43 @@ def developer_as_system(messages: list[dict[str, Any]], template: Any) -> list[d
     return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]], chat_template: str | None = None) -> list[int]:
-    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+TOOLS_SYSTEM_PROMPT = (
+    "You can call functions. Their signatures, as JSON schemas, are inside <tools></tools>:\n<tools>\n{tools}\n"
+    "</tools>\nTo call one, answer with a JSON object of its name and arguments inside <tool_call></tool_call>, "
+    'for example:\n<tool_call>\n{{"name": "<function name>", "arguments": {{...}}}}\n</tool_call>'
+)
+
+
+def with_tools_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For templates that ignore ``tools``: describe them in the system message, in the widespread Hermes format,
+    which is also the one :mod:`workers.toolcalls` parses back."""
+    text = TOOLS_SYSTEM_PROMPT.format(tools="\n".join(json.dumps(t.get("function", t)) for t in tools))
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def chat_prompt_ids(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    chat_template: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not template:
         raise PromptError(
             "this model has no chat template; use /v1/completions or start the worker with --conv-template"
         )
-    messages = developer_as_system(messages, chat_template or getattr(tokenizer, "chat_template", None))
+    messages = developer_as_system(messages, template)
+    extra: dict[str, Any] = {}
+    if tools:
+        if "tools" in str(template):  # the template renders tools itself
+            extra["tools"] = tools
+        else:
+            messages = with_tools_prompt(messages, tools)
     try:
         encoded = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, chat_template=chat_template
+            messages, add_generation_prompt=True, tokenize=True, chat_template=chat_template, **extra
         )
     except Exception as exc:  # jinja raises whatever the template author chose
         raise PromptError(f"the chat template rejected these messages: {exc}") from exc

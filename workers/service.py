@@ -20,10 +20,22 @@ from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.registry import WorkerRegistration, WorkerStatus
-from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
+from broker.schemas import (
+    Accepted,
+    Delta,
+    Done,
+    Error,
+    FinishReason,
+    Job,
+    JobKind,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
 from workers.textstream import TextStream
+from workers.token_text import TokenTexts
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,7 @@ class RunningJob:
     first_token_at: float | None = None
     failed: bool = False
     expired: bool = False
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def job(self) -> Job:
@@ -71,6 +84,25 @@ class RunningJob:
     @property
     def completion_tokens(self) -> int:
         return sum(c.tokens for c in self.choices)
+
+
+# Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
+MAX_PROMPT_LOGPROBS_TOKENS = 4096
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The llguidance grammar for JSON output following ``schema`` (JSON mode is the schema ``{"type": "object"}``)."""
+    import llguidance
+
+    try:
+        # Compact JSON: with free whitespace a model can pad forever without ever closing the object.
+        grammar = str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False}))
+        problem = llguidance.LLMatcher.validate_grammar(grammar)
+    except Exception as exc:  # llguidance reports some bad schemas by raising
+        problem = str(exc)
+    if problem:
+        raise PromptError(f"the JSON schema cannot be used: {problem}", param="response_format")
+    return grammar
 
 
 def engine_error(seq: int, exc: BaseException | None = None, message: str | None = None) -> Error:
@@ -116,6 +148,7 @@ class ModelWorker:
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
+        self._texts = TokenTexts(tokenizer)  # token id -> its text and bytes, for logprobs
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
@@ -273,6 +306,7 @@ class ModelWorker:
                         worker=self.consumer.consumer,
                         attempt=job.attempt,
                         prompt_tokens=running.prompt_tokens,
+                        prompt_logprobs=running.prompt_logprobs,
                     ),
                 )
             )
@@ -310,7 +344,7 @@ class ModelWorker:
     def _start(self, delivery: Delivery) -> RunningJob:
         job = delivery.job
         if job.kind == JobKind.CHAT:
-            prompt_ids = chat_prompt_ids(self.tokenizer, job.messages or [], self.chat_template)
+            prompt_ids = chat_prompt_ids(self.tokenizer, job.messages or [], self.chat_template, job.tools)
         else:
             prompt_ids = completion_prompt_ids(self.tokenizer, job.prompt or "", self.vocab_size)
         if not prompt_ids:
@@ -331,6 +365,9 @@ class ModelWorker:
         defaults = self.engine.sampling_defaults
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
+        if params.prompt_logprobs:
+            running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
+        grammar = json_grammar(params.json_schema) if params.json_schema is not None else None
         for index in range(params.n):
             self.engine.add(
                 GenerationRequest(
@@ -343,9 +380,39 @@ class ModelWorker:
                     stop_token_ids=params.stop_token_ids,
                     # each choice of a seeded request gets its own stream of randomness
                     seed=None if params.seed is None else params.seed + index,
+                    logprobs=params.top_logprobs if params.logprobs else None,
+                    penalties=(params.repetition_penalty, params.presence_penalty, params.frequency_penalty),
+                    grammar=grammar,
                 )
             )
         return running
+
+    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
+        if len(prompt_ids) > MAX_PROMPT_LOGPROBS_TOKENS:
+            raise PromptError(
+                f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
+                param="echo",
+            )
+        scored = self.engine.prompt_logprobs(prompt_ids, top)
+        return [self._token_logprob(t, lp, top) for t, (lp, top) in zip(prompt_ids, scored, strict=True)]
+
+    def _token_logprob(
+        self, token_id: int, logprob: float | None, alternatives: list[tuple[int, float]]
+    ) -> TokenLogprob:
+        text, raw = self._texts(token_id)
+        top = []
+        for alternative, alternative_logprob in alternatives:
+            alt_text, alt_raw = self._texts(alternative)
+            top.append(TopLogprob(token=alt_text, logprob=alternative_logprob, bytes=alt_raw))
+        return TokenLogprob(token=text, logprob=logprob, bytes=raw, top_logprobs=top)
+
+    def _logprobs_of(self, update: SeqUpdate) -> list[TokenLogprob]:
+        chosen = update.logprobs or []
+        tops = update.top_logprobs or [[] for _ in update.token_ids]
+        return [
+            self._token_logprob(t, lp, alternatives)
+            for t, lp, alternatives in zip(update.token_ids, chosen, tops, strict=False)
+        ]
 
     def _relay(self, updates: list[SeqUpdate]) -> None:
         if not updates:
@@ -377,6 +444,9 @@ class ModelWorker:
             if finished:
                 text += choice.text.flush()
             if text or update.token_ids:
+                logprobs = self._logprobs_of(update) if running.job.params.logprobs else None
+                if logprobs and finished and choice.text.ended_by_token:
+                    logprobs = logprobs[:-1]  # the end-of-sequence token is not part of the answer
                 events.append(
                     (
                         job_id,
@@ -385,7 +455,7 @@ class ModelWorker:
                             index=index,
                             text=text,
                             token_ids=update.token_ids,
-                            logprobs=update.logprobs if running.job.params.logprobs else None,
+                            logprobs=logprobs,
                         ),
                     )
                 )

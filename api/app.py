@@ -8,9 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import chat, completions
+from api.auth import ApiKeyMiddleware
+from api.cors import CorsOptions, install_cors
+from api.embeddings import router as embeddings_router
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from api.metrics import router as metrics_router
+from api.misc import package_version
+from api.misc import router as misc_router
+from api.requestid import RequestIdMiddleware
 from api.routes import router
 from broker.connection import async_client
 from broker.keys import Keys
@@ -18,7 +24,7 @@ from broker.producer import Producer
 from broker.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, cors: CorsOptions | None = None) -> FastAPI:
     settings = settings or Settings()
     if not settings.redis_url:
         raise ValueError("the API needs a Redis URL (--redis-url or QUEUECHAT_REDIS_URL)")
@@ -33,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.producer.close()
             app.state.metrics.close()
 
-    app = FastAPI(title="queuechat", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
     install_error_handlers(app)
@@ -41,4 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(metrics_router)
+    app.include_router(misc_router)
+    app.include_router(embeddings_router)
+    # The last added runs first: request ids on everything, then CORS (answers preflights, and decorates 401s so
+    # browsers can read them), then the key check.
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys)
+    install_cors(app, cors)
+    app.add_middleware(RequestIdMiddleware)
     return app

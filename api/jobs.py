@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.messages import reject_media
 from api.metrics import ApiMetrics, observe
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from api.tools import forced_call_schema
@@ -48,6 +49,7 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
 
 
 def chat_job(body: ChatCompletionRequest, timeout: float) -> Job:
+    reject_media(body.messages)
     return Job(
         kind=JobKind.CHAT,
         model=body.model,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -30,6 +32,17 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         default=30.0, ge=0, description="Seconds a worker or API gets on SIGTERM to finish running work."
     )
+    # NoDecode: the env value is a plain comma-separated list, not JSON
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="API keys clients must send as Bearer tokens; empty: no auth."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @classmethod
     def load(cls, redis_url: str | None = None) -> Settings:
@@ -40,5 +53,7 @@ class Settings(BaseSettings):
         return settings
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.model_dump().items())
+        shown = self.model_dump()
+        shown["api_keys"] = f"<{len(self.api_keys)} keys>"  # never print secrets into logs
+        fields = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({fields})"

@@ -54,7 +54,8 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     from broker.consumer import JobConsumer
     from broker.keys import Keys
     from broker.registry import WorkerCard, WorkerRegistration, new_worker_id
-    from workers.engine import ContinuousBatchingEngine, EngineConfig, set_threads
+    from workers.embeddings import SentenceEmbedder, is_sentence_transformers
+    from workers.engine import ContinuousBatchingEngine, Engine, EngineConfig, set_threads
     from workers.loading import load_model
     from workers.prompts import load_chat_template
     from workers.service import ModelWorker
@@ -69,25 +70,33 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
 
         model_path = str(default_model_dir())
     names = options.model_names or default_names(options.model_path)
-    loaded = load_model(
-        model_path,
-        device=options.device,
-        dtype=options.dtype,
-        num_gpus=options.num_gpus,
-        max_gpu_memory=options.max_gpu_memory,
-    )
-    engine = ContinuousBatchingEngine(
-        loaded.model,
-        loaded.tokenizer,
-        EngineConfig(
-            slots=options.limit_worker_concurrency,
-            page_size=options.page_size,
-            num_blocks=options.num_blocks,
-            kv_cache_gib=options.kv_cache_gib,
-            max_batch_tokens=options.max_batch_tokens,
-            seed=options.seed,
-        ),
-    )
+    engine: Engine
+    embedder: SentenceEmbedder | None = None
+    if is_sentence_transformers(model_path):
+        # an embeddings worker: same consume loop, registration and fault tolerance, another engine
+        embedder = SentenceEmbedder(model_path, device=options.device, dtype=options.dtype)
+        engine, tokenizer, device = embedder, embedder.tokenizer, embedder.device
+    else:
+        loaded = load_model(
+            model_path,
+            device=options.device,
+            dtype=options.dtype,
+            num_gpus=options.num_gpus,
+            max_gpu_memory=options.max_gpu_memory,
+        )
+        engine = ContinuousBatchingEngine(
+            loaded.model,
+            loaded.tokenizer,
+            EngineConfig(
+                slots=options.limit_worker_concurrency,
+                page_size=options.page_size,
+                num_blocks=options.num_blocks,
+                kv_cache_gib=options.kv_cache_gib,
+                max_batch_tokens=options.max_batch_tokens,
+                seed=options.seed,
+            ),
+        )
+        tokenizer, device = loaded.tokenizer, loaded.device
     keys = Keys(settings.key_prefix)
     worker_id = new_worker_id()
     # XREADGROUP blocks up to 0.5 s, so the socket timeout must be longer than that
@@ -101,14 +110,14 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     card = WorkerCard(
         id=worker_id,
         models=names,
-        device=str(loaded.device),
+        device=str(device),
         slots=engine.slots,
         version=qc_version,
         max_model_len=engine.max_model_len,
     )
     worker = ModelWorker(
         engine,
-        loaded.tokenizer,
+        tokenizer,
         JobConsumer(
             client,
             keys,
@@ -122,6 +131,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
         heartbeat_ttl=settings.heartbeat_ttl,
         chat_template=chat_template,
         drain_timeout=options.drain_timeout,
+        embedder=embedder,
     )
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics

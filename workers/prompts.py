@@ -34,6 +34,14 @@ def load_chat_template(conv_template: str | None) -> str | None:
     raise ValueError(f"--conv-template {conv_template!r}: not a built-in ({', '.join(BUILTIN_TEMPLATES)}) or a file")
 
 
+def developer_as_system(messages: list[dict[str, Any]], template: Any) -> list[dict[str, Any]]:
+    """OpenAI's ``developer`` role is newer than most chat templates: a template that never names it gets such
+    messages as ``system`` ones, which is what the role replaced."""
+    if isinstance(template, str) and "developer" in template:
+        return messages
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
+
+
 TOOLS_SYSTEM_PROMPT = (
     "You can call functions. Their signatures, as JSON schemas, are inside <tools></tools>:\n<tools>\n{tools}\n"
     "</tools>\nTo call one, answer with a JSON object of its name and arguments inside <tool_call></tool_call>, "
@@ -61,6 +69,7 @@ def chat_prompt_ids(
         raise PromptError(
             "this model has no chat template; use /v1/completions or start the worker with --conv-template"
         )
+    messages = developer_as_system(messages, template)
     extra: dict[str, Any] = {}
     if tools:
         if "tools" in str(template):  # the template renders tools itself

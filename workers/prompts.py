@@ -58,6 +58,22 @@ def with_tools_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]
     return [{"role": "system", "content": text}, *messages]
 
 
+def calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message's tool calls appended to its content in the Hermes format the tools prompt asks for,
+    for templates that only render content."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    blocks = [
+        "<tool_call>\n"
+        + json.dumps({"name": c["function"]["name"], "arguments": c["function"].get("arguments", {})})
+        + "\n</tool_call>"
+        for c in calls
+    ]
+    text = "\n".join([message.get("content") or "", *blocks]).strip()
+    return {k: v for k, v in message.items() if k != "tool_calls"} | {"content": text}
+
+
 def chat_prompt_ids(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -71,6 +87,8 @@ def chat_prompt_ids(
         )
     messages = developer_as_system(messages, template)
     extra: dict[str, Any] = {}
+    if "tool_calls" not in str(template):  # earlier calls would vanish from the prompt: write them out as text
+        messages = [calls_as_text(m) for m in messages]
     if tools:
         if "tools" in str(template):  # the template renders tools itself
             extra["tools"] = tools

@@ -24,7 +24,8 @@ from broker.producer import Producer
 from broker.settings import Settings
 
 
-def create_app(settings: Settings | None = None, cors: CorsOptions | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, cors: CorsOptions | None = None, *, webui: bool = False) -> FastAPI:
+    """The API; with ``webui`` the chat web UI is mounted at ``/ui`` too (one port, as ``queuechat up`` serves)."""
     settings = settings or Settings()
     if not settings.redis_url:
         raise ValueError("the API needs a Redis URL (--redis-url or QUEUECHAT_REDIS_URL)")
@@ -55,4 +56,8 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
         app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys)
     install_cors(app, cors)
     app.add_middleware(RequestIdMiddleware)
+    if webui:
+        from webui.app import mount_webui  # imports gradio, which an API-only process never needs
+
+        mount_webui(app, settings)
     return app

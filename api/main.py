@@ -22,6 +22,7 @@ def api_command(
     allowed_methods: Annotated[str, typer.Option(help="Comma-separated CORS methods")] = "*",
     allowed_headers: Annotated[str, typer.Option(help="Comma-separated CORS headers")] = "*",
     allow_credentials: Annotated[bool, typer.Option(help="Allow CORS requests with credentials")] = False,
+    webui: Annotated[bool, typer.Option("--webui", help="Also serve the chat web UI at /ui")] = False,
 ) -> None:
     """Serve the OpenAI-compatible API."""
     import uvicorn
@@ -45,7 +46,7 @@ def api_command(
         raise typer.BadParameter("the API needs --redis-url (or QUEUECHAT_REDIS_URL); `queuechat up` embeds one")
     # On SIGTERM uvicorn stops accepting at once; open streams get the drain timeout to finish (see routes).
     uvicorn.run(
-        create_app(settings, cors),
+        create_app(settings, cors, webui=webui),
         host=host,
         port=port,
         log_level=log_level.lower(),

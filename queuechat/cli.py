@@ -1,4 +1,4 @@
-"""``queuechat``: up (everything on one machine), api, worker, info."""
+"""``queuechat``: up (everything on one machine), api, worker, info, webui."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import typer
 from api.main import api_command
 from queuechat.info import info_command
 from queuechat.up import up_command
+from webui.main import webui_command
 from workers.main import worker_command
 
 app = typer.Typer(
-    help="LLM serving on a Redis job queue: OpenAI-compatible API, continuously batching workers.",
+    help="LLM serving on a Redis job queue: OpenAI-compatible API, continuously batching workers, chat web UI.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -18,3 +19,4 @@ app.command("up")(up_command)
 app.command("api")(api_command)
 app.command("worker")(worker_command)
 app.command("info")(info_command)
+app.command("webui")(webui_command)

@@ -1,0 +1,257 @@
+"""The web UI's chat logic with the tiny model through a real Redis: replies, Stop, side by side, the error
+messages a person sees, limits, the status strip and the vote log. The browser drives it in test_webui_browser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from broker.connection import async_client, sync_client
+from broker.consumer import JobConsumer
+from broker.keys import Keys
+from broker.producer import Producer
+from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
+from broker.schemas import Accepted, Delta, Error, Job, JobKind
+from broker.settings import Settings
+from tests.conftest import RunningWorker, wait_for
+from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
+from webui.main import parse_auth_file
+from webui.status import model_loads, status_markdown
+from webui.votes import VoteLog
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[Producer]:
+    assert settings.redis_url
+    producer = Producer(async_client(settings.redis_url), settings)
+    try:
+        yield producer
+    finally:
+        await producer.close()
+
+
+def idle_model(settings: Settings, model: str, *, live: bool) -> JobConsumer:
+    """A model whose stream exists but that nobody consumes: with ``live``, a registered worker that never reads
+    (its queue only grows); without, a model whose workers are all gone."""
+    assert settings.redis_url
+    keys = Keys(settings.key_prefix)
+    client = sync_client(settings.redis_url)
+    consumer = JobConsumer(client, keys, [model], f"{model}-worker")
+    consumer.ensure_groups()
+    if live:
+        card = WorkerCard(id=f"{model}-worker", models=[model], slots=2)
+        WorkerRegistration(client, keys, card, ttl=60).heartbeat(WorkerStatus())
+    return consumer
+
+
+async def started(start_worker: Callable[..., RunningWorker], producer: Producer, names: str = "tiny") -> RunningWorker:
+    """A tiny worker, once the registry lists it."""
+    running = start_worker(names)
+    deadline = time.monotonic() + 30
+    while not set(names.split(",")) <= set(await producer.live_models()):
+        assert time.monotonic() < deadline, "the worker did not register"
+        await asyncio.sleep(0.05)
+    return running
+
+
+async def answer(session: ChatSession, producer: Producer) -> None:
+    async for _ in reply(session, producer, timeout=60):
+        pass
+
+
+async def test_a_conversation_streams_and_carries_its_history(
+    start_worker: Callable[..., RunningWorker], producer: Producer
+) -> None:
+    await started(start_worker, producer)
+    session = ChatSession(system_prompt="Be brief.")
+    session.ask("Hello", "tiny", Params(temperature=0.0, max_tokens=24))
+    frames = [len(t.answer) async for t in reply(session, producer, timeout=60)]
+    first = session.turns[0]
+    assert first.answer and first.error is None and not first.stopped
+    assert first.finish_reason == "length"  # the tiny model never ends by itself
+    assert frames[-1] == len(first.answer) and frames == sorted(frames)  # the answer only grows
+    assert first.finished is not None and first.finished >= first.started
+
+    session.ask("And then?", "tiny", Params(temperature=0.0, max_tokens=8))
+    assert session.messages() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": first.answer},
+        {"role": "user", "content": "And then?"},
+    ]
+    await answer(session, producer)
+    assert session.turns[1].answer and session.turns[1].error is None
+    assert [role for role, _ in session.display()] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_closing_a_reply_cancels_the_job_at_the_worker(
+    start_worker: Callable[..., RunningWorker], producer: Producer, settings: Settings
+) -> None:
+    """What Stop does: the reply iterator is closed mid-answer, and the worker stops generating that job."""
+    worker = (await started(start_worker, producer)).worker
+    session = ChatSession()
+    max_tokens = 3000
+    session.ask("Tell me a long story", "tiny", Params(max_tokens=max_tokens))
+    stream = reply(session, producer, timeout=60)
+    async for turn in stream:
+        if turn.answer:
+            break
+    await stream.aclose()
+    turn = session.turns[0]
+    assert turn.stopped and not session.streaming and turn.finished is not None
+    assert "*(stopped)*" in session.display()[-1][1]
+    await asyncio.to_thread(wait_for, lambda: worker.totals["cancelled"] == 1 and not worker.jobs, 20)
+    assert settings.redis_url
+    stats = sync_client(settings.redis_url).hgetall(Keys(settings.key_prefix).stats("tiny"))
+    assert int(stats[b"cancelled"]) == 1 and b"completed" not in stats
+    assert int(stats[b"output_tokens"]) < max_tokens
+
+
+async def test_two_models_answer_side_by_side(start_worker: Callable[..., RunningWorker], producer: Producer) -> None:
+    await started(start_worker, producer, "tiny,tiny-b")
+    left, right = ChatSession(), ChatSession()
+    left.ask("Hi", "tiny", Params(max_tokens=16))
+    right.ask("Hi", "tiny-b", Params(max_tokens=16))
+    advanced = {p async for p in side_by_side(reply(left, producer, 60), reply(right, producer, 60))}
+    assert advanced == {0, 1}
+    assert all(s.turns[0].answer and s.turns[0].error is None for s in (left, right))
+
+
+async def test_a_model_without_workers_says_so(settings: Settings, producer: Producer) -> None:
+    idle_model(settings, "gone", live=False)
+    session = ChatSession()
+    session.ask("Hello", "gone", Params())
+    await answer(session, producer)
+    error = session.turns[0].error
+    assert error and error.startswith("No worker is serving gone right now")
+    assert not session.turns[0].answer and not session.streaming
+
+
+async def test_a_full_queue_says_when_to_retry(settings: Settings) -> None:
+    assert settings.redis_url
+    full = settings.model_copy(update={"max_queue_len": 2})
+    consumer = idle_model(full, "busy", live=True)
+    producer = Producer(async_client(settings.redis_url), full)
+    try:
+        queued = [
+            await producer.submit(Job(kind=JobKind.CHAT, model="busy", messages=[], deadline=time.time() + 30))
+            for _ in range(2)
+        ]
+        session = ChatSession()
+        session.ask("Hello", "busy", Params())
+        await answer(session, producer)
+        assert session.turns[0].error == "The queue of busy is full. Retry in 1 s."  # 2 jobs, 2 slots
+        for events in queued:
+            events.close()
+    finally:
+        await producer.close()
+    assert consumer.client.xlen(consumer.keys.jobs("busy")) == 2
+
+
+async def test_a_worker_lost_mid_answer_keeps_the_partial_answer(settings: Settings, producer: Producer) -> None:
+    consumer = idle_model(settings, "fragile", live=True)
+    session = ChatSession()
+    session.ask("Hello", "fragile", Params())
+    stream = reply(session, producer, timeout=30)
+    pending = asyncio.ensure_future(stream.__anext__())
+    (delivery,) = await asyncio.to_thread(wait_for, lambda: consumer.read(1, 100), 10)
+    job_id = delivery.job.id
+    consumer.publish(
+        [
+            (job_id, Accepted(seq=0, worker="fragile-worker", attempt=1, prompt_tokens=3)),
+            (job_id, Delta(seq=1, text="Half an ans", token_ids=[1, 2])),
+            (job_id, Error(seq=2, code="worker_lost", message="the worker was lost", status=502)),
+        ]
+    )
+    await pending
+    async for _ in stream:
+        pass
+    turn = session.turns[0]
+    assert turn.answer == "Half an ans"
+    assert turn.error and turn.error.startswith("The worker was lost mid-answer")
+    assert session.display()[-1][1].startswith("Half an ans\n\n⚠️ The worker was lost mid-answer")
+    # the next turn does not hide the failure from the model: the partial answer is history like any other
+    session.ask("Go on", "fragile", Params())
+    assert session.messages()[1] == {"role": "assistant", "content": "Half an ans"}
+
+
+def test_input_length_and_turn_limits() -> None:
+    session = ChatSession()
+    session.check("x" * 12_000, max_chars=12_000, max_turns=50)
+    with pytest.raises(InputRejected, match=r"12,001 characters; the limit is 12,000"):
+        session.check("x" * 12_001, max_chars=12_000, max_turns=50)
+    for i in range(50):
+        session.ask(f"turn {i}", "tiny", Params())
+    with pytest.raises(InputRejected, match=r"reached 50 turns\. Press Clear"):
+        session.check("one more", max_chars=12_000, max_turns=50)
+
+
+def test_regenerate_replaces_the_last_answer() -> None:
+    session = ChatSession()
+    assert session.retry("tiny", Params()) is None
+    session.ask("Hello", "tiny", Params(max_tokens=8))
+    session.turns[0].answer = "first try"
+    again = session.retry("tiny-b", Params(max_tokens=16))
+    assert again is not None and session.turns == [again]
+    assert (again.user, again.model, again.answer, again.params.max_tokens) == ("Hello", "tiny-b", "", 16)
+
+
+async def test_status_counts_workers_running_and_waiting_jobs(
+    settings: Settings, producer: Producer, start_worker: Callable[..., RunningWorker]
+) -> None:
+    await started(start_worker, producer)
+    idle_model(settings, "busy", live=True)
+    for _ in range(3):
+        await producer.submit(Job(kind=JobKind.CHAT, model="busy", messages=[], deadline=time.time() + 30))
+    loads = {m.model: m for m in await model_loads(producer)}
+    assert (loads["busy"].workers, loads["busy"].running, loads["busy"].waiting) == (1, 0, 3)
+    assert (loads["tiny"].workers, loads["tiny"].waiting) == (1, 0)
+    assert "**busy**: 1 worker, 0 running, 3 waiting" in status_markdown(list(loads.values()))
+    assert status_markdown([]).startswith("No worker is serving any model right now")
+
+
+def test_votes_append_one_json_line_per_vote_to_a_file_per_day(tmp_path: Path) -> None:
+    log = VoteLog(tmp_path / "votes")
+    session = ChatSession(system_prompt="Be kind.")
+    turn = session.ask("Hello", "tiny", Params(temperature=0.3, top_p=0.9, max_tokens=32))
+    turn.answer, turn.finished = "Hi!", time.time()
+    path = log.chat_vote("upvote", session, "10.0.0.7")
+    other = ChatSession()
+    other.ask("Hello", "tiny-b", Params()).answer = "Hey"
+    assert log.compare_vote("tievote", session, other, None) == path
+    assert path.name == f"{time.strftime('%Y-%m-%d', time.gmtime())}-conv.json"
+    up, tie = (json.loads(line) for line in path.read_text().splitlines())
+    assert (up["type"], up["model"], up["ip"]) == ("upvote", "tiny", "10.0.0.7")
+    (logged,) = up["state"]["turns"]
+    assert (logged["user"], logged["answer"], logged["params"]) == (
+        "Hello",
+        "Hi!",
+        {"temperature": 0.3, "top_p": 0.9, "max_tokens": 32},
+    )
+    assert logged["started"] <= logged["finished"] <= up["tstamp"]
+    assert up["state"]["system_prompt"] == "Be kind." and up["state"]["conversation_id"] == session.id
+    assert (tie["type"], tie["models"]) == ("tievote", ["tiny", "tiny-b"])
+    with pytest.raises(ValueError):
+        log.chat_vote("leftvote", session, None)
+
+
+def test_auth_file_in_fastchat_format(tmp_path: Path) -> None:
+    creds = tmp_path / "auth"
+    creds.write_text("alice:wonder, bob:builder\n")
+    assert parse_auth_file(creds) == [("alice", "wonder"), ("bob", "builder")]
+
+
+def test_webui_command_has_fastchat_flags() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "queuechat", "webui", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    for flag in ("--host", "--port", "--share", "--model-list-mode", "--gradio-auth-path", "--concurrency-count",
+                 "--redis-url"):  # fmt: skip
+        assert flag in out

@@ -7,7 +7,6 @@ cancels its task, which closes the job's events and so cancels the job at the wo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,8 +24,6 @@ from webui.votes import VoteLog
 
 # Links under the page: the API page would advertise handlers that are not an API anyone should script.
 FOOTER_LINKS: list[Any] = ["gradio", "settings"]
-# How long Stop waits for the cancelled reply to wind down before it redraws the conversation.
-STOP_GRACE_SECONDS = 5.0
 
 
 class Backend:
@@ -109,8 +106,12 @@ def build_blocks(backend: Backend) -> gr.Blocks:
                 model_a = gr.Dropdown(label="Model A", choices=[], elem_id="compare-model-a")
                 model_b = gr.Dropdown(label="Model B", choices=[], elem_id="compare-model-b")
             with gr.Row():
-                chatbot_a = gr.Chatbot(label="Model A", elem_id="chatbot-a", height=400, feedback_options=None)
-                chatbot_b = gr.Chatbot(label="Model B", elem_id="chatbot-b", height=400, feedback_options=None)
+                chatbot_a = gr.Chatbot(
+                    label="Model A", elem_id="chatbot-a", height=400, feedback_options=None, buttons=["copy"]
+                )
+                chatbot_b = gr.Chatbot(
+                    label="Model B", elem_id="chatbot-b", height=400, feedback_options=None, buttons=["copy"]
+                )
             with gr.Row():
                 leftvote = gr.Button("👈 A is better", elem_id="compare-leftvote", interactive=False)
                 rightvote = gr.Button("👉 B is better", elem_id="compare-rightvote", interactive=False)
@@ -189,7 +190,7 @@ def build_blocks(backend: Backend) -> gr.Blocks:
                 notice,
                 gr.Button(interactive=not streaming),
                 gr.Button(interactive=streaming),
-                gr.Button(interactive=votable),
+                gr.Button(interactive=not streaming and bool(s.turns)),
                 gr.Button(interactive=votable),
                 gr.Button(interactive=votable),
                 gr.Button(interactive=votable),
@@ -245,8 +246,10 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             async for view in stream_chat(s):
                 yield view
 
-        async def on_stop(s: ChatSession) -> tuple:
-            await _wound_down(s)
+        def on_stop(s: ChatSession) -> tuple:
+            # Gradio's browser code sends the cancellation of the running reply only after this returns, so this
+            # must not wait for the reply to wind down: it marks the answer stopped, which the reply also obeys.
+            s.stop()
             return chat_view(s)
 
         def on_clear() -> tuple:
@@ -260,7 +263,9 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             regenerate.click(on_regenerate, [session, model, *params_in], chat_out),
         ]
         stop.click(on_stop, [session], chat_out, cancels=chat_events, concurrency_limit=None)
-        clear.click(on_clear, None, [session, *chat_out], cancels=chat_events, concurrency_limit=None)
+        # the chat window's own trash icon must forget the conversation too, not just blank the window
+        for trigger in (clear.click, chatbot.clear):
+            trigger(on_clear, None, [session, *chat_out], cancels=chat_events, concurrency_limit=None)
 
         def chat_voter(kind: str) -> Callable[..., tuple]:
             def vote(s: ChatSession, request: gr.Request) -> tuple:
@@ -301,7 +306,7 @@ def build_blocks(backend: Backend) -> gr.Blocks:
                 notice,
                 gr.Button(interactive=not streaming),
                 gr.Button(interactive=streaming),
-                gr.Button(interactive=votable),
+                gr.Button(interactive=not streaming and bool(a.turns)),
                 *(gr.Button(interactive=votable) for _ in compare_votes),
             )
 
@@ -363,9 +368,9 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             async for view in stream_both(a, b):
                 yield view
 
-        async def on_compare_stop(a: ChatSession, b: ChatSession) -> tuple:
-            await _wound_down(a)
-            await _wound_down(b)
+        def on_compare_stop(a: ChatSession, b: ChatSession) -> tuple:
+            a.stop()
+            b.stop()
             return compare_view(a, b)
 
         def on_compare_clear() -> tuple:
@@ -379,9 +384,8 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             compare_regenerate.click(on_compare_regenerate, [left, right, model_a, model_b, *params_in], compare_out),
         ]
         compare_stop.click(on_compare_stop, [left, right], compare_out, cancels=compare_events, concurrency_limit=None)
-        compare_clear.click(
-            on_compare_clear, None, [left, right, *compare_out], cancels=compare_events, concurrency_limit=None
-        )
+        for trigger in (compare_clear.click, chatbot_a.clear, chatbot_b.clear):
+            trigger(on_compare_clear, None, [left, right, *compare_out], cancels=compare_events, concurrency_limit=None)
 
         def compare_voter(kind: str) -> Callable[..., tuple]:
             def vote(a: ChatSession, b: ChatSession, request: gr.Request) -> tuple:
@@ -398,14 +402,6 @@ def build_blocks(backend: Backend) -> gr.Blocks:
 
     demo.queue(default_concurrency_limit=ui.concurrency_count, api_open=False)
     return demo
-
-
-async def _wound_down(session: ChatSession) -> None:
-    """Wait until a cancelled reply has closed its job (Stop and the cancellation race in Gradio)."""
-    for _ in range(int(STOP_GRACE_SECONDS / 0.05)):
-        if not session.streaming:
-            return
-        await asyncio.sleep(0.05)
 
 
 def mount_webui(app: FastAPI, settings: Settings, ui: WebUISettings | None = None, path: str = "/ui") -> FastAPI:

@@ -113,9 +113,15 @@ class ChatSession:
                 shown.append(("assistant", text))
         return shown
 
+    def stop(self) -> None:
+        """Mark the answer being streamed as stopped; :func:`reply` then closes its job at the next event."""
+        if self.streaming and self.turns:
+            self.turns[-1].stopped = True
+
     @property
     def last_answered(self) -> Turn | None:
-        return self.turns[-1] if self.turns and self.turns[-1].finished else None
+        """The last turn once its answer is over (finished, failed or stopped): what a vote is about."""
+        return self.turns[-1] if self.turns and (self.turns[-1].finished or self.turns[-1].stopped) else None
 
     def record(self) -> dict[str, Any]:
         """The conversation as it goes into the vote log."""
@@ -139,8 +145,8 @@ def request_of(session: ChatSession, turn: Turn) -> ChatCompletionRequest:
 
 async def reply(session: ChatSession, producer: Producer, timeout: float) -> AsyncIterator[Turn]:
     """Answer the session's last turn, yielding it as the answer grows (at most every :data:`FRAME_SECONDS`)
-    and once more at the end. Failures end up in ``turn.error``, a Stop in ``turn.stopped``; never raises
-    a broker error."""
+    and once more at the end. Failures end up in ``turn.error``; never raises a broker error. Stopping is either
+    :meth:`ChatSession.stop` (seen at the next event) or closing/cancelling this iterator (at once)."""
     turn = session.turns[-1]
     session.streaming = True
     turn.started = time.time()
@@ -151,6 +157,8 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
         events = await producer.submit(job)
         shown_at = 0.0
         async for event in events:
+            if turn.stopped:
+                break
             if isinstance(event, Delta) and event.text:
                 turn.answer += event.text
                 if time.monotonic() - shown_at >= FRAME_SECONDS:

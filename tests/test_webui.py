@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from broker.connection import async_client, sync_client
@@ -20,7 +21,7 @@ from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Error, Job, JobKind
 from broker.settings import Settings
-from tests.conftest import RunningWorker, wait_for
+from tests.conftest import RunningWorker, free_port, wait_for
 from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
 from webui.main import parse_auth_file
 from webui.status import model_loads, status_markdown
@@ -255,3 +256,28 @@ def test_webui_command_has_fastchat_flags() -> None:
     for flag in ("--host", "--port", "--share", "--model-list-mode", "--gradio-auth-path", "--concurrency-count",
                  "--redis-url"):  # fmt: skip
         assert flag in out
+
+
+def test_standalone_server_asks_for_the_login_of_the_auth_file(settings: Settings, tmp_path: Path) -> None:
+    """``python -m webui`` on its own port; with ``--gradio-auth-path`` nothing but the login page is served
+    until a listed user logs in."""
+    assert settings.redis_url
+    creds = tmp_path / "auth"
+    creds.write_text("alice:wonder")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["--port", str(port), "--redis-url", settings.redis_url, "--gradio-auth-path", str(creds)]
+    log = (tmp_path / "webui.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "webui", *args], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: httpx.get(f"{base}/", timeout=2).status_code == 200, timeout=120, interval=0.2)
+        assert httpx.get(f"{base}/config", timeout=5).status_code == 401
+        with httpx.Client(base_url=base, timeout=5) as client:
+            assert client.post("/login", data={"username": "alice", "password": "nope"}).status_code == 400
+            assert client.post("/login", data={"username": "alice", "password": "wonder"}).status_code == 200
+            config = client.get("/config").json()
+        assert config["title"] == "queuechat" and not config["analytics_enabled"]
+    finally:
+        server.terminate()
+        server.wait(20)
+        log.close()

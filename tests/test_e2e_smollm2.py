@@ -94,6 +94,13 @@ def test_json_mode_answers_valid_json(up: tuple[str, subprocess.Popen[str]]) -> 
     assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
 
 
+def test_the_web_ui_shares_the_api_port(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    page = httpx.get(f"{base}/ui/", timeout=10)
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    assert httpx.get(f"{base}/ui/config", timeout=10).json()["title"] == "queuechat"
+
+
 def test_sigterm_stops_everything(up: tuple[str, subprocess.Popen[str]]) -> None:
     _, process = up
     process.send_signal(signal.SIGTERM)

@@ -7,8 +7,13 @@ cancels its task, which closes the job's events and so cancels the job at the wo
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+# Before gradio is imported: no telemetry and no version check from any Blocks this process makes, so the UI
+# works where only the loopback is reachable.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 from fastapi import FastAPI

@@ -281,3 +281,22 @@ def test_standalone_server_asks_for_the_login_of_the_auth_file(settings: Setting
         server.terminate()
         server.wait(20)
         log.close()
+
+
+@pytest.mark.parametrize("mode", ["once", "reload"])
+async def test_model_list_modes(settings: Settings, mode: str, tmp_path: Path) -> None:
+    """``once`` keeps the models seen at the first page load (the ↻ button still reads them afresh);
+    ``reload`` reads the registry at every load."""
+    from webui.app import Backend
+    from webui.settings import WebUISettings
+
+    backend = Backend(settings, WebUISettings(model_list_mode=mode, log_dir=tmp_path))  # type: ignore[arg-type]
+    try:
+        idle_model(settings, "first", live=True)
+        assert await backend.models(fresh=False) == ["first"]
+        idle_model(settings, "second", live=True)
+        expected = ["first"] if mode == "once" else ["first", "second"]
+        assert await backend.models(fresh=False) == expected
+        assert await backend.models(fresh=True) == ["first", "second"]
+    finally:
+        await backend.close()

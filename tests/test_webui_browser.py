@@ -158,6 +158,13 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     assert turn["user"] == "Hello there" and turn["answer"].strip()
     assert turn["params"]["max_tokens"] == 32 and turn["finish_reason"] == "length"
     assert turn["started"] <= turn["finished"] <= vote["tstamp"]
+
+    # Regenerate asks again: still one question and one answer on the page, a new job at the worker
+    page.locator("#chat-regenerate").click()
+    wait_for(lambda: worker.totals["completed"] == 2, timeout=30)
+    expect(page.locator("#chat-upvote")).to_be_enabled()  # a new answer can be voted on
+    expect(page.locator("#chatbot [data-testid='user']")).to_have_count(1)
+    expect(bot).to_have_count(1)
     assert served.blocked == [], f"the page reached beyond the loopback: {served.blocked}"
 
 

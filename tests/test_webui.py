@@ -115,6 +115,36 @@ async def test_closing_a_reply_cancels_the_job_at_the_worker(
     assert int(stats[b"output_tokens"]) < max_tokens
 
 
+async def test_stop_ends_a_reply_whose_job_is_still_queued(settings: Settings, producer: Producer) -> None:
+    """Stop while no worker has taken the job yet: the reply ends without waiting for an event, and its channel
+    loses its subscriber, so the worker that reads the job later drops it."""
+    consumer = idle_model(settings, "slow", live=True)
+    session = ChatSession()
+    turn = session.ask("Hello", "slow", Params())
+    task = asyncio.ensure_future(answer(session, producer))
+    await asyncio.to_thread(wait_for, lambda: consumer.client.xlen(consumer.keys.jobs("slow")) == 1, 10)
+    session.stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert turn.stopped and not session.streaming and turn.job_id
+    channel = consumer.keys.events(turn.job_id)
+    await asyncio.to_thread(wait_for, lambda: consumer.client.pubsub_numsub(channel)[0][1] == 0, 10)
+
+
+async def test_clear_while_streaming_cancels_the_job_and_empties_the_session(
+    start_worker: Callable[..., RunningWorker], producer: Producer
+) -> None:
+    worker = (await started(start_worker, producer)).worker
+    session = ChatSession()
+    session.ask("Tell me a long story", "tiny", Params(max_tokens=3000))
+    old_id = session.id
+    async for turn in reply(session, producer, timeout=60):
+        if turn.answer and session.turns:
+            session.clear()
+    assert session.turns == [] and session.id != old_id and not session.streaming
+    assert session.display() == [] and session.last_answered is None
+    await asyncio.to_thread(wait_for, lambda: worker.totals["cancelled"] == 1 and not worker.jobs, 20)
+
+
 async def test_two_models_answer_side_by_side(start_worker: Callable[..., RunningWorker], producer: Producer) -> None:
     await started(start_worker, producer, "tiny,tiny-b")
     left, right = ChatSession(), ChatSession()

@@ -165,6 +165,18 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     expect(page.locator("#chat-upvote")).to_be_enabled()  # a new answer can be voted on
     expect(page.locator("#chatbot [data-testid='user']")).to_have_count(1)
     expect(bot).to_have_count(1)
+
+    # Clear while an answer streams: the job is cancelled and the reply winding down does not redraw the page
+    set_max_tokens(page, 3000)
+    page.locator("#chat-input textarea").fill("Another long story")
+    page.locator("#chat-send").click()
+    expect(bot).to_have_count(2)
+    expect(bot.last).not_to_be_empty()
+    page.locator("#chat-clear").click()
+    wait_for(lambda: worker.totals["cancelled"] == 2 and not worker.jobs, timeout=30)
+    expect(page.locator("#chat-send")).to_be_enabled()
+    expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
+    expect(bot).to_have_count(0)
     assert served.blocked == [], f"the page reached beyond the loopback: {served.blocked}"
 
 

@@ -1,8 +1,11 @@
 """The Gradio Blocks: a Chat tab, a Compare tab, a status strip; and mounting them into the API app.
 
 Handlers are thin: they turn widget values into :mod:`webui.chat` calls and sessions back into widget values.
-Every reply is an async generator running in the server's event loop, so the Stop button (Gradio's ``cancels``)
-cancels its task, which closes the job's events and so cancels the job at the worker.
+Every reply is an async generator running in the server's event loop, and the only thing that draws the
+conversation while it runs: Stop and Clear just mark the session, the reply notices at its next event, closes the
+job's events (the worker cancels the job when its next PUBLISH reaches nobody) and draws the final state last.
+Gradio's own ``cancels`` is not used for them: its browser code sends the cancellation only after the handler
+that triggered it has finished, so a frame of the cancelled reply could land after, and stay.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class Backend:
 
     async def models(self, *, fresh: bool) -> list[str]:
         """The live models. In ``once`` mode the first answer is kept for page loads; the ↻ button is fresh."""
-        if fresh or self.ui.model_list_mode == "reload" or self._models is None:
+        if fresh or self.ui.model_list_mode == "reload" or not self._models:  # an empty list is worth a retry
             try:
                 self._models = await live_models(self.producer)
             except BrokerUnavailable:
@@ -66,8 +69,8 @@ class Backend:
 
 
 def chatbot_value(session: ChatSession) -> list[dict[str, Any]]:
-    # Gradio's normalised message form: a plain string would go through inspect.cleandoc, which strips the
-    # indentation of code blocks.
+    # Gradio's normalised message form: a plain string goes through inspect.cleandoc, which strips indentation
+    # that every line after the first shares (code would lose it).
     return [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in session.display()]
 
 
@@ -223,7 +226,7 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             top: float,
             max_out: float,
         ) -> AsyncIterator[tuple]:
-            if s.streaming or not text.strip():
+            if (s.streaming and not await s.settled()) or not text.strip():  # settled: sent right after Stop
                 yield chat_view(s, streaming=s.streaming)
                 return
             if not model_name:
@@ -243,7 +246,8 @@ def build_blocks(backend: Backend) -> gr.Blocks:
         async def on_regenerate(
             s: ChatSession, model_name: str | None, sys_prompt: str | None, temp: float, top: float, max_out: float
         ) -> AsyncIterator[tuple]:
-            if s.streaming or not model_name or s.retry(model_name, params_of(temp, top, max_out)) is None:
+            busy = s.streaming and not await s.settled()
+            if busy or not model_name or s.retry(model_name, params_of(temp, top, max_out)) is None:
                 yield chat_view(s, streaming=s.streaming)
                 return
             s.system_prompt = sys_prompt or ""
@@ -251,26 +255,21 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             async for view in stream_chat(s):
                 yield view
 
-        def on_stop(s: ChatSession) -> tuple:
-            # Gradio's browser code sends the cancellation of the running reply only after this returns, so this
-            # must not wait for the reply to wind down: it marks the answer stopped, which the reply also obeys.
+        async def on_stop(s: ChatSession) -> None:
             s.stop()
-            return chat_view(s)
 
-        def on_clear() -> tuple:
-            fresh = ChatSession()
-            return (fresh, *chat_view(fresh, text=""))
+        async def on_clear(s: ChatSession) -> tuple:
+            s.clear()
+            return chat_view(s, text="", streaming=s.streaming)
 
         send_inputs = [session, textbox, model, *params_in]
-        chat_events: list[dict[str, Any]] = [
-            textbox.submit(on_send, send_inputs, chat_out),
-            send.click(on_send, send_inputs, chat_out),
-            regenerate.click(on_regenerate, [session, model, *params_in], chat_out),
-        ]
-        stop.click(on_stop, [session], chat_out, cancels=chat_events, concurrency_limit=None)
+        textbox.submit(on_send, send_inputs, chat_out)
+        send.click(on_send, send_inputs, chat_out)
+        regenerate.click(on_regenerate, [session, model, *params_in], chat_out)
+        stop.click(on_stop, [session], None, concurrency_limit=None, show_progress="hidden")
         # the chat window's own trash icon must forget the conversation too, not just blank the window
         for trigger in (clear.click, chatbot.clear):
-            trigger(on_clear, None, [session, *chat_out], cancels=chat_events, concurrency_limit=None)
+            trigger(on_clear, [session], chat_out, concurrency_limit=None)
 
         def chat_voter(kind: str) -> Callable[..., tuple]:
             def vote(s: ChatSession, request: gr.Request) -> tuple:
@@ -331,7 +330,7 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             top: float,
             max_out: float,
         ) -> AsyncIterator[tuple]:
-            busy = a.streaming or b.streaming
+            busy = not (await a.settled() and await b.settled())
             if busy or not text.strip():
                 yield compare_view(a, b, streaming=busy)
                 return
@@ -362,8 +361,9 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             top: float,
             max_out: float,
         ) -> AsyncIterator[tuple]:
-            if a.streaming or b.streaming or not name_a or not name_b or not a.turns or not b.turns:
-                yield compare_view(a, b, streaming=a.streaming or b.streaming)
+            busy = not (await a.settled() and await b.settled())
+            if busy or not name_a or not name_b or not a.turns or not b.turns:
+                yield compare_view(a, b, streaming=busy)
                 return
             params = params_of(temp, top, max_out)
             for s, name in ((a, name_a), (b, name_b)):
@@ -373,24 +373,22 @@ def build_blocks(backend: Backend) -> gr.Blocks:
             async for view in stream_both(a, b):
                 yield view
 
-        def on_compare_stop(a: ChatSession, b: ChatSession) -> tuple:
+        async def on_compare_stop(a: ChatSession, b: ChatSession) -> None:
             a.stop()
             b.stop()
-            return compare_view(a, b)
 
-        def on_compare_clear() -> tuple:
-            a, b = ChatSession(), ChatSession()
-            return (a, b, *compare_view(a, b, text=""))
+        async def on_compare_clear(a: ChatSession, b: ChatSession) -> tuple:
+            a.clear()
+            b.clear()
+            return compare_view(a, b, text="", streaming=a.streaming or b.streaming)
 
         compare_inputs = [left, right, compare_text, model_a, model_b, *params_in]
-        compare_events: list[dict[str, Any]] = [
-            compare_text.submit(on_compare, compare_inputs, compare_out),
-            compare_send.click(on_compare, compare_inputs, compare_out),
-            compare_regenerate.click(on_compare_regenerate, [left, right, model_a, model_b, *params_in], compare_out),
-        ]
-        compare_stop.click(on_compare_stop, [left, right], compare_out, cancels=compare_events, concurrency_limit=None)
+        compare_text.submit(on_compare, compare_inputs, compare_out)
+        compare_send.click(on_compare, compare_inputs, compare_out)
+        compare_regenerate.click(on_compare_regenerate, [left, right, model_a, model_b, *params_in], compare_out)
+        compare_stop.click(on_compare_stop, [left, right], None, concurrency_limit=None, show_progress="hidden")
         for trigger in (compare_clear.click, chatbot_a.clear, chatbot_b.clear):
-            trigger(on_compare_clear, None, [left, right, *compare_out], cancels=compare_events, concurrency_limit=None)
+            trigger(on_compare_clear, [left, right], compare_out, concurrency_limit=None)
 
         def compare_voter(kind: str) -> Callable[..., tuple]:
             def vote(a: ChatSession, b: ChatSession, request: gr.Request) -> tuple:

@@ -27,6 +27,8 @@ from webui import messages
 # Re-rendering a growing Markdown answer for every token would cost the browser O(n²); a few frames a second
 # read as live.
 FRAME_SECONDS = 0.05
+# How often a reply that has no event yet (its job still queued) looks whether it was stopped.
+STOP_POLL_SECONDS = 0.2
 
 
 class InputRejected(Exception):
@@ -114,9 +116,24 @@ class ChatSession:
         return shown
 
     def stop(self) -> None:
-        """Mark the answer being streamed as stopped; :func:`reply` then closes its job at the next event."""
+        """Mark the answer being streamed as stopped; :func:`reply` closes its job at the next event, or within
+        :data:`STOP_POLL_SECONDS` while there is none."""
         if self.streaming and self.turns:
             self.turns[-1].stopped = True
+
+    def clear(self) -> None:
+        """Start a new conversation in place. A reply still running stops at its next event and then draws this
+        empty session, so whatever it drew before cannot be the last thing on the screen."""
+        self.stop()
+        self.turns = []
+        self.id = uuid.uuid4().hex
+
+    async def settled(self, timeout: float = 2.0) -> bool:
+        """Wait for a stopped reply to wind down; whether it has."""
+        deadline = time.monotonic() + timeout
+        while self.streaming and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.streaming
 
     @property
     def last_answered(self) -> Turn | None:
@@ -156,9 +173,11 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
         turn.job_id = job.id
         events = await producer.submit(job)
         shown_at = 0.0
-        async for event in events:
-            if turn.stopped:
-                break
+        while not events.finished and not turn.stopped:
+            try:
+                event = await asyncio.wait_for(events.next_event(), STOP_POLL_SECONDS)
+            except TimeoutError:  # nothing yet; the job may still be queued
+                continue
             if isinstance(event, Delta) and event.text:
                 turn.answer += event.text
                 if time.monotonic() - shown_at >= FRAME_SECONDS:

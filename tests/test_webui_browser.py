@@ -129,6 +129,7 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     expect(bot.last).not_to_be_empty()
     page.locator("#chat-stop").click()
     expect(bot.last).to_contain_text("(stopped)")
+    page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
     wait_for(lambda: worker.totals["cancelled"] == 1 and not worker.jobs, timeout=30)
     assert settings.redis_url
     stats = sync_client(settings.redis_url).hgetall(Keys(settings.key_prefix).stats("tiny"))
@@ -149,6 +150,7 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     page.locator("#chat-upvote").click()
     expect(page.locator("#chat-notice")).to_contain_text("your upvote was recorded")
     expect(page.locator("#chat-upvote")).to_be_disabled()  # one vote per answer
+    page.screenshot(path=str(tmp_path / "voted.png"), full_page=True)
 
     (log,) = served.log_dir.glob("*-conv.json")
     (line,) = log.read_text().splitlines()
@@ -178,6 +180,7 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
     expect(bot).to_have_count(0)
     assert served.blocked == [], f"the page reached beyond the loopback: {served.blocked}"
+    assert (tmp_path / "stopped.png").stat().st_size and (tmp_path / "voted.png").stat().st_size
 
 
 def test_compare_streams_two_models_and_logs_the_vote(page: Any, served: Served) -> None:

@@ -19,7 +19,7 @@ from broker.consumer import JobConsumer
 from broker.keys import Keys
 from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
-from broker.schemas import Accepted, Delta, Error, Job, JobKind
+from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Usage
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
 from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
@@ -187,6 +187,8 @@ async def test_a_full_queue_says_when_to_retry(settings: Settings) -> None:
 
 
 async def test_a_worker_lost_mid_answer_keeps_the_partial_answer(settings: Settings, producer: Producer) -> None:
+    """The job starts over on another worker (a new ``accepted``) after text was shown: the person is told the
+    worker was lost, and the partial answer stays."""
     consumer = idle_model(settings, "fragile", live=True)
     session = ChatSession()
     session.ask("Hello", "fragile", Params())
@@ -198,10 +200,10 @@ async def test_a_worker_lost_mid_answer_keeps_the_partial_answer(settings: Setti
         [
             (job_id, Accepted(seq=0, worker="fragile-worker", attempt=1, prompt_tokens=3)),
             (job_id, Delta(seq=1, text="Half an ans", token_ids=[1, 2])),
-            (job_id, Error(seq=2, code="worker_lost", message="the worker was lost", status=502)),
         ]
     )
-    await pending
+    assert (await pending).answer == "Half an ans"  # shown
+    consumer.publish([(job_id, Accepted(seq=0, worker="other-worker", attempt=2, prompt_tokens=3))])
     async for _ in stream:
         pass
     turn = session.turns[0]
@@ -211,6 +213,26 @@ async def test_a_worker_lost_mid_answer_keeps_the_partial_answer(settings: Setti
     # the next turn does not hide the failure from the model: the partial answer is history like any other
     session.ask("Go on", "fragile", Params())
     assert session.messages()[1] == {"role": "assistant", "content": "Half an ans"}
+
+
+async def test_a_restart_before_any_text_is_invisible(settings: Settings, producer: Producer) -> None:
+    consumer = idle_model(settings, "fragile", live=True)
+    session = ChatSession()
+    session.ask("Hello", "fragile", Params())
+    task = asyncio.ensure_future(answer(session, producer))
+    (delivery,) = await asyncio.to_thread(wait_for, lambda: consumer.read(1, 100), 10)
+    job_id = delivery.job.id
+    consumer.publish(
+        [
+            (job_id, Accepted(seq=0, worker="fragile-worker", attempt=1, prompt_tokens=3)),
+            (job_id, Accepted(seq=0, worker="other-worker", attempt=2, prompt_tokens=3)),
+            (job_id, Delta(seq=1, text="A whole answer", token_ids=[1, 2])),
+            (job_id, Done(seq=2, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=3, completion_tokens=2))),
+        ]
+    )
+    await asyncio.wait_for(task, timeout=10)
+    turn = session.turns[0]
+    assert (turn.answer, turn.error, turn.finish_reason) == ("A whole answer", None, "stop")
 
 
 def test_input_length_and_turn_limits() -> None:

@@ -20,14 +20,14 @@ from pydantic import ValidationError
 from api.jobs import chat_job
 from api.schemas import ChatCompletionRequest
 from broker.errors import QueuechatError
-from broker.producer import Producer
-from broker.schemas import Delta, Done
+from broker.producer import AnyEvent, JobEvents, Producer
+from broker.schemas import Accepted, Delta, Done
 from webui import messages
 
 # Re-rendering a growing Markdown answer for every token would cost the browser O(n²); a few frames a second
 # read as live.
 FRAME_SECONDS = 0.05
-# How often a reply that has no event yet (its job still queued) looks whether it was stopped.
+# How often a reply waiting for an event (its job still queued, say) looks whether it was stopped.
 STOP_POLL_SECONDS = 0.2
 
 
@@ -167,21 +167,31 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
     turn = session.turns[-1]
     session.streaming = True
     turn.started = time.time()
-    events = None
+    events: JobEvents | None = None
+    pending: asyncio.Future[AnyEvent] | None = None
     try:
         job = chat_job(request_of(session, turn), timeout)
         turn.job_id = job.id
         events = await producer.submit(job)
         shown_at = 0.0
         while not events.finished and not turn.stopped:
-            try:
-                event = await asyncio.wait_for(events.next_event(), STOP_POLL_SECONDS)
-            except TimeoutError:  # nothing yet; the job may still be queued
+            if pending is None:
+                # a task of its own, not cancelled by the Stop polling: while no event comes, next_event checks
+                # on the job's worker now and then, and must get to
+                pending = asyncio.ensure_future(events.next_event())
+            done, _ = await asyncio.wait({pending}, timeout=STOP_POLL_SECONDS)
+            if not done:
                 continue
-            if isinstance(event, Delta) and event.text:
+            event, pending = pending.result(), None
+            if isinstance(event, Accepted):
+                # the job (re)starts: after its worker died, another runs it again from the beginning
+                turn.answer = ""
+            elif isinstance(event, Delta) and event.text:
                 turn.answer += event.text
                 if time.monotonic() - shown_at >= FRAME_SECONDS:
                     shown_at = time.monotonic()
+                    # the person has seen text: a restart can no longer be hidden, it is a lost worker
+                    events.committed = True
                     yield turn
             elif isinstance(event, Done):
                 turn.finish_reason = event.finish_reason.value
@@ -193,6 +203,10 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
         turn.stopped = True
         raise
     finally:
+        if pending is not None:
+            pending.cancel()
+            if pending.done() and not pending.cancelled():
+                pending.exception()  # retrieved: a failure after Stop is nobody's news, not a logged error
         if events is not None:
             events.close()
         turn.finished = time.time()

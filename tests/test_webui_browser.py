@@ -7,7 +7,11 @@ Every request that leaves the loopback is blocked and recorded, so the page is p
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -29,6 +34,7 @@ pytestmark = pytest.mark.skipif(
 )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 expect = sync_api.expect
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # A streamed answer and the first page load can take a while on a busy two-core machine.
 WAIT_MS = 60_000
 
@@ -74,10 +80,7 @@ def served(
 @pytest.fixture
 def page(served: Served, tmp_path: Path) -> Iterator[Any]:
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
 
         def offline(route: Any) -> None:
@@ -205,3 +208,37 @@ def test_compare_streams_two_models_and_logs_the_vote(page: Any, served: Served)
     assert served.blocked == []
     # keep the timestamps honest: the log is written when the vote is cast, after both answers
     assert vote["tstamp"] <= time.time()
+
+
+def test_sigterm_with_an_open_page_stops_the_api(settings: Settings, tmp_path: Path) -> None:
+    """An open page keeps a heartbeat stream; mounted in the API, it must not hold a SIGTERM up until uvicorn's
+    graceful-shutdown timeout (the drain timeout, set far beyond the wait below) runs out."""
+    assert settings.redis_url
+    port = free_port()
+    env = {**os.environ, "QUEUECHAT_KEY_PREFIX": settings.key_prefix, "QUEUECHAT_DRAIN_TIMEOUT": "300"}
+    log = (tmp_path / "api.log").open("w+")
+    api = subprocess.Popen(
+        [sys.executable, "-m", "api", "--port", str(port), "--redis-url", settings.redis_url, "--webui"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/health", timeout=2).status_code == 200, timeout=120, interval=0.2)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"{base}/ui/")
+            expect(page.locator("#status-strip")).to_contain_text("No worker is serving any model", timeout=WAIT_MS)
+            api.send_signal(signal.SIGTERM)
+            api.wait(timeout=60)
+            browser.close()
+        log.seek(0)
+        output = log.read()
+        assert api.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once it has stopped
+        assert "Application shutdown complete" in output and "graceful shutdown exceeded" not in output
+    finally:
+        if api.poll() is None:
+            api.kill()
+        log.close()

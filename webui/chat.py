@@ -163,7 +163,7 @@ def request_of(session: ChatSession, turn: Turn) -> ChatCompletionRequest:
 async def reply(session: ChatSession, producer: Producer, timeout: float) -> AsyncIterator[Turn]:
     """Answer the session's last turn, yielding it as the answer grows (at most every :data:`FRAME_SECONDS`)
     and once more at the end. Failures end up in ``turn.error``; never raises a broker error. Stopping is either
-    :meth:`ChatSession.stop` (seen at the next event) or closing/cancelling this iterator (at once)."""
+    :meth:`ChatSession.stop` (seen within :data:`STOP_POLL_SECONDS`) or closing/cancelling this iterator."""
     turn = session.turns[-1]
     session.streaming = True
     turn.started = time.time()
@@ -176,8 +176,8 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
         shown_at = 0.0
         while not events.finished and not turn.stopped:
             if pending is None:
-                # a task of its own, not cancelled by the Stop polling: while no event comes, next_event checks
-                # on the job's worker now and then, and must get to
+                # a task of its own that the Stop polling leaves running: while no event comes, next_event looks
+                # in on the job's worker every heartbeat interval, which a call cancelled sooner would never do
                 pending = asyncio.ensure_future(events.next_event())
             done, _ = await asyncio.wait({pending}, timeout=STOP_POLL_SECONDS)
             if not done:

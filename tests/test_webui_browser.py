@@ -171,14 +171,15 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     expect(page.locator("#chatbot [data-testid='user']")).to_have_count(1)
     expect(bot).to_have_count(1)
 
-    # Clear while an answer streams: the job is cancelled and the reply winding down does not redraw the page
-    set_max_tokens(page, 3000)
+    # Clear while an answer streams: once the reply has wound down the page is empty and ready, not redrawn by a
+    # late frame. (That Clear cancels the job is test_webui's; here a busy browser may click only after the end.)
+    set_max_tokens(page, 3968)  # as long as the context allows after the first turn
     page.locator("#chat-input textarea").fill("Another long story")
     page.locator("#chat-send").click()
     expect(bot).to_have_count(2)
     expect(bot.last).not_to_be_empty()
     page.locator("#chat-clear").click()
-    wait_for(lambda: worker.totals["cancelled"] == 2 and not worker.jobs, timeout=30)
+    wait_for(lambda: not worker.jobs, timeout=60)
     expect(page.locator("#chat-send")).to_be_enabled()
     expect(page.locator("#chatbot [data-testid='user']")).to_have_count(0)
     expect(bot).to_have_count(0)
@@ -232,7 +233,11 @@ def test_sigterm_with_an_open_page_stops_the_api(settings: Settings, tmp_path: P
             page.goto(f"{base}/ui/")
             expect(page.locator("#status-strip")).to_contain_text("No worker is serving any model", timeout=WAIT_MS)
             api.send_signal(signal.SIGTERM)
-            api.wait(timeout=60)
+            try:
+                api.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log.seek(0)
+                raise AssertionError(f"the API did not stop within 60 s:\n{log.read()}") from None
             browser.close()
         log.seek(0)
         output = log.read()

@@ -24,9 +24,9 @@ from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done
 from webui import messages
 
-# Re-rendering a growing Markdown answer for every token would cost the browser O(n²); a few frames a second
-# read as live.
-FRAME_SECONDS = 0.05
+# Re-rendering a growing Markdown answer for every token would cost the browser O(n²); ten frames a second read
+# as live and leave a slow machine's browser time for clicks (Stop must not wait for the answer to end).
+FRAME_SECONDS = 0.1
 # How often a reply waiting for an event (its job still queued, say) looks whether it was stopped.
 STOP_POLL_SECONDS = 0.2
 

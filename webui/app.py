@@ -33,6 +33,8 @@ from webui.settings import WebUISettings
 from webui.status import live_models, status_line
 from webui.votes import VoteLog
 
+# How long Clear waits for a running reply to notice it and wind down (it looks every STOP_POLL_SECONDS).
+STOP_WAIT_SECONDS = 10.0
 # Links under the page: the API page would advertise handlers that are not an API anyone should script.
 FOOTER_LINKS: list[Any] = ["gradio", "settings"]
 
@@ -263,6 +265,9 @@ def build_blocks(backend: Backend) -> gr.Blocks:
 
         async def on_clear(s: ChatSession) -> tuple:
             s.clear()
+            # Drawn once a running reply has wound down, so this and the reply's last frame, in whichever order
+            # they arrive, both show the empty conversation ready for input.
+            await s.settled(timeout=STOP_WAIT_SECONDS)
             return chat_view(s, text="", streaming=s.streaming)
 
         send_inputs = [session, textbox, model, *params_in]
@@ -383,6 +388,8 @@ def build_blocks(backend: Backend) -> gr.Blocks:
         async def on_compare_clear(a: ChatSession, b: ChatSession) -> tuple:
             a.clear()
             b.clear()
+            await a.settled(timeout=STOP_WAIT_SECONDS)
+            await b.settled(timeout=STOP_WAIT_SECONDS)
             return compare_view(a, b, text="", streaming=a.streaming or b.streaming)
 
         compare_inputs = [left, right, compare_text, model_a, model_b, *params_in]

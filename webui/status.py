@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from broker.errors import BrokerUnavailable
 from broker.keys import CONSUMER_GROUP
+from broker.monitor import waiting_of
 from broker.producer import Producer
 
 
@@ -24,22 +26,37 @@ async def live_models(producer: Producer) -> list[str]:
 
 
 async def model_loads(producer: Producer) -> list[ModelLoad]:
-    """One line per live model. Raises :class:`BrokerUnavailable` when Redis does not answer."""
+    """One line per live model, in one round trip after the registry's, with the commands the ``front`` ACL role
+    allows. Raises :class:`BrokerUnavailable` when Redis does not answer."""
     live = await producer.live_models()
+    models = sorted(live)
+    try:
+        pipe = producer.client.pipeline(transaction=False)
+        for model in models:
+            pipe.xinfo_groups(producer.keys.jobs(model))
+            pipe.xlen(producer.keys.jobs(model))
+        replies = await pipe.execute(raise_on_error=False)  # no group yet: XINFO answers with an error
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
     loads = []
-    for model, workers in sorted(live.items()):
-        stream = producer.keys.jobs(model)
-        try:
-            length = await producer.client.xlen(stream)
-            try:
-                pending = int((await producer.client.xpending(stream, CONSUMER_GROUP))["pending"])
-            except ResponseError:  # the group appears with the first worker; until then nothing is running
-                pending = 0
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
-        # acknowledged entries are deleted, so the stream holds exactly the running and the waiting jobs
-        loads.append(ModelLoad(model, len(workers), pending, max(length - pending, 0)))
+    for i, model in enumerate(models):
+        groups, length = replies[2 * i], replies[2 * i + 1]
+        length = length if isinstance(length, int) else 0
+        group = _workers_group(groups)
+        running = int(group.get("pending", 0)) if group else 0
+        waiting = waiting_of(group, length) if group else length
+        loads.append(ModelLoad(model, len(live[model]), running, waiting))
     return loads
+
+
+def _workers_group(reply: Any) -> dict[str, Any] | None:
+    if not isinstance(reply, list):  # the stream or its group does not exist yet
+        return None
+    for group in reply:
+        name = group.get("name", b"")
+        if (name.decode() if isinstance(name, bytes) else name) == CONSUMER_GROUP:
+            return dict(group)
+    return None
 
 
 def plural(n: int, word: str) -> str:

@@ -22,9 +22,10 @@ from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Usage
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
+from tests.test_acl import role_urls  # noqa: F401  # the fixture: a Redis user per role
 from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
 from webui.main import parse_auth_file
-from webui.status import model_loads, status_markdown
+from webui.status import ModelLoad, model_loads, status_line, status_markdown
 from webui.votes import VoteLog
 
 
@@ -352,3 +353,27 @@ async def test_model_list_modes(settings: Settings, mode: str, tmp_path: Path) -
         assert await backend.models(fresh=True) == ["first", "second"]
     finally:
         await backend.close()
+
+
+async def test_the_front_acl_role_is_enough_for_the_web_ui(
+    settings: Settings,
+    role_urls: dict[str, str],  # noqa: F811  # the fixture imported from test_acl
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    """The web UI is a front server: with the ``front`` Redis user it answers and shows the status strip."""
+    start_worker(settings_=settings.model_copy(update={"redis_url": role_urls["worker"]}))
+    front = settings.model_copy(update={"redis_url": role_urls["front"]})
+    producer = Producer(async_client(role_urls["front"]), front)
+    try:
+        deadline = time.monotonic() + 30
+        while "tiny" not in await producer.live_models():
+            assert time.monotonic() < deadline, "the worker did not register"
+            await asyncio.sleep(0.05)
+        session = ChatSession()
+        session.ask("Hello", "tiny", Params(max_tokens=8))
+        await answer(session, producer)
+        assert session.turns[0].answer and session.turns[0].error is None
+        assert (await model_loads(producer))[0] == ModelLoad("tiny", 1, 0, 0)
+        assert (await status_line(producer)).startswith("**tiny**: 1 worker")
+    finally:
+        await producer.close()

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import chat, completions
-from api.auth import ApiKeyMiddleware
+from api.auth import ApiKeyMiddleware, api_key_login
 from api.cors import CorsOptions, install_cors
 from api.embeddings import router as embeddings_router
 from api.errors import install_error_handlers
@@ -22,6 +22,8 @@ from broker.connection import async_client
 from broker.keys import Keys
 from broker.producer import Producer
 from broker.settings import Settings
+
+WEBUI_PATH = "/ui"
 
 
 def create_app(settings: Settings | None = None, cors: CorsOptions | None = None, *, webui: bool = False) -> FastAPI:
@@ -53,11 +55,14 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     # The last added runs first: request ids on everything, then CORS (answers preflights, and decorates 401s so
     # browsers can read them), then the key check.
     if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys)
+        # A browser cannot send a Bearer header: the mounted web UI asks for an API key on its own login page.
+        exempt = (WEBUI_PATH,) if webui else ()
+        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, exempt_prefixes=exempt)
     install_cors(app, cors)
     app.add_middleware(RequestIdMiddleware)
     if webui:
         from webui.app import mount_webui  # imports gradio, which an API-only process never needs
 
-        mount_webui(app, settings)
+        auth = api_key_login(settings.api_keys) if settings.api_keys else None
+        mount_webui(app, settings, path=WEBUI_PATH, auth=auth)
     return app

@@ -8,7 +8,7 @@ time against every configured key, without stopping at a match, so response timi
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,14 +32,28 @@ def key_matches(token: bytes, keys: Iterable[bytes]) -> bool:
     return match
 
 
+def api_key_login(api_keys: Iterable[str]) -> Callable[[str, str], bool]:
+    """A login check for the web UI: any user name, an API key as the password."""
+    keys = [k.encode() for k in api_keys]
+
+    def check(_user: str, password: str) -> bool:
+        return key_matches((password or "").encode(), keys)
+
+    return check
+
+
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, api_keys: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, api_keys: Iterable[str], exempt_prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
+        self.exempt = tuple(exempt_prefixes)  # mounted apps that check credentials themselves
+
+    def _open(self, path: str) -> bool:
+        return path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in self.exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # CORS preflights carry no credentials by design; the CORS middleware outside this one answers them.
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or self._open(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")

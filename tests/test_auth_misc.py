@@ -193,3 +193,17 @@ def test_cors_flags(
         f"{api.base_url}/v1/models", headers={"Origin": "https://evil.example", "Authorization": "Bearer sk-one"}
     )
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_with_keys_the_mounted_web_ui_asks_for_a_key_on_its_login_page(
+    settings: Settings, start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer]
+) -> None:
+    start_worker()
+    api = start_api(settings.model_copy(update={"api_keys": ["sk-one"]}), webui=True)
+    with httpx.Client(base_url=api.base_url, timeout=30) as http:
+        assert http.get("/v1/models").status_code == 401  # the API still wants the Bearer key
+        assert http.get("/ui/").status_code == 200  # the UI answers with its login page, not the API's 401
+        assert http.get("/ui/config").status_code == 401  # and holds everything else behind the login
+        assert http.post("/ui/login", data={"username": "me", "password": "sk-wrong"}).status_code == 400
+        assert http.post("/ui/login", data={"username": "me", "password": "sk-one"}).status_code == 200
+        assert http.get("/ui/config").status_code == 200  # the session cookie now opens it

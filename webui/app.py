@@ -417,10 +417,17 @@ def build_blocks(backend: Backend) -> gr.Blocks:
     return demo
 
 
-def mount_webui(app: FastAPI, settings: Settings, ui: WebUISettings | None = None, path: str = "/ui") -> FastAPI:
-    """Serve the web UI under ``path`` of an existing app (``queuechat up`` mounts it into the API)."""
+def mount_webui(
+    app: FastAPI,
+    settings: Settings,
+    ui: WebUISettings | None = None,
+    path: str = "/ui",
+    auth: Callable[[str, str], bool] | None = None,
+) -> FastAPI:
+    """Serve the web UI under ``path`` of an existing app (``queuechat up`` mounts it into the API); ``auth``
+    puts Gradio's login page in front of it."""
     backend = Backend(settings, ui or WebUISettings())
-    gr.mount_gradio_app(app, build_blocks(backend), path=path, footer_links=FOOTER_LINKS, ssr_mode=False)
+    gr.mount_gradio_app(app, build_blocks(backend), path=path, footer_links=FOOTER_LINKS, ssr_mode=False, auth=auth)
     (mounted,) = [r for r in app.routes if isinstance(r, Mount) and r.path == path]
     outer = app.router.lifespan_context
 

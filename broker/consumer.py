@@ -73,13 +73,15 @@ class JobConsumer:
         self.models = list(models)
         self.consumer = consumer
         self.streams = [keys.jobs(m) for m in self.models]
+        # Batch lines: read only when the interactive streams have nothing for this worker.
+        self.low_streams = [keys.batch_jobs(m) for m in self.models]
         self.max_deliveries = max_deliveries
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as
         a known model, so this is also how a model becomes known."""
-        for stream in self.streams:
+        for stream in self.streams + self.low_streams:
             try:
                 self.client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -87,10 +89,26 @@ class JobConsumer:
                     raise
 
     def read(self, count: int, block_ms: int | None) -> list[Delivery | Malformed]:
-        """Up to ``count`` new jobs per stream; blocks up to ``block_ms`` when there are none (None: don't block)."""
+        """Up to ``count`` new jobs per stream; blocks up to ``block_ms`` when there are none (None: don't block).
+
+        Interactive jobs come first: the batch streams are only read when the interactive ones gave nothing, so
+        a job sent while a batch keeps this worker busy takes the next free slot. With interactive work waiting
+        this is one round trip, as before; only an idle or batch-fed worker pays a second (and third) one.
+        """
+        items = self._read(self.streams, count, None)
+        if items:
+            return items
+        items = self._read(self.low_streams, count, None)
+        if items or block_ms is None:
+            return items
+        # Nothing anywhere: wait for the first job of either kind. Whichever stream wakes the read is the only one
+        # served, so an interactive job arriving now is never taken together with a batch's.
+        return self._read(self.streams + self.low_streams, count, block_ms)
+
+    def _read(self, names: Sequence[str], count: int, block_ms: int | None) -> list[Delivery | Malformed]:
         try:
             reply = self.client.xreadgroup(
-                CONSUMER_GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+                CONSUMER_GROUP, self.consumer, dict.fromkeys(names, ">"), count=count, block=block_ms
             )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data (restart without AOF): recreate and carry on
@@ -116,7 +134,7 @@ class JobConsumer:
         """
         taken: list[Delivery | Malformed] = []
         dead_lettered: list[str] = []
-        for stream in self.streams:
+        for stream in self.streams + self.low_streams:  # interactive jobs first
             if len(taken) >= count:
                 break
             pending: list[Any] = self.client.xpending_range(

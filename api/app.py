@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import chat, completions
+from api import batches, chat, completions, files
 from api.errors import install_error_handlers
 from api.routes import router
 from broker.connection import async_client
@@ -35,4 +35,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     return app

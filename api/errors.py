@@ -6,6 +6,7 @@ All exception handlers live here, so no path can answer with a stack trace or a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,8 +28,9 @@ def error_response(exc: QueuechatError) -> JSONResponse:
     return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """OpenAI's message and param for the first of pydantic's errors (the API's and the Batch API's lines)."""
+    first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     kind = first.get("type", "")
@@ -49,7 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc.errors())
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -66,13 +66,13 @@ def completion_jobs(body: CompletionRequest, timeout: float) -> list[Job]:
     ]
 
 
-async def submit_all(producer: Producer, jobs: Sequence[Job]) -> list[JobEvents]:
+async def submit_all(producer: Producer, jobs: Sequence[Job], *, low_priority: bool = False) -> list[JobEvents]:
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
     4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
     submitted: list[JobEvents] = []
     try:
         for job in jobs:
-            submitted.append(await producer.submit(job))
+            submitted.append(await producer.submit(job, low_priority=low_priority))
         firsts = await asyncio.gather(*(e.next_event() for e in submitted))
     except BaseException:
         for events in submitted:

@@ -1,8 +1,8 @@
 """``queuechat up``: the whole system on one machine, in one process tree.
 
-It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker and the API, prints where
-everything listens, and stops all of it on Ctrl-C or SIGTERM. Children die with this process even when it is
-killed outright (PR_SET_PDEATHSIG on Linux).
+It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker, the API and a batch worker
+(the Batch API's rq worker), prints where everything listens, and stops all of it on Ctrl-C or SIGTERM. Children
+die with this process even when it is killed outright (PR_SET_PDEATHSIG on Linux).
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def up_command(
         models = _wait_for_model(url, settings.key_prefix, names, worker, startup_timeout)
         api = _spawn(["-m", "api", "--host", host, "--port", str(port), "--redis-url", url], env)
         children.append(api)
+        # the Batch API's runner: files and results go to QUEUECHAT_FILES_DIR (default under ~/.cache/queuechat)
+        children.append(_spawn(["-m", "queuechat", "batch-worker", "--redis-url", url], env))
         typer.echo(f"queuechat: serving {', '.join(models)}")
         typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
         while all(child.poll() is None for child in children):

@@ -244,3 +244,15 @@ def test_counts_survive_a_line_reported_twice(settings: Settings) -> None:
         return dict(obj["request_counts"])
 
     assert asyncio.run(go()) == {"total": 2, "completed": 1, "failed": 0}
+
+
+def test_a_result_file_drops_a_torn_last_line_on_reopening(tmp_path: Path) -> None:
+    from api.filestore import ResultFile
+
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"custom_id": "a"}\n{"custom_id": "b"}\n{"custom_id": "c", "resp')  # killed mid-write
+    result = ResultFile(path)
+    assert result.custom_ids == {"a", "b"}
+    result.append({"custom_id": "c"})
+    result.close()
+    assert path.read_bytes().splitlines() == [b'{"custom_id": "a"}', b'{"custom_id": "b"}', b'{"custom_id":"c"}']

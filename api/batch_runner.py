@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -99,6 +100,7 @@ class BatchRunner:
         keeper = asyncio.create_task(self._keep_lease(store))
         watcher = asyncio.create_task(self._watch(store, meta["expires_at"]))
         output = errors = None
+        lock = None
         try:
             await store.set_status(self.batch_id, BatchStatus.IN_PROGRESS, allowed_from={BatchStatus.VALIDATING})
             found = await store.file(meta["input_file_id"])
@@ -106,8 +108,16 @@ class BatchRunner:
                 return await self._fail(store, "input_file_missing", f"input file {meta['input_file_id']} is gone")
             lines = await asyncio.to_thread(read_batch_lines, Path(found[1]))
             directory = self.settings.files_dir
-            output = ResultFile(directory / f"{self.batch_id}.output.jsonl")
-            errors = ResultFile(directory / f"{self.batch_id}.errors.jsonl")
+            directory.mkdir(parents=True, exist_ok=True)
+            lock = (directory / f"{self.batch_id}.lock").open("w")
+            try:
+                # Belt and braces: should a runner stall past its lease while another takes over, the two never
+                # write the same result files (the lock dies with its process).
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "its result files are held by another runner"
+            output = await asyncio.to_thread(ResultFile, directory / f"{self.batch_id}.output.jsonl")
+            errors = await asyncio.to_thread(ResultFile, directory / f"{self.batch_id}.errors.jsonl")
             await self._record_recovered(store, output, errors)
             pending = [line for line in lines if line.custom_id not in output.custom_ids | errors.custom_ids]
             if len(pending) < len(lines):
@@ -123,6 +133,8 @@ class BatchRunner:
             for f in (output, errors):
                 if f is not None:
                     f.close()
+            if lock is not None:
+                lock.close()
             with contextlib.suppress(RedisError):
                 await store.release_lease(self.batch_id, self.owner)
 

@@ -56,7 +56,7 @@ def up_command(
     num_threads: Annotated[int | None, typer.Option(min=1, help="torch threads of the worker")] = None,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the model to load")] = 600.0,
 ) -> None:
-    """Run Valkey (embedded), one model worker and the API on this machine."""
+    """Run Valkey (embedded), one model worker, the API and a batch worker on this machine."""
     from broker.settings import Settings
 
     settings = Settings.load(redis_url)

@@ -101,8 +101,9 @@ def test_two_workers_of_one_model_share_the_load(start_worker, start_api) -> Non
             return await asyncio.gather(*(one(i) for i in range(8)))
 
     assert asyncio.run(run()) == ["ok"] * 8
+    # A worker counts a job just after publishing its last event, so the client can be a moment ahead of it.
+    wait_for(lambda: a.worker.totals["completed"] + b.worker.totals["completed"] == 8, timeout=5)
     done_a, done_b = a.worker.totals["completed"], b.worker.totals["completed"]
-    assert done_a + done_b == 8
     assert done_a >= 2 and done_b >= 2, (done_a, done_b)
 
 

@@ -165,10 +165,12 @@ def main() -> None:
         try:
             asyncio.run(probe(base, 2, args.probe_tokens))  # warm up
             arms: dict[str, list[float]] = {"idle": [], "during a batch": [], "same load, interactive": []}
-            for _ in range(args.rounds):
+            for round_ in range(1, args.rounds + 1):
                 arms["idle"] += asyncio.run(probe(base, args.probes, args.probe_tokens))
                 arms["during a batch"] += probe_during_batch(client, base, args)
                 arms["same load, interactive"] += asyncio.run(probe_under_interactive_load(base, args))
+                medians = ", ".join(f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in arms.items())
+                print(f"after round {round_}: TTFT p50 {medians}", flush=True)
             print(
                 f"{args.model_path or 'SmolLM2-135M-Instruct'}, CPU, {args.threads} torch threads, {args.slots} slots; "
                 f"batch lines and background requests: {args.batch_tokens} tokens, "

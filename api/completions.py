@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from api.jobs import ChoiceText, Collected, completion_jobs, merged, submit_all
 from api.logprobs import CompletionLogprobs
+from api.metrics import ApiMetrics
 from api.schemas import CompletionRequest
 from api.streaming import dumps, producer_of, prompt_tokens_of, sse_body, stream_response, usage
 from broker.producer import JobEvents, Producer
@@ -22,20 +23,20 @@ router = APIRouter()
 async def completions(body: CompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
     if not body.stream:
-        return await completion_answer(producer, body)
+        return await completion_answer(producer, body, request.app.state.metrics)
     jobs = completion_jobs(body, producer.settings.request_timeout)
-    streams = await submit_all(producer, jobs)
+    streams = await submit_all(producer, jobs, request.app.state.metrics)
     response_id = "cmpl-" + jobs[0].id.removeprefix("job-")
     chunks = _completion_stream(streams, body, body.prompts(), response_id, int(time.time()))
     return stream_response(sse_body(streams, chunks), producer)
 
 
 async def completion_answer(
-    producer: Producer, body: CompletionRequest, *, low_priority: bool = False
+    producer: Producer, body: CompletionRequest, metrics: ApiMetrics | None = None, *, low_priority: bool = False
 ) -> dict[str, Any]:
     """A whole completion, as the non-streaming endpoint answers it (the Batch API runs its lines here too)."""
     jobs = completion_jobs(body, producer.settings.request_timeout)
-    streams = await submit_all(producer, jobs, low_priority=low_priority)
+    streams = await submit_all(producer, jobs, metrics, low_priority=low_priority)
     response_id = "cmpl-" + jobs[0].id.removeprefix("job-")
     created = int(time.time())
     prompts = body.prompts()

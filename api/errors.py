@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.requestid import HEADER, request_id_of
 from broker.errors import QueuechatError, QueueFull
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,38 @@ def error_response(exc: QueuechatError) -> JSONResponse:
     return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status, headers=headers)
 
 
+# Python type names pydantic puts in an error's location for the branch of a union it tried (``str``, ``int``)
+_BRANCH_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    """An error location in OpenAI's notation, ``messages[0].content[1]``, without pydantic's union branch labels
+    (``str``, ``list[ContentPart]``, ``function-after[...]``)."""
+    param = ""
+    for i, part in enumerate(loc):
+        if i == 0 and part == "body":
+            continue
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier() and part not in _BRANCH_NAMES:
+            param += f".{part}" if param else part
+    return param or None
+
+
 def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """OpenAI's message and param for the first of pydantic's errors (the API's and the Batch API's lines)."""
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    """OpenAI's message and param for pydantic's errors (the API's requests and the Batch API's lines)."""
+    # Of a union's failed branches, the deepest error is the one that got furthest, so it says what is wrong
+    # (a missing ``text`` in a content part, not "Input should be a valid string").
+    first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
+    param = _param(tuple(first.get("loc", ())))
     kind = first.get("type", "")
     if kind == "json_invalid":
         return "We could not parse the JSON body of your request. Send valid JSON.", None
     if kind == "extra_forbidden":
-        return f"Unrecognized or unsupported request argument: {param}", param
+        return f"Unrecognized request argument supplied: {param}", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
-    detail = first.get("msg", "invalid value")
+    detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {detail}" if param else f"Invalid request: {detail}"), param
 
 
@@ -61,9 +81,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(str(exc.detail), type_, code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request_id_of(request.scope)
+        log.exception("unexpected error (request %s)", request_id)
+        # this handler runs outside every middleware, so the request id header is set here
         return JSONResponse(
             error_body("The server had an error processing your request.", "server_error", "internal_error"),
             status_code=500,
+            headers={HEADER: request_id} if request_id else None,
         )

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.messages import reject_media
+from api.metrics import ApiMetrics, observe
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from api.tools import forced_call_schema
 from broker.producer import AnyEvent, JobEvents, Producer
@@ -47,6 +49,7 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
 
 
 def chat_job(body: ChatCompletionRequest, timeout: float) -> Job:
+    reject_media(body.messages)
     return Job(
         kind=JobKind.CHAT,
         model=body.model,
@@ -66,13 +69,18 @@ def completion_jobs(body: CompletionRequest, timeout: float) -> list[Job]:
     ]
 
 
-async def submit_all(producer: Producer, jobs: Sequence[Job], *, low_priority: bool = False) -> list[JobEvents]:
+async def submit_all(
+    producer: Producer, jobs: Sequence[Job], metrics: ApiMetrics | None = None, *, low_priority: bool = False
+) -> list[JobEvents]:
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
     4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
     submitted: list[JobEvents] = []
     try:
         for job in jobs:
+            arrived = time.monotonic()
             submitted.append(await producer.submit(job, low_priority=low_priority))
+            if metrics is not None:
+                metrics.track(submitted[-1], arrived)
         firsts = await asyncio.gather(*(e.next_event() for e in submitted))
     except BaseException:
         for events in submitted:
@@ -80,6 +88,7 @@ async def submit_all(producer: Producer, jobs: Sequence[Job], *, low_priority: b
         raise
     for events, first in zip(submitted, firsts, strict=True):
         events.pending_first = first
+        observe(events, first)
     return submitted
 
 
@@ -87,6 +96,7 @@ async def merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, AnyEv
     """Events of several jobs as (job position, event), in arrival order."""
     if len(streams) == 1:
         async for event in streams[0]:
+            observe(streams[0], event)
             yield 0, event
         return
     queue: asyncio.Queue[tuple[int, AnyEvent | BaseException | None]] = asyncio.Queue()
@@ -94,6 +104,7 @@ async def merged(streams: Sequence[JobEvents]) -> AsyncIterator[tuple[int, AnyEv
     async def pump(position: int, events: JobEvents) -> None:
         try:
             async for event in events:
+                observe(events, event)
                 await queue.put((position, event))
             await queue.put((position, None))
         except BaseException as exc:

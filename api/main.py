@@ -12,21 +12,41 @@ def api_command(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
     redis_url: Annotated[str | None, typer.Option(envvar="QUEUECHAT_REDIS_URL", help="Redis/Valkey URL")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    api_keys: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated API keys clients must send as Bearer tokens (env QUEUECHAT_API_KEYS)"),
+    ] = None,
+    allowed_origins: Annotated[
+        str | None, typer.Option(help="Comma-separated CORS origins, or '*'; CORS is off without it")
+    ] = None,
+    allowed_methods: Annotated[str, typer.Option(help="Comma-separated CORS methods")] = "*",
+    allowed_headers: Annotated[str, typer.Option(help="Comma-separated CORS headers")] = "*",
+    allow_credentials: Annotated[bool, typer.Option(help="Allow CORS requests with credentials")] = False,
+    webui: Annotated[bool, typer.Option("--webui", help="Also serve the chat web UI at /ui")] = False,
 ) -> None:
     """Serve the OpenAI-compatible API."""
     import uvicorn
 
     from api.app import create_app
+    from api.cors import CorsOptions, split_list
     from broker.logs import configure_logging
     from broker.settings import Settings
 
     configure_logging(log_level)
     settings = Settings.load(redis_url)
+    if api_keys:
+        settings.api_keys = split_list(api_keys)
+    cors = CorsOptions(
+        allowed_origins=split_list(allowed_origins),
+        allowed_methods=split_list(allowed_methods),
+        allowed_headers=split_list(allowed_headers),
+        allow_credentials=allow_credentials,
+    )
     if not settings.redis_url:
         raise typer.BadParameter("the API needs --redis-url (or QUEUECHAT_REDIS_URL); `queuechat up` embeds one")
     # On SIGTERM uvicorn stops accepting at once; open streams get the drain timeout to finish (see routes).
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, cors, webui=webui),
         host=host,
         port=port,
         log_level=log_level.lower(),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,6 +67,7 @@ class EventRouter:
 
     def __init__(self, client: aredis.Redis) -> None:
         pool = client.connection_pool
+        self.client_name = f"{EVENTS_CLIENT_NAME}-{os.getpid()}-{os.urandom(3).hex()}"
         # No read timeout: the connection idles between jobs. A dead peer shows up as a reset or via keepalive.
         # No health check either: redis-py's PING-before-command would read a reply that the reader task owns.
         self._connection_kwargs = {
@@ -73,7 +75,8 @@ class EventRouter:
             "socket_timeout": None,
             "socket_keepalive": True,
             "health_check_interval": 0,
-            "client_name": EVENTS_CLIENT_NAME,  # so operators (and tests) can find it in CLIENT LIST
+            # so operators find it in CLIENT LIST; the suffix tells the connections of several processes apart
+            "client_name": self.client_name,
         }
         self._connection_class = pool.connection_class
         self._conn: Any = None

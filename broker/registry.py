@@ -110,6 +110,13 @@ class WorkerRegistration:
         pipe.execute()
 
 
+def split_registry(cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWorker], list[str]]:
+    """Live workers and the ids of cards whose heartbeat expired, from an HGETALL of the registry and an MGET of
+    the heartbeat keys in the same order. For readers that fetch both in their own pipeline and must not write
+    (the info monitor, metrics scrapes)."""
+    return _decode_live(Keys(), cards, beats)
+
+
 def live_workers(client: redis.Redis, keys: Keys) -> list[LiveWorker]:
     cards = client.hgetall(keys.workers)
     beats = client.mget([keys.heartbeat(_text(w)) for w in cards]) if cards else []

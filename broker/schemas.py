@@ -14,8 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class JobKind(StrEnum):
+    """What a job asks for. Generation kinds run in the engine; the others are answered when the worker admits
+    them, with ``accepted`` then one ``done`` (see :class:`Done`), and never reach the engine.
+
+    - ``chat``, ``completion``: generation; ``accepted``, ``delta``s, one ``done`` per choice.
+    - ``tokenize``: count the tokens of ``prompt`` (a string or token ids) or ``messages`` with the model's
+      tokenizer and chat template; the count is ``accepted.prompt_tokens`` (and ``done.usage.prompt_tokens``).
+    - ``embedding``: embed every item of ``inputs`` in one job (not one job per item); the vectors come in
+      ``done.embeddings``. Only embeddings workers serve it; a generation worker answers it with a 400 error event.
+    """
+
     CHAT = "chat"
     COMPLETION = "completion"
+    TOKENIZE = "tokenize"
+    EMBEDDING = "embedding"
 
 
 class FinishReason(StrEnum):
@@ -58,6 +70,8 @@ class Job(BaseModel):
     tools: list[dict[str, Any]] | None = None  # for the chat template
     prompt: str | list[int] | None = None
     params: SamplingParams = Field(default_factory=SamplingParams)
+    inputs: list[str] | list[list[int]] | None = None  # embedding jobs: texts or token id lists
+    dimensions: int | None = None  # embedding jobs: the size the client asked for, checked by the worker
     created: float = Field(default_factory=time.time)
     deadline: float
     attempt: int = 1
@@ -122,6 +136,9 @@ class Done(_Event):
     index: int = 0
     finish_reason: FinishReason
     usage: Usage
+    # embedding jobs only: one vector per input, in input order, each base64 of little-endian float32 (OpenAI's
+    # ``encoding_format=base64``): a third of the size of JSON floats, and exact
+    embeddings: list[str] | None = None
 
 
 class Error(_Event):

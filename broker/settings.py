@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_files_dir() -> Path:
@@ -48,6 +49,17 @@ class Settings(BaseSettings):
     batch_max_in_flight: int = Field(
         default=16, gt=0, description="Lines of one batch queued or running at once: the batch's share of the queue."
     )
+    # NoDecode: the env value is a plain comma-separated list, not JSON
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="API keys clients must send as Bearer tokens; empty: no auth."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @classmethod
     def load(cls, redis_url: str | None = None) -> Settings:
@@ -58,5 +70,7 @@ class Settings(BaseSettings):
         return settings
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.model_dump().items())
+        shown = self.model_dump()
+        shown["api_keys"] = f"<{len(self.api_keys)} keys>"  # never print secrets into logs
+        fields = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({fields})"

@@ -1,4 +1,4 @@
-"""``queuechat``: up (everything on one machine), api, worker, batch-worker."""
+"""``queuechat``: up (everything on one machine), api, worker, info, webui, batch-worker."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import typer
 
 from api.batch_worker import batch_worker_command
 from api.main import api_command
+from queuechat.info import info_command
 from queuechat.up import up_command
+from webui.main import webui_command
 from workers.main import worker_command
 
 app = typer.Typer(
-    help="LLM serving on a Redis job queue: OpenAI-compatible API, continuously batching workers.",
+    help="LLM serving on a Redis job queue: OpenAI-compatible API, continuously batching workers, chat web UI.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -18,3 +20,5 @@ app.command("up")(up_command)
 app.command("api")(api_command)
 app.command("worker")(worker_command)
 app.command("batch-worker")(batch_worker_command)
+app.command("info")(info_command)
+app.command("webui")(webui_command)

@@ -1,8 +1,9 @@
 """``queuechat up``: the whole system on one machine, in one process tree.
 
-It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker, the API and a batch worker
-(the Batch API's rq worker), prints where everything listens, and stops all of it on Ctrl-C or SIGTERM. Children
-die with this process even when it is killed outright (PR_SET_PDEATHSIG on Linux).
+It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker, the API with the chat web UI
+mounted at ``/ui``, and a batch worker (the Batch API's rq worker), prints where everything listens, and stops all
+of it on Ctrl-C or SIGTERM. Children die with this process even when it is killed outright (PR_SET_PDEATHSIG on
+Linux).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def up_command(
     device: Annotated[str, typer.Option(help="Worker device: auto, cpu, cuda, mps")] = "auto",
     num_threads: Annotated[int | None, typer.Option(min=1, help="torch threads of the worker")] = None,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the model to load")] = 600.0,
+    webui: Annotated[bool, typer.Option(help="Serve the chat web UI at /ui of the API's port")] = True,
 ) -> None:
     """Run Valkey (embedded), one model worker, the API and a batch worker on this machine."""
     from broker.settings import Settings
@@ -105,12 +107,15 @@ def up_command(
         typer.echo("queuechat: loading the model (the default model is converted once on first use)…")
         names = [n.strip() for n in model_names.split(",")] if model_names else None
         models = _wait_for_model(url, settings.key_prefix, names, worker, startup_timeout)
-        api = _spawn(["-m", "api", "--host", host, "--port", str(port), "--redis-url", url], env)
+        api_args = ["-m", "api", "--host", host, "--port", str(port), "--redis-url", url]
+        api = _spawn([*api_args, "--webui"] if webui else api_args, env)
         children.append(api)
         # the Batch API's runner: files and results go to QUEUECHAT_FILES_DIR (default under ~/.cache/queuechat)
         children.append(_spawn(["-m", "queuechat", "batch-worker", "--redis-url", url], env))
         typer.echo(f"queuechat: serving {', '.join(models)}")
         typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
+        if webui:
+            typer.echo(f"queuechat: chat web UI on http://{host}:{port}/ui")
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         failed = next(child for child in children if child.poll() is not None)

@@ -133,11 +133,10 @@ def start_api(settings: Settings) -> Iterator[Callable[..., ApiServer]]:
 
     servers: list[ApiServer] = []
 
-    def start(settings_: Settings | None = None) -> ApiServer:
+    def start(settings_: Settings | None = None, cors: Any = None, webui: bool = False) -> ApiServer:
         port = free_port()
-        config = uvicorn.Config(
-            create_app(settings_ or settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
+        app = create_app(settings_ or settings, cors, webui=webui)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

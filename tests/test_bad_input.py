@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import Stack
+from tests.openai_error import openai_error
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -43,18 +44,50 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("/v1/no/such/route", "unknown route", {"model": "tiny"}, 404),
 ]  # fmt: skip
 
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
-@pytest.mark.parametrize(("path", "why", "body", "status"), BAD_REQUESTS, ids=[b[1] for b in BAD_REQUESTS])
+# messages, embeddings and the misc endpoints
+SURFACE_BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
+    ("/v1/chat/completions", "image part", {"model": "tiny", "messages": [{"role": "user", "content": [IMAGE]}]}, 400),
+    ("/v1/chat/completions", "audio part", {"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}, 400),
+    ("/v1/chat/completions", "unknown part type",
+     {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "video", "text": "x"}]}]}, 400),
+    ("/v1/chat/completions", "text part without text",
+     {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text"}]}]}, 400),
+    ("/v1/chat/completions", "tool message without id",
+     {"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, 400),
+    ("/v1/chat/completions", "tool_calls on a user message",
+     {"model": "tiny", "messages": [{"role": "user", "content": "x", "tool_calls": [TOOL_CALL]}]}, 400),
+    ("/v1/chat/completions", "empty assistant message", {"model": "tiny", "messages": [{"role": "assistant"}]}, 400),
+    ("/v1/chat/completions", "message is a string", {"model": "tiny", "messages": ["hi"]}, 400),
+    ("/v1/chat/completions", "tool call arguments not a string", {"model": "tiny", "messages": [{"role": "assistant",
+     "tool_calls": [{**TOOL_CALL, "function": {"name": "f", "arguments": {"a": 1}}}]}]}, 400),
+    ("/v1/embeddings", "embeddings of a chat model", {"model": "tiny", "input": "x"}, 400),
+    ("/v1/embeddings", "embeddings of an unknown model", {"model": "nope", "input": "x"}, 404),
+    ("/v1/embeddings", "empty embedding input", {"model": "tiny", "input": ""}, 400),
+    ("/v1/embeddings", "bad encoding_format", {"model": "tiny", "input": "x", "encoding_format": "hex"}, 400),
+    ("/v1/embeddings", "input of objects", {"model": "tiny", "input": [{"text": "x"}]}, 400),
+    ("/api/v1/token_check", "token_check without prompts", {"prompts": []}, 400),
+    ("/api/v1/token_check", "token_check negative max_tokens",
+     {"prompts": [{"model": "tiny", "prompt": "x", "max_tokens": -1}]}, 400),
+    ("/api/v1/token_check", "token_check unknown model",
+     {"prompts": [{"model": "nope", "prompt": "x", "max_tokens": 1}]}, 404),
+    ("/version", "POST to a GET route", {}, 405),
+]  # fmt: skip
+ALL_BAD_REQUESTS = BAD_REQUESTS + SURFACE_BAD_REQUESTS
+
+
+@pytest.mark.parametrize(("path", "why", "body", "status"), ALL_BAD_REQUESTS, ids=[b[1] for b in ALL_BAD_REQUESTS])
 def test_bad_request_gets_openai_error(stack: Stack, path: str, why: str, body: Any, status: int) -> None:
     kwargs: dict[str, Any] = {"content": body, "headers": {"content-type": "application/json"}}
     if not isinstance(body, bytes):
         kwargs = {"json": body}
     r = httpx.post(f"{stack.base_url}{path}", timeout=30, **kwargs)
     assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["type"], str)
+    openai_error(r.json())
+    assert r.headers["x-request-id"]
     # and the server still answers a good request afterwards
     ok = httpx.post(
         f"{stack.base_url}/v1/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": 2}, timeout=30
@@ -65,7 +98,18 @@ def test_bad_request_gets_openai_error(stack: Stack, path: str, why: str, body: 
 def test_wrong_method_is_openai_shaped(stack: Stack) -> None:
     r = httpx.get(f"{stack.base_url}/v1/chat/completions")
     assert r.status_code == 405
-    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    openai_error(r.json())
+
+
+def test_table_is_large_enough() -> None:
+    assert len(ALL_BAD_REQUESTS) >= 30
+
+
+@pytest.mark.parametrize("path", ["/v1/models/nope", "/v1/models/org/nope", "/no/such/page"])
+def test_bad_gets_are_openai_shaped(stack: Stack, path: str) -> None:
+    r = httpx.get(f"{stack.base_url}{path}")
+    assert r.status_code == 404
+    openai_error(r.json())
 
 
 def test_validation_error_names_the_parameter(stack: Stack) -> None:

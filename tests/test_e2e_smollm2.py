@@ -113,6 +113,13 @@ def test_a_batch_runs_out_of_the_box(up: tuple[str, subprocess.Popen[str]]) -> N
     assert all("Paris" in r["response"]["body"]["choices"][0]["message"]["content"] for r in output)
 
 
+def test_the_web_ui_shares_the_api_port(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    page = httpx.get(f"{base}/ui/", timeout=10)
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    assert httpx.get(f"{base}/ui/config", timeout=10).json()["title"] == "queuechat"
+
+
 def test_sigterm_stops_everything(up: tuple[str, subprocess.Popen[str]]) -> None:
     _, process = up
     process.send_signal(signal.SIGTERM)

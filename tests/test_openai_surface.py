@@ -303,3 +303,23 @@ def test_a_one_megabyte_prompt_is_refused_before_the_model(stack: Stack) -> None
     assert r.json()["error"]["code"] == "context_length_exceeded"
     assert stack.worker.worker.engine.running == 0  # nothing reached the engine
     assert stack.worker.worker.totals["completed"] == 0
+
+
+def test_earlier_tool_calls_reach_a_template_without_tool_support(tiny_model_dir: Path) -> None:
+    """The tiny model's ChatML template renders only content: a call made earlier must still be in the prompt."""
+    from workers.prompts import chat_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    history = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"},
+    ]  # fmt: skip
+    prompt = tokenizer.decode(chat_prompt_ids(tokenizer, history, tools=[WEATHER]))
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}\n</tool_call>' in prompt
+    assert "-3 C" in prompt and "get_weather" in prompt.split("<tool_call>")[0]  # the tools are described too

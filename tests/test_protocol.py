@@ -101,8 +101,8 @@ def test_two_workers_of_one_model_share_the_load(start_worker, start_api) -> Non
             return await asyncio.gather(*(one(i) for i in range(8)))
 
     assert asyncio.run(run()) == ["ok"] * 8
-    # A worker counts a job just after publishing its last event, so the client can be a moment ahead of it.
-    wait_for(lambda: a.worker.totals["completed"] + b.worker.totals["completed"] == 8, timeout=5)
+    # a worker counts a job just after publishing its last event, so the client can be a moment ahead
+    wait_for(lambda: a.worker.totals["completed"] + b.worker.totals["completed"] == 8, timeout=10)
     done_a, done_b = a.worker.totals["completed"], b.worker.totals["completed"]
     assert done_a >= 2 and done_b >= 2, (done_a, done_b)
 
@@ -162,12 +162,11 @@ async def test_producer_reports_worker_error_events(settings: Settings) -> None:
 async def test_event_connection_recovers_after_being_killed(instant: Producer, settings: Settings) -> None:
     """Redis dropping the shared pub/sub connection must not leave the front server deaf: the router reconnects,
     subscribes again and later jobs get their events."""
-    from broker.producer import EVENTS_CLIENT_NAME
-
     assert settings.redis_url
     client = sync_client(settings.redis_url)
     assert await event_types(instant) == ["Accepted", "Delta", "Done"]
-    ours = [c for c in client.client_list() if c.get("name") == EVENTS_CLIENT_NAME]
+    # only this producer's connection: other processes may share this Redis
+    ours = [c for c in client.client_list() if c.get("name") == instant.router.client_name]
     assert ours
     for c in ours:
         client.client_kill_filter(_id=c["id"])

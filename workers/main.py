@@ -35,6 +35,8 @@ class WorkerOptions:
     page_size: int = 16
     max_batch_tokens: int = 512
     drain_timeout: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -52,7 +54,8 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     from broker.consumer import JobConsumer
     from broker.keys import Keys
     from broker.registry import WorkerCard, WorkerRegistration, new_worker_id
-    from workers.engine import ContinuousBatchingEngine, EngineConfig, set_threads
+    from workers.embeddings import SentenceEmbedder, is_sentence_transformers
+    from workers.engine import ContinuousBatchingEngine, Engine, EngineConfig, set_threads
     from workers.loading import load_model
     from workers.prompts import load_chat_template
     from workers.service import ModelWorker
@@ -67,25 +70,33 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
 
         model_path = str(default_model_dir())
     names = options.model_names or default_names(options.model_path)
-    loaded = load_model(
-        model_path,
-        device=options.device,
-        dtype=options.dtype,
-        num_gpus=options.num_gpus,
-        max_gpu_memory=options.max_gpu_memory,
-    )
-    engine = ContinuousBatchingEngine(
-        loaded.model,
-        loaded.tokenizer,
-        EngineConfig(
-            slots=options.limit_worker_concurrency,
-            page_size=options.page_size,
-            num_blocks=options.num_blocks,
-            kv_cache_gib=options.kv_cache_gib,
-            max_batch_tokens=options.max_batch_tokens,
-            seed=options.seed,
-        ),
-    )
+    engine: Engine
+    embedder: SentenceEmbedder | None = None
+    if is_sentence_transformers(model_path):
+        # an embeddings worker: same consume loop, registration and fault tolerance, another engine
+        embedder = SentenceEmbedder(model_path, device=options.device, dtype=options.dtype)
+        engine, tokenizer, device = embedder, embedder.tokenizer, embedder.device
+    else:
+        loaded = load_model(
+            model_path,
+            device=options.device,
+            dtype=options.dtype,
+            num_gpus=options.num_gpus,
+            max_gpu_memory=options.max_gpu_memory,
+        )
+        engine = ContinuousBatchingEngine(
+            loaded.model,
+            loaded.tokenizer,
+            EngineConfig(
+                slots=options.limit_worker_concurrency,
+                page_size=options.page_size,
+                num_blocks=options.num_blocks,
+                kv_cache_gib=options.kv_cache_gib,
+                max_batch_tokens=options.max_batch_tokens,
+                seed=options.seed,
+            ),
+        )
+        tokenizer, device = loaded.tokenizer, loaded.device
     keys = Keys(settings.key_prefix)
     worker_id = new_worker_id()
     # XREADGROUP blocks up to 0.5 s, so the socket timeout must be longer than that
@@ -99,14 +110,14 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     card = WorkerCard(
         id=worker_id,
         models=names,
-        device=str(loaded.device),
+        device=str(device),
         slots=engine.slots,
         version=qc_version,
         max_model_len=engine.max_model_len,
     )
-    return ModelWorker(
+    worker = ModelWorker(
         engine,
-        loaded.tokenizer,
+        tokenizer,
         JobConsumer(
             client,
             keys,
@@ -120,7 +131,14 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
         heartbeat_ttl=settings.heartbeat_ttl,
         chat_template=chat_template,
         drain_timeout=options.drain_timeout,
+        embedder=embedder,
     )
+    if options.metrics_port is not None:
+        from workers.metrics import WorkerMetrics
+
+        worker.metrics = WorkerMetrics(worker, client, keys, names, engine.slots)
+        worker.metrics.serve(options.metrics_port, options.metrics_host)
+    return worker
 
 
 def serve(options: WorkerOptions, settings: Any) -> None:
@@ -136,6 +154,8 @@ def serve(options: WorkerOptions, settings: Any) -> None:
         worker.run()
     finally:
         worker.engine.close()
+        if worker.metrics is not None:
+            worker.metrics.close()
 
 
 def worker_command(
@@ -164,6 +184,10 @@ def worker_command(
     drain_timeout: Annotated[
         float | None, typer.Option(min=0, help="Seconds to finish running work on SIGTERM (default 30)")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port (default: off)")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint")] = "0.0.0.0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
@@ -191,6 +215,8 @@ def worker_command(
         page_size=page_size,
         max_batch_tokens=max_batch_tokens,
         drain_timeout=settings.drain_timeout if drain_timeout is None else drain_timeout,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     serve(options, settings)
 

@@ -34,6 +34,14 @@ def load_chat_template(conv_template: str | None) -> str | None:
     raise ValueError(f"--conv-template {conv_template!r}: not a built-in ({', '.join(BUILTIN_TEMPLATES)}) or a file")
 
 
+def developer_as_system(messages: list[dict[str, Any]], template: Any) -> list[dict[str, Any]]:
+    """OpenAI's ``developer`` role is newer than most chat templates: a template that never names it gets such
+    messages as ``system`` ones, which is what the role replaced."""
+    if isinstance(template, str) and "developer" in template:
+        return messages
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
+
+
 TOOLS_SYSTEM_PROMPT = (
     "You can call functions. Their signatures, as JSON schemas, are inside <tools></tools>:\n<tools>\n{tools}\n"
     "</tools>\nTo call one, answer with a JSON object of its name and arguments inside <tool_call></tool_call>, "
@@ -50,6 +58,22 @@ def with_tools_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]
     return [{"role": "system", "content": text}, *messages]
 
 
+def calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message's tool calls appended to its content in the Hermes format the tools prompt asks for,
+    for templates that only render content."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    blocks = [
+        "<tool_call>\n"
+        + json.dumps({"name": c["function"]["name"], "arguments": c["function"].get("arguments", {})})
+        + "\n</tool_call>"
+        for c in calls
+    ]
+    text = "\n".join([message.get("content") or "", *blocks]).strip()
+    return {k: v for k, v in message.items() if k != "tool_calls"} | {"content": text}
+
+
 def chat_prompt_ids(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -61,7 +85,10 @@ def chat_prompt_ids(
         raise PromptError(
             "this model has no chat template; use /v1/completions or start the worker with --conv-template"
         )
+    messages = developer_as_system(messages, template)
     extra: dict[str, Any] = {}
+    if "tool_calls" not in str(template):  # earlier calls would vanish from the prompt: write them out as text
+        messages = [calls_as_text(m) for m in messages]
     if tools:
         if "tools" in str(template):  # the template renders tools itself
             extra["tools"] = tools

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -33,6 +33,7 @@ from broker.schemas import (
     Usage,
 )
 from workers.engine import Engine, GenerationRequest, SeqUpdate
+from workers.metrics import WorkerMetrics
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
 from workers.textstream import TextStream
 from workers.token_text import TokenTexts
@@ -40,6 +41,14 @@ from workers.token_text import TokenTexts
 log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
+# job kinds every worker answers while admitting them, without the engine
+ANSWERED_AT_ADMISSION = frozenset({JobKind.TOKENIZE, JobKind.EMBEDDING})
+
+
+class Embedder(Protocol):
+    def embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> tuple[list[str], int]:
+        """Base64 little-endian float32 vectors, one per input, and the tokens read; PromptError for bad input."""
+        ...
 
 
 @dataclass
@@ -127,6 +136,7 @@ class ModelWorker:
         heartbeat_ttl: float = 6.0,
         chat_template: str | None = None,
         drain_timeout: float = 30.0,
+        embedder: Embedder | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -136,6 +146,7 @@ class ModelWorker:
         self.heartbeat_ttl = heartbeat_ttl
         self.chat_template = chat_template
         self.drain_timeout = drain_timeout
+        self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
         self._texts = TokenTexts(tokenizer)  # token id -> its text and bytes, for logprobs
@@ -143,6 +154,7 @@ class ModelWorker:
         self.stopping = threading.Event()
         self._stopped = threading.Event()
         self.totals: Counter[str] = Counter()
+        self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
         self._tokens_window: list[tuple[float, int]] = []
         # Reclaiming waits until this worker has seen the broker healthy for a whole heartbeat TTL: right after an
         # outage every heartbeat key may have expired, and live workers need that long to renew theirs.
@@ -267,6 +279,12 @@ class ModelWorker:
                 counters[job.model]["cancelled"] += 1
                 continue
             try:
+                if job.kind in ANSWERED_AT_ADMISSION or self.embedder is not None:
+                    events.extend((job.id, e) for e in self._answer_now(job))
+                    finished.append(delivery)
+                    counters[job.model]["completed"] += 1
+                    self.totals["completed"] += 1
+                    continue
                 running = self._start(delivery)
             except PromptError as exc:
                 finished.append(delivery)
@@ -295,8 +313,37 @@ class ModelWorker:
                 )
             )
         self.consumer.publish(events)
+        if self.metrics is not None:
+            self.metrics.count(counters)
         self.consumer.ack(finished, counters)
         self.totals["failed"] += sum(c["failed"] for c in counters.values())
+
+    def _answer_now(self, job: Job) -> list[AnyEvent]:
+        """Jobs that need no engine step: a token count, or the embeddings of an embeddings worker. Their events
+        are ``accepted`` then ``done``, published with the rest of the admission round trip."""
+        started = time.time()
+        vectors: list[str] | None = None
+        if job.kind == JobKind.TOKENIZE:
+            if job.messages is not None:
+                prompt_tokens = len(chat_prompt_ids(self.tokenizer, job.messages, self.chat_template))
+            else:
+                prompt_tokens = len(completion_prompt_ids(self.tokenizer, job.prompt or "", self.vocab_size))
+        elif job.kind == JobKind.EMBEDDING:
+            if self.embedder is None:
+                raise PromptError(f"model {job.model!r} generates text and does not serve embeddings", param="model")
+            vectors, prompt_tokens = self.embedder.embed(job.inputs or [], job.dimensions)
+        else:
+            raise PromptError(
+                f"model {job.model!r} is an embeddings model: it serves /v1/embeddings, not text generation",
+                param="model",
+            )
+        log.info(
+            "job %s model=%s %s wait=%.3fs tokens=%d duration=%.3fs",
+            job.id, job.model, job.kind.value, started - job.created, prompt_tokens, time.time() - started,
+        )  # fmt: skip
+        accepted = Accepted(seq=0, worker=self.consumer.consumer, attempt=job.attempt, prompt_tokens=prompt_tokens)
+        usage = Usage(prompt_tokens=prompt_tokens)
+        return [accepted, Done(seq=1, finish_reason=FinishReason.STOP, usage=usage, embeddings=vectors)]
 
     def _start(self, delivery: Delivery) -> RunningJob:
         job = delivery.job
@@ -471,6 +518,8 @@ class ModelWorker:
                 running.completion_tokens,
                 time.time() - running.started,
             )
+        if self.metrics is not None:
+            self.metrics.count(counters)
         self.consumer.ack(finished, counters)
 
     def _cancel_all(self, running: RunningJob) -> None:

@@ -22,7 +22,12 @@ async def _strike_when_streaming(load: Load, streams: int, kill: object) -> list
     return await asyncio.wait_for(requests, timeout=120)
 
 
+# Generous: on a loaded machine eight long streams can take a while, and the drain must outlast them.
+DRAIN = "120"
+
+
 async def test_sigterm_worker_finishes_its_streams(cluster: Cluster) -> None:
+    cluster.env["QUEUECHAT_DRAIN_TIMEOUT"] = DRAIN
     worker = cluster.start_worker("worker")
     base_url = cluster.start_api()
     cluster.wait_workers(1)
@@ -58,6 +63,7 @@ async def test_sigterm_worker_hands_back_what_it_cannot_finish(cluster: Cluster)
 
 
 async def test_sigterm_api_finishes_open_streams(cluster: Cluster) -> None:
+    cluster.env["QUEUECHAT_DRAIN_TIMEOUT"] = DRAIN
     cluster.start_worker("worker")
     base_url = cluster.start_api()
     cluster.wait_workers(1)

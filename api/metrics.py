@@ -1,0 +1,229 @@
+"""``GET /metrics``: Prometheus metrics of the API, with vLLM's names under the ``queuechat:`` prefix.
+
+Two kinds of metrics, from two sources:
+
+- What this API process saw of its own requests (latencies, tokens, finish reasons), recorded by
+  :class:`ApiMetrics` as the job events pass through ``api.jobs``. Every replica counts its own requests, so sum
+  them across replicas.
+- The state of the whole deployment, read from Redis at scrape time (:class:`BrokerCollector`): requests waiting in
+  and running from each model's stream, live workers, job outcomes. Every replica reports the same values, so
+  aggregate these with ``max``, not ``sum``. A scrape never fails because Redis is down: ``queuechat:broker_up``
+  says 0 and the Redis-derived series are left out.
+
+Each app owns its :class:`~prometheus_client.CollectorRegistry`, so several apps in one process (tests) never
+share series.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import redis
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.connection import sync_client
+from broker.keys import Keys
+from broker.monitor import STAT_FIELDS, known_models, snapshot
+from broker.producer import AnyEvent, JobEvents
+from broker.schemas import Accepted, Delta, Done
+
+log = logging.getLogger(__name__)
+
+PREFIX = "queuechat:"
+# Scrapes come every few seconds; a SCAN of the whole keyspace for job streams need not.
+MODEL_SCAN_SECONDS = 30.0
+# A scrape must answer well within Prometheus' default 10 s timeout even when Redis hangs.
+SCRAPE_REDIS_TIMEOUT = 2.0
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0)
+REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+
+router = APIRouter()
+
+
+@dataclass
+class _Timing:
+    """What one job's events have shown so far (monotonic seconds)."""
+
+    metrics: ApiMetrics
+    submitted: float
+    accepted: bool = False
+    first_token: bool = False
+    last_token: dict[int, float] = field(default_factory=dict)  # per choice index
+
+
+# The timing of each tracked job, released with the job's events object (whatever way the request ended).
+_timings: weakref.WeakKeyDictionary[JobEvents, _Timing] = weakref.WeakKeyDictionary()
+
+
+class ApiMetrics:
+    """The API's registry: request latencies and token counts observed here, plus the broker's state at scrape."""
+
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.ttft = Histogram(
+            PREFIX + "time_to_first_token_seconds",
+            "Seconds from the request's arrival to its first generated token.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            PREFIX + "inter_token_latency_seconds",
+            "Seconds between two generated tokens of a choice, as the API received them.",
+            labels,
+            buckets=ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            PREFIX + "e2e_request_latency_seconds",
+            "Seconds from the request's arrival to its last token.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            PREFIX + "request_queue_time_seconds",
+            "Seconds from the request's arrival until a worker accepted it.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            PREFIX + "prompt_tokens", "Prompt tokens of accepted requests.", labels, registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            PREFIX + "generation_tokens",
+            "Generated tokens of the finished choices (their usage).",
+            labels,
+            registry=self.registry,
+        )
+        self.success = Counter(
+            PREFIX + "request_success",
+            "Finished choices, by finish reason.",
+            [*labels, "finished_reason"],
+            registry=self.registry,
+        )
+        self.broker = BrokerCollector(sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT), keys)
+        self.registry.register(self.broker)
+
+    def track(self, events: JobEvents, submitted: float) -> None:
+        """Start timing a job that was submitted at ``submitted`` (``time.monotonic()``)."""
+        _timings[events] = _Timing(self, submitted)
+
+    def _observe(self, timing: _Timing, events: JobEvents, event: AnyEvent) -> None:
+        model = events.job.model
+        now = time.monotonic()
+        if isinstance(event, Accepted):
+            if timing.accepted:
+                # A worker died and another runs the job from the start: its first tokens follow no earlier token.
+                timing.last_token.clear()
+            else:
+                timing.accepted = True
+                self.queue_time.labels(model).observe(now - timing.submitted)
+                self.prompt_tokens.labels(model).inc(event.prompt_tokens)
+        elif isinstance(event, Delta) and event.token_ids:
+            count = len(event.token_ids)
+            if not timing.first_token:
+                timing.first_token = True
+                self.ttft.labels(model).observe(now - timing.submitted)
+            previous = timing.last_token.get(event.index)
+            if previous is None:
+                # Tokens that arrive with a choice's first token follow it without delay.
+                for _ in range(count - 1):
+                    self.itl.labels(model).observe(0.0)
+            else:
+                # Several tokens in one event (a busy worker batches steps) share the gap between them.
+                for _ in range(count):
+                    self.itl.labels(model).observe((now - previous) / count)
+            timing.last_token[event.index] = now
+        elif isinstance(event, Done):
+            # Counted from the choice's usage, so a run that was restarted on another worker counts once.
+            self.generation_tokens.labels(model).inc(event.usage.completion_tokens)
+            self.success.labels(model, event.finish_reason.value).inc()
+            if events.finished:
+                self.e2e.labels(model).observe(now - timing.submitted)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        self.broker.client.close()
+
+
+def observe(events: JobEvents, event: AnyEvent) -> None:
+    """Record ``event`` of a tracked job into the metrics of the app that tracks it (no-op for untracked jobs)."""
+    timing = _timings.get(events)
+    if timing is not None:
+        timing.metrics._observe(timing, events, event)
+
+
+class BrokerCollector(Collector):
+    """The deployment's queues and workers, read from Redis when Prometheus scrapes (never raises)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._models: list[str] = []
+        self._scanned = -MODEL_SCAN_SECONDS
+
+    def _known_models(self) -> list[str]:
+        if time.monotonic() - self._scanned >= MODEL_SCAN_SECONDS:
+            self._models = known_models(self.client, self.keys)
+            self._scanned = time.monotonic()
+        return self._models
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(PREFIX + "broker_up", "1 when Redis answered this scrape, else 0.")
+        try:
+            snap = snapshot(self.client, self.keys, known=self._known_models())
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics scrape: Redis unreachable (%s)", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        labels = ["model_name"]
+        waiting = GaugeMetricFamily(
+            PREFIX + "num_requests_waiting",
+            "Requests queued for a worker (the stream's undelivered jobs).",
+            labels=labels,
+        )
+        running = GaugeMetricFamily(
+            PREFIX + "num_requests_running", "Requests taken by a worker and not finished yet.", labels=labels
+        )
+        oldest = GaugeMetricFamily(
+            PREFIX + "oldest_waiting_seconds", "Age of the oldest queued request (0 when none waits).", labels=labels
+        )
+        workers = GaugeMetricFamily(PREFIX + "num_workers", "Live workers serving the model.", labels=labels)
+        slots = GaugeMetricFamily(PREFIX + "num_worker_slots", "Sequences the live workers run at once.", labels=labels)
+        jobs = CounterMetricFamily(
+            PREFIX + "jobs", "Jobs of the model by outcome, counted by the workers.", labels=[*labels, "outcome"]
+        )
+        for q in snap.queues:
+            waiting.add_metric([q.model], q.waiting)
+            running.add_metric([q.model], q.running)
+            oldest.add_metric([q.model], q.oldest_waiting_s or 0.0)
+            workers.add_metric([q.model], q.workers)
+            slots.add_metric([q.model], q.slots)
+            for outcome in STAT_FIELDS:
+                if not outcome.endswith("_tokens"):
+                    jobs.add_metric([q.model, outcome], getattr(q, outcome))
+        yield from (waiting, running, oldest, workers, slots, jobs)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics_endpoint(request: Request) -> Response:
+    # A plain def: FastAPI runs it in a thread, so the blocking Redis reads of a scrape never stall the event loop.
+    metrics: ApiMetrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,76 @@
+"""Small endpoints: one model by id, the server's version, and FastChat's ``/api/v1/token_check``."""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.jobs import merged, submit_all
+from api.routes import list_models
+from broker.errors import ModelNotFound
+from broker.producer import Producer
+from broker.schemas import Accepted, Job, JobKind
+
+router = APIRouter()
+
+MAX_TOKEN_CHECKS = 256
+
+
+def package_version() -> str:
+    try:
+        return version("queuechat")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    for entry in (await list_models(request))["data"]:
+        if entry["id"] == model_id:
+            return dict(entry)
+    raise ModelNotFound(f"The model '{model_id}' does not exist or has no live worker.", param="model")
+
+
+@router.get("/version")
+async def server_version() -> dict[str, str]:
+    return {"version": package_version()}
+
+
+class TokenCheckItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    prompt: str
+    max_tokens: int = Field(ge=0)
+
+
+class TokenCheckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[TokenCheckItem] = Field(min_length=1, max_length=MAX_TOKEN_CHECKS)
+
+
+@router.post("/api/v1/token_check")
+async def token_check(body: TokenCheckRequest, request: Request) -> dict[str, Any]:
+    """FastChat's check, for clients migrating from it: does each prompt plus its max_tokens fit the model?
+    Each prompt is counted by a worker of its model (a ``tokenize`` job), with the model's own tokenizer."""
+    producer: Producer = request.app.state.producer
+    deadline = time.time() + producer.settings.request_timeout
+    jobs = [Job(kind=JobKind.TOKENIZE, model=p.model, prompt=p.prompt, deadline=deadline) for p in body.prompts]
+    streams = await submit_all(producer, jobs)
+    try:
+        async for _ in merged(streams):  # the rest of each job: its done event
+            pass
+    finally:
+        for s in streams:
+            s.close()
+    live = await producer.live_models()
+    answers = []
+    for item, events in zip(body.prompts, streams, strict=True):
+        first = events.pending_first
+        count = first.prompt_tokens if isinstance(first, Accepted) else 0
+        context = max((w.card.max_model_len or 0 for w in live.get(item.model, [])), default=0)
+        answers.append({"fits": count + item.max_tokens <= context, "tokenCount": count, "contextLength": context})
+    return {"prompts": answers}

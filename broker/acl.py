@@ -1,0 +1,65 @@
+"""The Redis ACL rules of each queuechat role, for deployments that give every role its own Redis user.
+
+Three roles: ``front`` (the API and the web UI), ``worker`` and ``monitor`` (``queuechat info``, dashboards: read
+only). Each rule set names the keys by the deployment's prefix, the pub/sub channels, and the commands that role's
+code sends, so a leaked front-server password cannot read another role's data, run arbitrary commands or flush
+Redis. Read-only key selectors (``%R~``) need Redis 7 or Valkey; on Redis 6.2 use plain ``~`` patterns.
+
+    ACL SETUSER <name> on ><password> <rules...>       # rules from :func:`acl_rules`
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Every connection: health checks, the database, and the client name of the event connection. (redis-py also
+# announces itself with CLIENT SETINFO on Redis 7.2+ and carries on when that is refused.)
+_CONNECTION = "ping select client|setname"
+
+
+@dataclass(frozen=True)
+class Role:
+    keys: tuple[str, ...]  # key patterns under the prefix; "%R~" ones are read-only
+    channels: tuple[str, ...]  # pub/sub channel patterns under the prefix
+    commands: str  # space-separated, as in redis-cli
+
+
+ROLES: dict[str, Role] = {
+    # submit jobs (a Lua script checks the backlog and adds the job in one step), listen to their events, read the
+    # registry (and prune expired cards), and serve /metrics
+    "front": Role(
+        keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers"),
+        channels=("{p}:events:*",),
+        commands=f"{_CONNECTION} evalsha script|load xadd xlen exists hgetall hdel mget subscribe unsubscribe "
+        "time scan xinfo|groups xrange",
+    ),
+    # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
+    # dead worker's jobs, dead-letter
+    "worker": Role(
+        keys=("~{p}:*",),
+        channels=("{p}:events:*",),
+        commands=f"{_CONNECTION} evalsha script|load "
+        "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
+        "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
+        "hincrby hset hdel hgetall set get del mget exists time",
+    ),
+    # queuechat info and anything else that only looks
+    "monitor": Role(
+        keys=("%R~{p}:*",),
+        channels=(),
+        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange",
+    ),
+}
+
+
+def acl_rules(role: str, prefix: str = "qc") -> list[str]:
+    """The ACL SETUSER rules (after the user name, ``on`` and the password) of ``role`` for key prefix ``prefix``."""
+    spec = ROLES[role]
+    return [
+        "resetkeys",
+        *(k.format(p=prefix) for k in spec.keys),
+        "resetchannels",
+        *("&" + c.format(p=prefix) for c in spec.channels),
+        "-@all",
+        *("+" + c for c in spec.commands.split()),
+    ]

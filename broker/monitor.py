@@ -1,0 +1,201 @@
+"""A read-only snapshot of the queues and the workers, for ``queuechat info`` and the metrics endpoints.
+
+Reading never writes: expired worker cards are left for the workers and front servers to prune, so a monitoring
+account needs only read commands. A snapshot costs three round trips whatever the number of models: the registry
+and Redis' clock, then every stream's group, length and counters, then the oldest waiting entry of the streams
+that have a backlog. Ages are measured against Redis' clock (stream ids are Redis timestamps), so the monitor's own
+clock does not matter; heartbeat ages compare the worker's clock with Redis' and assume the hosts keep time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from pydantic import BaseModel, computed_field
+
+from broker.keys import CONSUMER_GROUP, Keys
+from broker.registry import LiveWorker, split_registry
+
+# The fields of {p}:stats:{model} shown per model; a field nobody has counted yet reads as 0.
+STAT_FIELDS = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed", "prompt_tokens", "output_tokens")
+
+
+class QueueInfo(BaseModel):
+    """One model's stream: its backlog now and its counters since the stats hash was created."""
+
+    model: str
+    waiting: int = 0  # entries not yet delivered to any worker (the group's lag)
+    running: int = 0  # delivered and not yet acknowledged (the group's pending entries)
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    dead: int = 0  # dead-lettered: the larger of the counter and the dead-letter stream's length
+    reclaimed: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    oldest_waiting_s: float | None = None  # age of the oldest undelivered job; None when nothing waits
+    tokens_per_s: float = 0.0  # sum of the live workers' rates (each over its last seconds) for this model
+    workers: int = 0  # live workers serving this model
+    slots: int = 0  # their slots together
+
+
+class WorkerInfo(BaseModel):
+    id: str
+    host: str
+    pid: int
+    models: list[str]
+    state: str  # idle | busy | draining
+    running: int
+    slots: int
+    completed: int
+    failed: int
+    heartbeat_age_s: float
+    tokens_per_s: float
+    device: str
+    version: str
+    uptime_s: float
+
+
+class Snapshot(BaseModel):
+    updated: float  # this machine's clock, for the "Updated:" line
+    queues: list[QueueInfo]
+    workers: list[WorkerInfo]
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented way to serialise a property
+    @property
+    def waiting(self) -> int:
+        return sum(q.waiting for q in self.queues)
+
+    def workers_of(self, model: str) -> list[WorkerInfo]:
+        return [w for w in self.workers if model in w.models]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_ms(entry_id: bytes | str) -> int:
+    return int(_text(entry_id).partition("-")[0])
+
+
+def _group(reply: Any) -> dict[str, Any] | None:
+    """The ``workers`` group from an XINFO GROUPS reply; None when the stream or the group does not exist."""
+    if isinstance(reply, Exception) or not reply:
+        return None
+    for group in reply:
+        if _text(group.get("name", b"")) == CONSUMER_GROUP:
+            return dict(group)
+    return None
+
+
+def waiting_of(group: dict[str, Any], length: int) -> int:
+    """Entries the group has not delivered yet. Redis 7 reports the lag; it is None when deletions make it unknown
+    (and on Redis 6.2). Acknowledged entries are deleted, so the stream then holds waiting plus pending entries."""
+    lag = group.get("lag")
+    if lag is not None:
+        return int(lag)
+    return max(length - int(group.get("pending", 0)), 0)
+
+
+def worker_info(worker: LiveWorker, now: float) -> WorkerInfo:
+    card, status = worker.card, worker.status
+    return WorkerInfo(
+        id=card.id,
+        host=card.host,
+        pid=card.pid,
+        models=card.models,
+        state=status.state,
+        running=status.running,
+        slots=card.slots,
+        completed=status.completed,
+        failed=status.failed,
+        heartbeat_age_s=round(max(now - status.at, 0.0), 3),
+        tokens_per_s=status.tokens_per_s,
+        device=card.device,
+        version=card.version,
+        uptime_s=round(max(now - card.started, 0.0), 1),
+    )
+
+
+def known_models(client: redis.Redis, keys: Keys) -> list[str]:
+    """Every model with a job stream (workers create it when they start serving the model)."""
+    return sorted({keys.model_of_jobs(k) for k in client.scan_iter(match=keys.jobs_pattern(), count=1000)})
+
+
+def snapshot(
+    client: redis.Redis,
+    keys: Keys,
+    models: Sequence[str] = (),
+    *,
+    with_queues: bool = True,
+    known: Sequence[str] | None = None,
+) -> Snapshot:
+    """Queues and workers as they are now. ``models`` limits both to those models (a named model that does not
+    exist shows as an empty queue); without it every known or served model is listed. ``known`` replaces the
+    SCAN for job streams with a list the caller keeps (the metrics scrape refreshes it now and then). Raises redis
+    errors."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(keys.workers)
+    (seconds, micros), cards = pipe.execute()
+    now = seconds + micros / 1e6
+    ids = [_text(w) for w in cards]
+    beats = client.mget([keys.heartbeat(w) for w in ids]) if ids else []
+    live, _expired = split_registry(cards, beats)
+    workers = sorted((worker_info(w, now) for w in live), key=lambda w: w.id)
+
+    names = list(dict.fromkeys(models))
+    if not names:
+        streams = known_models(client, keys) if known is None else known
+        names = sorted(set(streams) | {m for w in workers for m in w.models})
+    if models:
+        workers = [w for w in workers if set(w.models) & set(names)]
+    queues = _queues(client, keys, names, workers, now) if with_queues else []
+    return Snapshot(updated=time.time(), queues=queues, workers=workers)
+
+
+def _queues(
+    client: redis.Redis, keys: Keys, names: list[str], workers: list[WorkerInfo], now: float
+) -> list[QueueInfo]:
+    pipe = client.pipeline(transaction=False)
+    for model in names:
+        pipe.xinfo_groups(keys.jobs(model))
+        pipe.xlen(keys.jobs(model))
+        pipe.hgetall(keys.stats(model))
+        pipe.xlen(keys.dead(model))
+    replies = pipe.execute(raise_on_error=False)  # a model without a stream answers XINFO with an error
+    queues: list[QueueInfo] = []
+    backlog: list[tuple[QueueInfo, str]] = []
+    for i, model in enumerate(names):
+        groups, length, stats, dead_len = replies[4 * i : 4 * i + 4]
+        counts = {_text(k): int(v) for k, v in (stats or {}).items() if _text(k) in STAT_FIELDS}
+        serving = [w for w in workers if model in w.models]
+        queue = QueueInfo(
+            model=model,
+            **{**counts, "dead": max(counts.get("dead", 0), int(dead_len or 0))},
+            tokens_per_s=round(sum(w.tokens_per_s for w in serving), 2),
+            workers=len(serving),
+            slots=sum(w.slots for w in serving),
+        )
+        group = _group(groups)
+        if group is not None:
+            queue.running = int(group.get("pending", 0))
+            queue.waiting = waiting_of(group, int(length or 0))
+            if queue.waiting:
+                backlog.append((queue, _text(group.get("last-delivered-id", b"0-0"))))
+        elif isinstance(length, int) and length:
+            queue.waiting = length  # a stream nobody has consumed from yet: all of it waits
+            backlog.append((queue, "0-0"))
+        queues.append(queue)
+    if backlog:
+        pipe = client.pipeline(transaction=False)
+        for queue, last in backlog:
+            pipe.xrange(keys.jobs(queue.model), f"({last}", "+", count=1)  # the first undelivered entry
+        for (queue, _), first in zip(backlog, pipe.execute(), strict=True):
+            if first:
+                queue.oldest_waiting_s = round(max(now - _stream_ms(first[0][0]) / 1000, 0.0), 3)
+    return queues

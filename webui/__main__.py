@@ -1,0 +1,3 @@
+from webui.main import main
+
+main()

@@ -1,0 +1,78 @@
+"""Which models are live, with how many workers, and how deep their queues are: the UI's status strip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from broker.errors import BrokerUnavailable
+from broker.keys import CONSUMER_GROUP
+from broker.monitor import waiting_of
+from broker.producer import Producer
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    model: str
+    workers: int
+    running: int  # delivered to a worker, not yet acknowledged
+    waiting: int  # still in the stream, not yet read by any worker
+
+
+async def live_models(producer: Producer) -> list[str]:
+    return sorted(await producer.live_models())
+
+
+async def model_loads(producer: Producer) -> list[ModelLoad]:
+    """One line per live model, in one round trip after the registry's, with the commands the ``front`` ACL role
+    allows. Raises :class:`BrokerUnavailable` when Redis does not answer."""
+    live = await producer.live_models()
+    models = sorted(live)
+    try:
+        pipe = producer.client.pipeline(transaction=False)
+        for model in models:
+            pipe.xinfo_groups(producer.keys.jobs(model))
+            pipe.xlen(producer.keys.jobs(model))
+        replies = await pipe.execute(raise_on_error=False)  # no group yet: XINFO answers with an error
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+    loads = []
+    for i, model in enumerate(models):
+        groups, length = replies[2 * i], replies[2 * i + 1]
+        length = length if isinstance(length, int) else 0
+        group = _workers_group(groups)
+        running = int(group.get("pending", 0)) if group else 0
+        waiting = waiting_of(group, length) if group else length
+        loads.append(ModelLoad(model, len(live[model]), running, waiting))
+    return loads
+
+
+def _workers_group(reply: Any) -> dict[str, Any] | None:
+    if not isinstance(reply, list):  # the stream or its group does not exist yet
+        return None
+    for group in reply:
+        name = group.get("name", b"")
+        if (name.decode() if isinstance(name, bytes) else name) == CONSUMER_GROUP:
+            return dict(group)
+    return None
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def status_markdown(loads: list[ModelLoad]) -> str:
+    if not loads:
+        return "No worker is serving any model right now. Start one with `queuechat worker`."
+    return "  ·  ".join(
+        f"**{m.model}**: {plural(m.workers, 'worker')}, {m.running} running, {m.waiting} waiting" for m in loads
+    )
+
+
+async def status_line(producer: Producer) -> str:
+    try:
+        return status_markdown(await model_loads(producer))
+    except BrokerUnavailable:
+        return "⚠️ The message broker (Redis) cannot be reached; replies resume when it is back."

@@ -1,0 +1,111 @@
+"""A worker's own Prometheus metrics, served on ``--metrics-port`` (vLLM's names under ``queuechat:``).
+
+What this worker did (tokens, jobs by outcome) is counted as the consume loop acknowledges jobs; what it is doing
+now (running sequences, free slots) and its models' backlog are read when Prometheus scrapes. Counters here and on
+the API count the same tokens from two sides: sum one or the other, not both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.keys import Keys
+from broker.monitor import snapshot
+
+log = logging.getLogger(__name__)
+
+PREFIX = "queuechat:"
+OUTCOMES = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed")
+
+
+class Serving(Protocol):
+    """What the metrics read from the running worker (a :class:`workers.service.ModelWorker`)."""
+
+    @property
+    def jobs(self) -> Mapping[str, Any]:  # job id -> running job with a ``.job.model``
+        ...
+
+
+class WorkerMetrics:
+    def __init__(self, worker: Serving, client: redis.Redis, keys: Keys, models: list[str], slots: int) -> None:
+        self.registry = CollectorRegistry()
+        self.prompt_tokens = Counter(
+            PREFIX + "prompt_tokens", "Prompt tokens of the jobs this worker finished.", ["model_name"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.generation_tokens = Counter(
+            PREFIX + "generation_tokens", "Tokens this worker generated for the jobs it finished.", ["model_name"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.jobs = Counter(
+            PREFIX + "worker_jobs", "Jobs this worker acknowledged, by outcome.", ["model_name", "outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_LiveCollector(worker, client, keys, models, slots))
+        self._server: Any = None
+
+    def count(self, counters: Mapping[str, Mapping[str, int]]) -> None:
+        """Add what the consume loop counts into the stats hashes ({model: {field: n}}) to this worker's metrics."""
+        for model, fields in counters.items():
+            for name, value in fields.items():
+                if not value:
+                    continue
+                if name == "prompt_tokens":
+                    self.prompt_tokens.labels(model).inc(value)
+                elif name == "output_tokens":
+                    self.generation_tokens.labels(model).inc(value)
+                elif name in OUTCOMES:
+                    self.jobs.labels(model, name).inc(value)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _LiveCollector(Collector):
+    """Running sequences and free slots of this worker, and its models' backlog, at scrape time."""
+
+    def __init__(self, worker: Serving, client: redis.Redis, keys: Keys, models: list[str], slots: int) -> None:
+        self.worker = worker
+        self.client = client
+        self.keys = keys
+        self.models = models
+        self.slots = slots
+
+    def collect(self) -> Iterator[Metric]:
+        running_jobs = list(self.worker.jobs.values())  # a copy: the consume loop changes the dict meanwhile
+        running = GaugeMetricFamily(
+            PREFIX + "num_requests_running", "Requests this worker is generating now.", labels=["model_name"]
+        )
+        for model in self.models:
+            running.add_metric([model], sum(1 for r in running_jobs if r.job.model == model))
+        yield running
+        slots = GaugeMetricFamily(PREFIX + "num_worker_slots", "Sequences this worker runs at once.")
+        slots.add_metric([], self.slots)
+        yield slots
+        try:
+            snap = snapshot(self.client, self.keys, self.models)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics scrape: Redis unreachable (%s)", exc)
+            return
+        waiting = GaugeMetricFamily(
+            PREFIX + "num_requests_waiting",
+            "Requests queued for any worker of the model (the stream's undelivered jobs).",
+            labels=["model_name"],
+        )
+        for q in snap.queues:
+            waiting.add_metric([q.model], q.waiting)
+        yield waiting

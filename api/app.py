@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import chat, completions
+from api import batches, chat, completions, files
 from api.auth import ApiKeyMiddleware, api_key_login
 from api.cors import CorsOptions, install_cors
 from api.embeddings import router as embeddings_router
@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     app.include_router(router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(metrics_router)
     app.include_router(misc_router)
     app.include_router(embeddings_router)

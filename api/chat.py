@@ -11,10 +11,11 @@ from fastapi import APIRouter, Request
 
 from api.jobs import ChoiceText, Collected, chat_job, merged, submit_all
 from api.logprobs import chat_logprobs
+from api.metrics import ApiMetrics
 from api.schemas import ChatCompletionRequest
 from api.streaming import dumps, producer_of, prompt_tokens_of, sse_body, stream_response, usage
 from api.tools import ToolCall, forced_calls, may_become_call, parse_calls
-from broker.producer import JobEvents
+from broker.producer import JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done, TokenLogprob
 
 router = APIRouter()
@@ -23,12 +24,27 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
+    if not body.stream:
+        return await chat_answer(producer, body, request.app.state.metrics)
     job = chat_job(body, producer.settings.request_timeout)
     streams = await submit_all(producer, [job], request.app.state.metrics)
     response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
     created = int(time.time())
-    if body.stream:
-        return stream_response(sse_body(streams, _chat_stream(streams, body, response_id, created)), producer)
+    return stream_response(sse_body(streams, _chat_stream(streams, body, response_id, created)), producer)
+
+
+async def chat_answer(
+    producer: Producer,
+    body: ChatCompletionRequest,
+    metrics: ApiMetrics | None = None,
+    *,
+    low_priority: bool = False,
+) -> dict[str, Any]:
+    """A whole chat completion, as the non-streaming endpoint answers it (the Batch API runs its lines here too)."""
+    job = chat_job(body, producer.settings.request_timeout)
+    streams = await submit_all(producer, [job], metrics, low_priority=low_priority)
+    response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
+    created = int(time.time())
     try:
         collected = Collected()
         async for _, event in merged(streams):

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Request
 
 from api.jobs import ChoiceText, Collected, completion_jobs, merged, submit_all
 from api.logprobs import CompletionLogprobs
+from api.metrics import ApiMetrics
 from api.schemas import CompletionRequest
 from api.streaming import dumps, producer_of, prompt_tokens_of, sse_body, stream_response, usage
-from broker.producer import JobEvents
+from broker.producer import JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done
 
 router = APIRouter()
@@ -21,14 +22,24 @@ router = APIRouter()
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     producer = producer_of(request)
+    if not body.stream:
+        return await completion_answer(producer, body, request.app.state.metrics)
     jobs = completion_jobs(body, producer.settings.request_timeout)
     streams = await submit_all(producer, jobs, request.app.state.metrics)
     response_id = "cmpl-" + jobs[0].id.removeprefix("job-")
+    chunks = _completion_stream(streams, body, body.prompts(), response_id, int(time.time()))
+    return stream_response(sse_body(streams, chunks), producer)
+
+
+async def completion_answer(
+    producer: Producer, body: CompletionRequest, metrics: ApiMetrics | None = None, *, low_priority: bool = False
+) -> dict[str, Any]:
+    """A whole completion, as the non-streaming endpoint answers it (the Batch API runs its lines here too)."""
+    jobs = completion_jobs(body, producer.settings.request_timeout)
+    streams = await submit_all(producer, jobs, metrics, low_priority=low_priority)
+    response_id = "cmpl-" + jobs[0].id.removeprefix("job-")
     created = int(time.time())
     prompts = body.prompts()
-    if body.stream:
-        chunks = _completion_stream(streams, body, prompts, response_id, created)
-        return stream_response(sse_body(streams, chunks), producer)
     per_prompt = body.best_of or body.n  # choices generated for each prompt
     try:
         collected = Collected()

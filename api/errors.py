@@ -6,6 +6,7 @@ All exception handlers live here, so no path can answer with a stack trace or a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,8 +47,8 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return param or None
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """OpenAI's message and param for pydantic's errors (the API's requests and the Batch API's lines)."""
     # Of a union's failed branches, the deepest error is the one that got furthest, so it says what is wrong
     # (a missing ``text`` in a content part, not "Input should be a valid string").
     first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
@@ -70,7 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc.errors())
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

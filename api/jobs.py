@@ -69,14 +69,16 @@ def completion_jobs(body: CompletionRequest, timeout: float) -> list[Job]:
     ]
 
 
-async def submit_all(producer: Producer, jobs: Sequence[Job], metrics: ApiMetrics | None = None) -> list[JobEvents]:
+async def submit_all(
+    producer: Producer, jobs: Sequence[Job], metrics: ApiMetrics | None = None, *, low_priority: bool = False
+) -> list[JobEvents]:
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
     4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
     submitted: list[JobEvents] = []
     try:
         for job in jobs:
             arrived = time.monotonic()
-            submitted.append(await producer.submit(job))
+            submitted.append(await producer.submit(job, low_priority=low_priority))
             if metrics is not None:
                 metrics.track(submitted[-1], arrived)
         firsts = await asyncio.gather(*(e.next_event() for e in submitted))

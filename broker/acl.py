@@ -33,11 +33,13 @@ ROLES: dict[str, Role] = {
         commands=f"{_CONNECTION} evalsha script|load xadd xlen exists hgetall hdel mget subscribe unsubscribe "
         "time scan xinfo|groups xrange",
     ),
-    # consume the streams, publish events, count, heartbeat, take over a dead worker's jobs, dead-letter
+    # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
+    # dead worker's jobs, dead-letter
     "worker": Role(
         keys=("~{p}:*",),
         channels=("{p}:events:*",),
-        commands=f"{_CONNECTION} xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
+        commands=f"{_CONNECTION} evalsha script|load "
+        "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
         "hincrby hset hdel hgetall set get del mget exists time",
     ),

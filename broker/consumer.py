@@ -57,6 +57,22 @@ class Reclaimed:
     dead_lettered: list[str]
 
 
+# Read the interactive streams (KEYS[1..ARGV[4]]) and, only when they have nothing, the batch streams (the rest
+# of KEYS): the priority costs no extra round trip. XREADGROUP without BLOCK is allowed in scripts.
+PRIORITY_READ_SCRIPT = """
+local group, consumer, count, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local function read(first, last)
+  local args = {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS'}
+  for i = first, last do args[#args + 1] = KEYS[i] end
+  for i = first, last do args[#args + 1] = '>' end
+  return redis.call(unpack(args)) or {}
+end
+local interactive = read(1, n)
+if #interactive > 0 or n == #KEYS then return interactive end
+return read(n + 1, #KEYS)
+"""
+
+
 class JobConsumer:
     def __init__(
         self,
@@ -73,13 +89,16 @@ class JobConsumer:
         self.models = list(models)
         self.consumer = consumer
         self.streams = [keys.jobs(m) for m in self.models]
+        # Batch lines: read only when the interactive streams have nothing for this worker.
+        self.low_streams = [keys.batch_jobs(m) for m in self.models]
         self.max_deliveries = max_deliveries
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
+        self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as
         a known model, so this is also how a model becomes known."""
-        for stream in self.streams:
+        for stream in self.streams + self.low_streams:
             try:
                 self.client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -87,23 +106,45 @@ class JobConsumer:
                     raise
 
     def read(self, count: int, block_ms: int | None) -> list[Delivery | Malformed]:
-        """Up to ``count`` new jobs per stream; blocks up to ``block_ms`` when there are none (None: don't block)."""
+        """Up to ``count`` new jobs per stream; blocks up to ``block_ms`` when there are none (None: don't block).
+
+        Interactive jobs come first: the batch streams are only read when the interactive ones gave nothing, so
+        a job sent while a batch keeps this worker busy takes the next free slot. Both reads are one script, so a
+        busy worker still makes one round trip per read; only an idle one then blocks in a second.
+        """
         try:
-            reply = self.client.xreadgroup(
-                CONSUMER_GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+            reply = self._priority_read(
+                keys=[*self.streams, *self.low_streams],
+                args=[CONSUMER_GROUP, self.consumer, count, len(self.streams)],
             )
+            items = self._entries(reply, flat_fields=True)
+            if items or block_ms is None:
+                return items
+            # Nothing anywhere: wait for the first job of either kind. Whichever stream wakes the read is the only
+            # one served, so an interactive job arriving now is never taken together with a batch's.
+            reply = self.client.xreadgroup(
+                CONSUMER_GROUP,
+                self.consumer,
+                dict.fromkeys(self.streams + self.low_streams, ">"),
+                count=count,
+                block=block_ms,
+            )
+            return self._entries(reply, flat_fields=False)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data (restart without AOF): recreate and carry on
                 self.ensure_groups()
                 return []
             raise
+
+    def _entries(self, reply: Any, *, flat_fields: bool) -> list[Delivery | Malformed]:
+        """Jobs of an XREADGROUP reply (from a script, whose field lists Redis leaves flat)."""
         out: list[Delivery | Malformed] = []
-        streams: list[Any] = reply or []  # type: ignore[assignment]  # redis-py types every reply as a union
-        for stream_name, entries in streams:
-            stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+        for stream_name, entries in reply or []:
+            stream = _text(stream_name)
             for entry_id, fields in entries:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                out.append(self._decode(stream, eid, fields))
+                if flat_fields:
+                    fields = dict(zip(fields[::2], fields[1::2], strict=True))
+                out.append(self._decode(stream, _text(entry_id), fields))
         return out
 
     def reclaim(self, count: int) -> Reclaimed:
@@ -116,7 +157,7 @@ class JobConsumer:
         """
         taken: list[Delivery | Malformed] = []
         dead_lettered: list[str] = []
-        for stream in self.streams:
+        for stream in self.streams + self.low_streams:  # interactive jobs first
             if len(taken) >= count:
                 break
             pending: list[Any] = self.client.xpending_range(

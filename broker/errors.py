@@ -4,6 +4,8 @@ of them into the right response in one place.
     QueuechatError
     ├── InvalidRequest          400 invalid_request_error
     ├── ModelNotFound           404 model_not_found
+    ├── NotFound                404 not_found (a file or batch id)
+    ├── FileTooLarge            413 file_too_large
     ├── QueueFull               429 queue_full (with retry_after)
     ├── NoWorkerAvailable       503 no_worker_available
     ├── BrokerUnavailable       503 broker_unavailable
@@ -37,6 +39,18 @@ class InvalidRequest(QueuechatError):
 class ModelNotFound(QueuechatError):
     status = 404
     code = "model_not_found"
+    type = "invalid_request_error"
+
+
+class NotFound(QueuechatError):
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+class FileTooLarge(QueuechatError):
+    status = 413
+    code = "file_too_large"
     type = "invalid_request_error"
 
 

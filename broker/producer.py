@@ -374,8 +374,11 @@ class Producer:
             raise NoWorkerAvailable(f"no worker is serving model {model!r} right now")
         raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
 
-    async def submit(self, job: Job) -> JobEvents:
-        """Check the model, subscribe to the job's channel, then queue the job. Returns its event iterator."""
+    async def submit(self, job: Job, *, low_priority: bool = False) -> JobEvents:
+        """Check the model, subscribe to the job's channel, then queue the job. Returns its event iterator.
+
+        ``low_priority`` queues it on the model's batch stream, which workers read only when no interactive job
+        is waiting (the Batch API's lines)."""
         await self.check_model(job.model)
         channel = self.keys.events(job.id)
         queue = await self.router.subscribe(channel)
@@ -383,7 +386,7 @@ class Producer:
         try:
             backlog = int(
                 await self._admit(
-                    keys=[self.keys.jobs(job.model)],
+                    keys=[self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)],
                     args=[self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()],
                 )
             )

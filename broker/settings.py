@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_files_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "queuechat" / "files"
 
 
 class Settings(BaseSettings):
@@ -31,6 +38,16 @@ class Settings(BaseSettings):
     )
     drain_timeout: float = Field(
         default=30.0, ge=0, description="Seconds a worker or API gets on SIGTERM to finish running work."
+    )
+    files_dir: Path = Field(
+        default_factory=_default_files_dir,
+        description="Where uploaded batch files and batch results are stored; shared by the API and batch workers.",
+    )
+    files_max_bytes: int = Field(default=200 * 2**20, gt=0, description="Largest file an upload may have.")
+    batch_max_requests: int = Field(default=50_000, gt=0, description="Most lines one batch file may have.")
+    batch_queue: str = Field(default="queuechat-batch", min_length=1, description="The rq queue of batch runs.")
+    batch_max_in_flight: int = Field(
+        default=16, gt=0, description="Lines of one batch queued or running at once: the batch's share of the queue."
     )
     # NoDecode: the env value is a plain comma-separated list, not JSON
     api_keys: Annotated[list[str], NoDecode] = Field(

@@ -1,9 +1,10 @@
-"""``queuechat``: up (everything on one machine), api, worker, info, webui."""
+"""``queuechat``: up (everything on one machine), api, worker, info, webui, batch-worker."""
 
 from __future__ import annotations
 
 import typer
 
+from api.batch_worker import batch_worker_command
 from api.main import api_command
 from queuechat.info import info_command
 from queuechat.up import up_command
@@ -18,5 +19,6 @@ app = typer.Typer(
 app.command("up")(up_command)
 app.command("api")(api_command)
 app.command("worker")(worker_command)
+app.command("batch-worker")(batch_worker_command)
 app.command("info")(info_command)
 app.command("webui")(webui_command)

@@ -1,8 +1,9 @@
 """``queuechat up``: the whole system on one machine, in one process tree.
 
-It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker and the API with the chat web UI
-mounted at ``/ui``, prints where everything listens, and stops all of it on Ctrl-C or SIGTERM. Children die with
-this process even when it is killed outright (PR_SET_PDEATHSIG on Linux).
+It starts an embedded Valkey (unless ``--redis-url`` is given), one model worker, the API with the chat web UI
+mounted at ``/ui``, and a batch worker (the Batch API's rq worker), prints where everything listens, and stops all
+of it on Ctrl-C or SIGTERM. Children die with this process even when it is killed outright (PR_SET_PDEATHSIG on
+Linux).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def up_command(
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the model to load")] = 600.0,
     webui: Annotated[bool, typer.Option(help="Serve the chat web UI at /ui of the API's port")] = True,
 ) -> None:
-    """Run Valkey (embedded), one model worker and the API on this machine."""
+    """Run Valkey (embedded), one model worker, the API and a batch worker on this machine."""
     from broker.settings import Settings
 
     settings = Settings.load(redis_url)
@@ -109,6 +110,8 @@ def up_command(
         api_args = ["-m", "api", "--host", host, "--port", str(port), "--redis-url", url]
         api = _spawn([*api_args, "--webui"] if webui else api_args, env)
         children.append(api)
+        # the Batch API's runner: files and results go to QUEUECHAT_FILES_DIR (default under ~/.cache/queuechat)
+        children.append(_spawn(["-m", "queuechat", "batch-worker", "--redis-url", url], env))
         typer.echo(f"queuechat: serving {', '.join(models)}")
         typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
         if webui:

@@ -184,3 +184,15 @@ def stack(start_worker: Callable[..., RunningWorker], start_api: Callable[..., A
     api = start_api()
     wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
     return Stack(worker, api)
+
+
+@pytest.fixture
+def batch_workers(settings: Settings, tmp_path: Path) -> Iterator[Any]:
+    """Factory of ``queuechat batch-worker`` processes with this test's key prefix, files dir and rq queue."""
+    from tests.batch_support import BatchWorkers, batch_settings_of
+
+    workers = BatchWorkers(batch_settings_of(settings, tmp_path / "files"), tmp_path)
+    try:
+        yield workers
+    finally:
+        workers.stop()

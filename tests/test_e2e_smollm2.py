@@ -27,6 +27,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subproce
     port = free_port()
     log = open(tmp_path_factory.mktemp("up") / "up.log", "w+")  # noqa: SIM115  # a file, not a pipe nobody drains
     env = {k: v for k, v in os.environ.items() if k != "QUEUECHAT_REDIS_URL"}  # embedded Valkey, as a new user
+    env["QUEUECHAT_FILES_DIR"] = str(tmp_path_factory.mktemp("files"))  # batch files, not in the user's cache
     process = subprocess.Popen(
         [sys.executable, "-m", "queuechat", "up", "--port", str(port), "--num-threads", "2"],
         env=env,
@@ -92,6 +93,24 @@ def test_json_mode_answers_valid_json(up: tuple[str, subprocess.Popen[str]]) -> 
     )
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
+
+
+def test_a_batch_runs_out_of_the_box(up: tuple[str, subprocess.Popen[str]]) -> None:
+    from tests.batch_support import results, upload, wait_batch
+
+    base, _ = up
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", timeout=120)
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "smollm2", "messages": QUESTION, "temperature": 0, "max_tokens": 40}}
+             for i in range(2)]  # fmt: skip
+    batch = client.batches.create(
+        input_file_id=upload(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = wait_batch(client, batch.id, timeout=300)
+    assert batch.status == "completed"
+    output = results(client, batch.output_file_id)
+    assert sorted(r["custom_id"] for r in output) == ["q0", "q1"]
+    assert all("Paris" in r["response"]["body"]["choices"][0]["message"]["content"] for r in output)
 
 
 def test_the_web_ui_shares_the_api_port(up: tuple[str, subprocess.Popen[str]]) -> None:

@@ -70,6 +70,10 @@ class Cluster:
             ],
         )  # fmt: skip
 
+    def start_batch_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """``queuechat batch-worker`` (rq), with the cluster's prefix; set its files dir and queue in ``env``."""
+        return self._spawn(name, ["-m", "queuechat", "batch-worker", "--log-level", "info"])
+
     def start_api(self) -> str:
         port = free_port()
         self._spawn("api", ["-m", "api", "--port", str(port), "--log-level", "warning"])

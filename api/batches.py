@@ -1,0 +1,181 @@
+"""OpenAI's Batch API: create a batch from an uploaded file, follow it, list batches, cancel one.
+
+Creating a batch records it in Redis and enqueues an rq job (JSON-serialised, never pickled) on the batch queue;
+a batch worker (``queuechat batch-worker``) runs it. See :mod:`api.batch_runner` for how the lines are run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from rq import Queue
+from rq.job import Job as RqJob
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from api.files import broker_errors, get_file, settings_of, store_of
+from api.filestore import BATCH_ENDPOINTS
+from broker.batches import TERMINAL, BatchStatus
+from broker.connection import sync_client
+from broker.errors import InvalidRequest, NotFound
+from broker.settings import Settings
+
+router = APIRouter()
+
+COMPLETION_WINDOWS = {"24h": 24 * 3600}
+# What the batch runner can run (OpenAI also batches /v1/embeddings: refused with a 400 naming `endpoint` until the
+# runner has an embeddings answer to call).
+RUNNABLE = tuple(e for e in BATCH_ENDPOINTS if e != "/v1/embeddings")
+
+
+class CreateBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1)
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+def batch_queue(client: redis.Redis, settings: Settings) -> Queue:
+    return Queue(settings.batch_queue, connection=client, serializer=JSONSerializer)
+
+
+def enqueue_run(client: redis.Redis, settings: Settings, batch_id: str, rq_job_id: str, window: float) -> None:
+    """Queue the rq job that runs a batch. Its arguments are plain strings: any batch worker on this Redis can run
+    it, and reads everything else from the batch's record."""
+    batch_queue(client, settings).enqueue(
+        "api.batch_runner.run_batch",
+        settings.key_prefix,
+        batch_id,
+        job_id=rq_job_id,
+        job_timeout=int(window) + 3600,  # the runner expires the batch itself at its window; this is a backstop
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"batch {batch_id}",
+    )
+
+
+def _sync_client(request: Request) -> redis.Redis:
+    client: redis.Redis | None = getattr(request.app.state, "sync_redis", None)
+    if client is None:
+        url = settings_of(request).redis_url
+        assert url, "create_app refuses to start without a Redis URL"
+        client = request.app.state.sync_redis = sync_client(url)
+    return client
+
+
+def _has_route(request: Request, path: str) -> bool:
+    """Whether this API serves ``path`` (embeddings may not be built): the OpenAPI schema lists every route."""
+    return path in request.app.openapi().get("paths", {})
+
+
+async def _get(request: Request, batch_id: str) -> dict[str, Any]:
+    with broker_errors():
+        obj = await store_of(request).batch(batch_id)
+    if obj is None:
+        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    return obj
+
+
+@router.post("/v1/batches")
+async def create_batch(body: CreateBatch, request: Request) -> dict[str, Any]:
+    settings = settings_of(request)
+    if body.endpoint not in RUNNABLE or not _has_route(request, body.endpoint):
+        served = [e for e in RUNNABLE if _has_route(request, e)]
+        raise InvalidRequest(f"endpoint must be one of {', '.join(served)}, not {body.endpoint!r}.", param="endpoint")
+    window = COMPLETION_WINDOWS.get(body.completion_window)
+    if window is None:
+        raise InvalidRequest("completion_window must be '24h'.", param="completion_window")
+    store = store_of(request)
+    file_obj, _ = await get_file(store, body.input_file_id)
+    if file_obj.get("purpose") != "batch":
+        raise InvalidRequest(f"File {body.input_file_id} was not uploaded for batches.", param="input_file_id")
+    others = sorted(set(file_obj.get("urls", [])) - {body.endpoint})
+    if others:
+        raise InvalidRequest(
+            f"The input file has requests for {', '.join(others)}, but the batch's endpoint is {body.endpoint}.",
+            param="input_file_id",
+        )
+    now = int(time.time())
+    batch_id = f"batch_{uuid.uuid4().hex}"
+    meta = {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": body.endpoint,
+        "input_file_id": body.input_file_id,
+        "completion_window": body.completion_window,
+        "created_at": now,
+        "expires_at": now + window,
+        "metadata": body.metadata,
+    }
+    rq_job_id = f"queuechat-{batch_id}"
+    with broker_errors():
+        await store.add_batch(meta, total=int(file_obj.get("lines", 0)), rq_job_id=rq_job_id)
+        # If this fails, the batch stays 'validating' without a job; a batch worker's orphan scan queues it.
+        await asyncio.to_thread(enqueue_run, _sync_client(request), settings, batch_id, rq_job_id, window)
+    return await _get(request, batch_id)
+
+
+@router.get("/v1/batches/{batch_id}")
+async def retrieve_batch(batch_id: str, request: Request) -> dict[str, Any]:
+    return await _get(request, batch_id)
+
+
+@router.get("/v1/batches")
+async def list_batches(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    store = store_of(request)
+    with broker_errors():
+        ids = await store.batch_ids()
+        if after is not None:
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        page = [b for b in [await store.batch(i) for i in ids[:limit]] if b]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(ids) > limit,
+    }
+
+
+def _cancel_queued_run(client: redis.Redis, rq_job_id: str) -> bool:
+    """Take the batch's rq job off the queue if no batch worker has started it; True if it was taken off."""
+    try:
+        job = RqJob.fetch(rq_job_id, connection=client, serializer=JSONSerializer)
+    except Exception:  # rq raises NoSuchJobError, or a decoding error for a job it cannot read: nothing to cancel
+        return False
+    if job.get_status() != JobStatus.QUEUED:
+        return False
+    job.cancel()
+    return True
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    obj = await _get(request, batch_id)
+    status = BatchStatus(obj["status"])
+    if status in TERMINAL:
+        raise InvalidRequest(f"Batch {batch_id} cannot be cancelled: its status is {status.value!r}.")
+    with broker_errors():
+        fields = await store.batch_fields(batch_id) or {}
+        await store.set_status(
+            batch_id, BatchStatus.CANCELLING, allowed_from={BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS}
+        )
+        # Not started yet: nobody would finish the cancel, so it is finished here. Otherwise the batch worker stops
+        # feeding lines, lets the running ones end and writes the partial output.
+        taken_off = await asyncio.to_thread(_cancel_queued_run, _sync_client(request), fields.get("rq_job_id", ""))
+        if taken_off:
+            await store.set_status(batch_id, BatchStatus.CANCELLED, allowed_from={BatchStatus.CANCELLING})
+    return await _get(request, batch_id)

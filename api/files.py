@@ -1,0 +1,122 @@
+"""OpenAI's Files API, for batch input and output: upload (multipart), look up, download, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from redis.exceptions import RedisError
+
+from api.filestore import new_id, save_upload, validate_batch_file
+from broker.batches import BatchStore
+from broker.errors import BrokerUnavailable, InvalidRequest, NotFound
+from broker.producer import Producer
+from broker.settings import Settings
+
+router = APIRouter()
+
+
+@contextmanager
+def broker_errors() -> Iterator[None]:
+    """A Redis failure while reading or writing records is a 503, like every other broker outage."""
+    try:
+        yield
+    except RedisError as exc:
+        raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+
+
+def store_of(request: Request) -> BatchStore:
+    store: BatchStore | None = getattr(request.app.state, "batch_store", None)
+    if store is None:
+        producer: Producer = request.app.state.producer
+        store = request.app.state.batch_store = BatchStore(producer.client, producer.keys)
+    return store
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_file(store: BatchStore, file_id: str) -> tuple[dict[str, Any], str]:
+    with broker_errors():
+        found = await store.file(file_id)
+    if found is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return found
+
+
+@router.post("/v1/files")
+async def create_file(
+    request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+) -> dict[str, Any]:
+    if purpose != "batch":
+        raise InvalidRequest(f"queuechat stores files for batches only: purpose must be 'batch', not {purpose!r}.",
+                             param="purpose")  # fmt: skip
+    settings = settings_of(request)
+    file_id = new_id("file")
+    path, size = await save_upload(file, settings.files_dir, file_id, settings.files_max_bytes)
+    try:
+        summary = await asyncio.to_thread(validate_batch_file, path, settings.batch_max_requests)
+        obj = {
+            "id": file_id,
+            "object": "file",
+            "bytes": size,
+            "created_at": int(time.time()),
+            "filename": file.filename or "upload.jsonl",
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+            "expires_at": None,
+            # not OpenAI's: what batch creation checks the endpoint against
+            "urls": sorted(summary.urls),
+            "lines": summary.lines,
+        }
+        with broker_errors():
+            await store_of(request).add_file(obj, str(path))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return _public(obj)
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("urls", "lines")}
+
+
+@router.get("/v1/files")
+async def list_files(request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    with broker_errors():
+        found = [await store.file(i) for i in await store.file_ids()]
+    return {"object": "list", "data": [_public(f[0]) for f in found if f], "has_more": False}
+
+
+@router.get("/v1/files/{file_id}")
+async def retrieve_file(file_id: str, request: Request) -> dict[str, Any]:
+    obj, _ = await get_file(store_of(request), file_id)
+    return _public(obj)
+
+
+@router.get("/v1/files/{file_id}/content", response_model=None)
+async def file_content(file_id: str, request: Request) -> FileResponse:
+    _, path = await get_file(store_of(request), file_id)
+    if not Path(path).exists():
+        raise NotFound(f"The content of file {file_id} is no longer stored.", param="file_id")
+    return FileResponse(path, media_type="application/jsonl")
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    _, path = await get_file(store, file_id)
+    with broker_errors():
+        await store.delete_file(file_id)
+    Path(path).unlink(missing_ok=True)
+    return {"id": file_id, "object": "file", "deleted": True}

@@ -1,0 +1,237 @@
+"""Files and batches as Redis records: what the Batch API stores, what a batch worker updates, what info shows.
+
+A file is a hash (``meta``: its OpenAI object as JSON, ``path``: where its bytes are). A batch is a hash of its
+OpenAI fields, one field each (``status``, ``in_progress_at``, ``output_file_id``, live ``completed``/``failed``
+counts...), so the API's cancel and the batch worker's progress never overwrite each other's writes; status
+changes are compare-and-set. ``{p}:batchdone:{id}`` records every finished line's custom_id, and a lease key with
+a TTL says which batch worker runs the batch, so a dead one's batch is found and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from broker.keys import Keys
+
+
+class BatchStatus(StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
+_TIMESTAMPS = [f"{s.value}_at" for s in BatchStatus if s is not BatchStatus.VALIDATING]
+
+# Move a batch to ARGV[1] (stamping ARGV[1]_at with ARGV[2]) only from one of the statuses ARGV[3..]. Returns 1,
+# or the status it found, so a cancel racing the batch worker's own transitions cannot be lost or undone.
+SET_STATUS_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+for i = 3, #ARGV do
+  if ARGV[i] == current then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', ARGV[2])
+    return 1
+  end
+end
+return current
+"""
+# Record a finished line once, and count it only the first time (a resumed batch may report a line again).
+MARK_DONE_SCRIPT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  return 1
+end
+return 0
+"""
+RENEW_LEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+RELEASE_LEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def batch_object(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The OpenAI batch object from its hash."""
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    obj: dict[str, Any] = json.loads(fields["meta"])
+    obj["status"] = fields["status"]
+    for name in _TIMESTAMPS:
+        obj[name] = int(float(fields[name])) if name in fields else None
+    obj["output_file_id"] = fields.get("output_file_id")
+    obj["error_file_id"] = fields.get("error_file_id")
+    obj["errors"] = json.loads(fields["errors"]) if "errors" in fields else None
+    obj["request_counts"] = {
+        "total": int(fields.get("total", 0)),
+        "completed": int(fields.get("completed", 0)),
+        "failed": int(fields.get("failed", 0)),
+    }
+    return obj
+
+
+class BatchStore:
+    """Files' and batches' records, for the API and the batch worker (async clients)."""
+
+    def __init__(self, client: aredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._set_status = client.register_script(SET_STATUS_SCRIPT)
+        self._mark_done = client.register_script(MARK_DONE_SCRIPT)
+        self._renew = client.register_script(RENEW_LEASE_SCRIPT)
+        self._release = client.register_script(RELEASE_LEASE_SCRIPT)
+
+    # ------------------------------------------------------------------ files
+
+    async def add_file(self, obj: dict[str, Any], path: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.keys.file(obj["id"]), mapping={"meta": json.dumps(obj), "path": path})
+        pipe.zadd(self.keys.files, {obj["id"]: obj["created_at"]})
+        await pipe.execute()
+
+    async def file(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+        """A file's OpenAI object and the path of its bytes, or None."""
+        raw = await self.client.hgetall(self.keys.file(file_id))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return json.loads(fields["meta"]), fields["path"]
+
+    async def file_ids(self) -> list[str]:
+        return [_text(i) for i in await self.client.zrevrange(self.keys.files, 0, -1)]
+
+    async def delete_file(self, file_id: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.file(file_id))
+        pipe.zrem(self.keys.files, file_id)
+        await pipe.execute()
+
+    # ------------------------------------------------------------------ batches
+
+    async def add_batch(self, meta: dict[str, Any], total: int, rq_job_id: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(
+            self.keys.batch(meta["id"]),
+            mapping={
+                "meta": json.dumps(meta),
+                "status": BatchStatus.VALIDATING.value,
+                "total": total,
+                "rq_job_id": rq_job_id,
+            },
+        )
+        pipe.zadd(self.keys.batches, {meta["id"]: meta["created_at"]})
+        await pipe.execute()
+
+    async def batch_fields(self, batch_id: str) -> dict[str, str] | None:
+        raw = await self.client.hgetall(self.keys.batch(batch_id))
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+    async def batch(self, batch_id: str) -> dict[str, Any] | None:
+        raw = await self.client.hgetall(self.keys.batch(batch_id))
+        return batch_object(raw) if raw else None
+
+    async def batch_ids(self, start: int = 0, stop: int = -1) -> list[str]:
+        """Batch ids, newest first."""
+        return [_text(i) for i in await self.client.zrevrange(self.keys.batches, start, stop)]
+
+    async def status(self, batch_id: str) -> BatchStatus | None:
+        value = await self.client.hget(self.keys.batch(batch_id), "status")
+        return BatchStatus(_text(value)) if value is not None else None
+
+    async def set_status(self, batch_id: str, to: BatchStatus, *, allowed_from: set[BatchStatus]) -> bool:
+        """Move the batch to ``to`` if its status is one of ``allowed_from``; False (nothing changed) otherwise."""
+        result = await self._set_status(
+            keys=[self.keys.batch(batch_id)], args=[to.value, time.time(), *(s.value for s in allowed_from)]
+        )
+        return result == 1
+
+    async def set_fields(self, batch_id: str, **fields: str | int) -> None:
+        await self.client.hset(self.keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
+
+    async def done_ids(self, batch_id: str) -> dict[str, str]:
+        raw = await self.client.hgetall(self.keys.batch_done(batch_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def mark_done(self, batch_id: str, custom_id: str, ok: bool) -> None:
+        await self._mark_done(
+            keys=[self.keys.batch_done(batch_id), self.keys.batch(batch_id)],
+            args=[custom_id, "completed" if ok else "failed"],
+        )
+
+    # ------------------------------------------------------------------ the lease of the running batch worker
+
+    async def take_lease(self, batch_id: str, owner: str, ttl: float) -> bool:
+        return bool(await self.client.set(self.keys.batch_lease(batch_id), owner, nx=True, px=int(ttl * 1000)))
+
+    async def renew_lease(self, batch_id: str, owner: str, ttl: float) -> bool:
+        return bool(await self._renew(keys=[self.keys.batch_lease(batch_id)], args=[owner, int(ttl * 1000)]))
+
+    async def release_lease(self, batch_id: str, owner: str) -> None:
+        await self._release(keys=[self.keys.batch_lease(batch_id)], args=[owner])
+
+
+@dataclass
+class BatchProgress:
+    """One batch as ``queuechat info`` shows it."""
+
+    id: str
+    status: str
+    endpoint: str
+    total: int
+    completed: int
+    failed: int
+    created_at: int
+    running: bool  # a batch worker holds its lease now
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+
+def batch_progress(client: redis.Redis, keys: Keys, limit: int = 20) -> list[BatchProgress]:
+    """The newest ``limit`` batches with their progress, in one round trip after the index read."""
+    ids = [_text(i) for i in client.zrevrange(keys.batches, 0, limit - 1)]
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for batch_id in ids:
+        pipe.hgetall(keys.batch(batch_id))
+        pipe.exists(keys.batch_lease(batch_id))
+    replies = pipe.execute()
+    out = []
+    for raw, leased in zip(replies[::2], replies[1::2], strict=True):
+        if not raw:
+            continue
+        obj = batch_object(raw)
+        counts = obj["request_counts"]
+        out.append(
+            BatchProgress(
+                id=obj["id"],
+                status=obj["status"],
+                endpoint=obj["endpoint"],
+                total=counts["total"],
+                completed=counts["completed"],
+                failed=counts["failed"],
+                created_at=obj["created_at"],
+                running=bool(leased),
+            )
+        )
+    return out

@@ -47,7 +47,7 @@ ROLES: dict[str, Role] = {
     "monitor": Role(
         keys=("%R~{p}:*",),
         channels=(),
-        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange",
+        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange zrevrange exists",
     ),
 }
 

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field
 
+from broker.batches import BatchProgress, batch_progress
 from broker.keys import CONSUMER_GROUP, Keys
 from broker.registry import LiveWorker, split_registry
 
@@ -64,6 +65,7 @@ class Snapshot(BaseModel):
     updated: float  # this machine's clock, for the "Updated:" line
     queues: list[QueueInfo]
     workers: list[WorkerInfo]
+    batches: list[BatchProgress] = Field(default_factory=list)  # the newest batches of the Batch API
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented way to serialise a property
     @property
@@ -155,7 +157,8 @@ def snapshot(
     if models:
         workers = [w for w in workers if set(w.models) & set(names)]
     queues = _queues(client, keys, names, workers, now) if with_queues else []
-    return Snapshot(updated=time.time(), queues=queues, workers=workers)
+    batches = batch_progress(client, keys, limit=10) if with_queues and not models else []
+    return Snapshot(updated=time.time(), queues=queues, workers=workers, batches=batches)
 
 
 def _queues(

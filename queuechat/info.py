@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from broker.batches import BatchProgress
 from broker.monitor import QueueInfo, Snapshot, WorkerInfo
 
 BAR_WIDTH = 24
@@ -91,11 +92,19 @@ def _worker_raw(w: WorkerInfo) -> str:
     )
 
 
+def _batch_raw(b: BatchProgress) -> str:
+    return (
+        f"batch {b.id} status={b.status} endpoint={b.endpoint} done={b.done}/{b.total} completed={b.completed} "
+        f"failed={b.failed} running={'yes' if b.running else 'no'}"
+    )
+
+
 def render_raw(snap: Snapshot, *, queues: bool = True, workers: bool = True, by_model: bool = False) -> str:
     lines: list[str] = []
     if queues:
         lines += [_queue_raw(q) for q in snap.queues]
         lines.append(summary_line(snap))
+        lines += [_batch_raw(b) for b in snap.batches]
     if workers:
         if by_model:
             lines += [
@@ -191,12 +200,21 @@ def by_model_table(snap: Snapshot) -> Table:
     return table
 
 
+def batches_table(snap: Snapshot) -> Table:
+    table = _table("batch", "status", "endpoint", "done", "failed", "worker")
+    for b in snap.batches:
+        table.add_row(b.id, b.status, b.endpoint, f"{b.done}/{b.total}", str(b.failed), "running" if b.running else "-")
+    return table
+
+
 def render_rich(
     snap: Snapshot, *, queues: bool = True, workers: bool = True, by_model: bool = False, width: int = 80
 ) -> RenderableType:
     parts: list[RenderableType] = []
     if queues:
         parts += [queues_table(snap, width), Text(summary_line(snap)), Text("")]
+        if snap.batches:
+            parts += [batches_table(snap), Text("")]
     if workers:
         parts += [by_model_table(snap) if by_model else workers_table(snap), Text(workers_line(snap)), Text("")]
     parts.append(Text(updated_line(snap), style="dim"))

@@ -12,11 +12,13 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from typer.testing import CliRunner
 
 from broker.batches import batch_progress
 from broker.connection import sync_client
 from broker.keys import Keys
 from broker.settings import Settings
+from queuechat.cli import app
 from tests.batch_support import (
     BatchWorkers,
     batch_settings_of,
@@ -98,6 +100,10 @@ def test_a_200_line_batch_answers_every_line_once(
     assert settings.redis_url
     [progress] = batch_progress(sync_client(settings.redis_url), Keys(settings.key_prefix))
     assert (progress.id, progress.status, progress.done, progress.total) == (batch.id, "completed", 200, 200)
+    # and queuechat info shows it
+    shown = CliRunner().invoke(app, ["info", "-r", "-u", settings.redis_url, "--key-prefix", settings.key_prefix])
+    assert shown.exit_code == 0, shown.output
+    assert f"batch {batch.id} status=completed endpoint=/v1/chat/completions done=200/200" in shown.output
 
 
 def test_a_completions_batch(batch_api: Callable[..., OpenAI], batch_workers: BatchWorkers) -> None:

@@ -134,6 +134,7 @@ def snapshot(
     models: Sequence[str] = (),
     *,
     with_queues: bool = True,
+    with_batches: bool = False,
     known: Sequence[str] | None = None,
 ) -> Snapshot:
     """Queues and workers as they are now. ``models`` limits both to those models (a named model that does not
@@ -157,7 +158,7 @@ def snapshot(
     if models:
         workers = [w for w in workers if set(w.models) & set(names)]
     queues = _queues(client, keys, names, workers, now) if with_queues else []
-    batches = batch_progress(client, keys, limit=10) if with_queues and not models else []
+    batches = batch_progress(client, keys, limit=10) if with_batches and not models else []
     return Snapshot(updated=time.time(), queues=queues, workers=workers, batches=batches)
 
 

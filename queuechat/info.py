@@ -259,7 +259,7 @@ def info_command(
     console = Console(highlight=False)
 
     def take() -> Snapshot:
-        return snapshot(client, keys, models or (), with_queues=show["queues"] or by_model)
+        return snapshot(client, keys, models or (), with_queues=show["queues"] or by_model, with_batches=show["queues"])
 
     def emit(snap: Snapshot) -> None:
         if as_json:

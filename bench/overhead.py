@@ -1,7 +1,7 @@
 """What the broker path costs: the same engine, with the same model, prompts and settings, driven in-process
-and through API + Redis + worker, at concurrency 1 and 16, in alternating rounds of one run.
+and through API + Redis + worker, at concurrency 1, 16 and 64, in alternating rounds of one run.
 
-    python -m bench.overhead [--rounds 3] [--max-tokens 64] [--threads 2]
+    python -m bench.overhead [--rounds 3] [--max-tokens 64] [--threads 2] [--waves 2] [--stream-interval 1]
 
 Prints throughput and TTFT for both paths and their ratios (end-to-end / in-process).
 """
@@ -78,12 +78,14 @@ def run_inprocess(engine, tokenizer, texts: list[str], concurrency: int, max_tok
     return RunResult(wall=time.perf_counter() - start, requests=list(results.values()))
 
 
-def start_system(model_dir: Path, redis_url: str, port: int, threads: int, log: Path) -> list[subprocess.Popen[bytes]]:
+def start_system(
+    model_dir: Path, redis_url: str, port: int, threads: int, log: Path, stream_interval: int = 1
+) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "QUEUECHAT_REDIS_URL": redis_url, "QUEUECHAT_KEY_PREFIX": f"bench{os.getpid()}"}
     out = open(log, "wb")  # noqa: SIM115  # lives as long as the processes
     worker = subprocess.Popen(
         [sys.executable, "-m", "workers", "--model-path", str(model_dir), "--model-names", "bench",
-         "--num-threads", str(threads), "--log-level", "warning"],
+         "--num-threads", str(threads), "--stream-interval", str(stream_interval), "--log-level", "warning"],
         env=env, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     api = subprocess.Popen(
@@ -110,7 +112,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--waves", type=int, default=2, help="requests per round = waves x concurrency (at least 4)")
+    parser.add_argument("--stream-interval", type=int, default=1, help="the worker's --stream-interval")
     parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey")
     args = parser.parse_args()
 
@@ -135,7 +139,7 @@ def main() -> None:
         redis_url = server.url
     port = 18000 + os.getpid() % 1000
     log = Path(f"/tmp/queuechat-bench-{os.getpid()}.log")
-    procs = start_system(model_dir, redis_url, port, args.threads, log)
+    procs = start_system(model_dir, redis_url, port, args.threads, log, args.stream_interval)
     base = f"http://127.0.0.1:{port}"
     try:
         # warm both paths
@@ -143,12 +147,13 @@ def main() -> None:
         asyncio.run(run_load(base, "bench", prompts(loaded.tokenizer, 2), 2, 8))
         print(
             f"SmolLM2-135M-Instruct fp32, CPU, {args.threads} torch threads per engine, "
-            f"{args.max_tokens} max tokens, greedy, {args.rounds} alternating rounds; medians"
+            f"{args.max_tokens} max tokens, greedy, {args.rounds} alternating rounds, worker --stream-interval "
+            f"{args.stream_interval}; medians"
         )
         header = f"{'conc':>4} {'path':>10} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>6}"
         print(header)
         for conc in args.concurrency:
-            texts = prompts(loaded.tokenizer, max(conc * 2, 4))
+            texts = prompts(loaded.tokenizer, max(conc * args.waves, 4))
             inproc: list[RunResult] = []
             e2e: list[RunResult] = []
             for _ in range(args.rounds):

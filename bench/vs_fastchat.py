@@ -9,8 +9,9 @@ What it does, all on loopback:
    ``transformers<4.50``, none of which can live beside queuechat's own dependencies.
 2. Converts SmolLM2-135M-Instruct's GGUF file with *that* venv's transformers 4.x into one directory
    (``~/.cache/queuechat/vs-fastchat/smollm2-135m-instruct``), which both systems then load.
-3. Starts FastChat's controller, model_worker and openai_api_server, and queuechat's worker and API (on the Redis
-   at ``--redis-url``, under a key prefix of its own), each model worker with the same torch threads and dtype.
+3. Starts FastChat's controller, model_worker and openai_api_server, and queuechat's worker and API (on an
+   embedded Valkey, or the Redis at ``--redis-url`` under a key
+   prefix of its own), each model worker with the same torch threads and dtype.
 4. Runs the identical workload against both, alternating which goes first in each round: streaming
    ``/v1/completions``, ChatML-wrapped prompts, greedy, ``--max-tokens`` (64) per request, at 16 concurrent streams
    and at 1. Output tokens are the streamed text re-tokenised with the model's tokenizer, the same for both.
@@ -181,7 +182,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--requests-at-1", type=int, default=4, help="requests per round at concurrency 1")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey of its own")
     args = parser.parse_args()
 
     ensure_venv()
@@ -189,10 +190,18 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    server = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        from broker.embedded import EmbeddedValkey
+
+        server = EmbeddedValkey()
+        server.start()
+        redis_url = server.url
     logs = Path(f"/tmp/queuechat-vs-fastchat-{os.getpid()}")
     logs.mkdir(exist_ok=True)
     fc_base, fc_procs = start_fastchat(model_dir, args.threads, args.dtype, logs / "fastchat.log")
-    qc_base, qc_procs = start_queuechat(model_dir, args.threads, args.dtype, args.redis_url, logs / "queuechat.log")
+    qc_base, qc_procs = start_queuechat(model_dir, args.threads, args.dtype, redis_url, logs / "queuechat.log")
     systems = {"FastChat": fc_base, "queuechat": qc_base}
     try:
         texts = [
@@ -245,6 +254,8 @@ def main() -> None:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class WorkerOptions:
     page_size: int = 16
     max_batch_tokens: int = 512
     drain_timeout: float = 30.0
+    stream_interval: int = 1
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -120,6 +121,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
         heartbeat_ttl=settings.heartbeat_ttl,
         chat_template=chat_template,
         drain_timeout=options.drain_timeout,
+        stream_interval=options.stream_interval,
     )
 
 
@@ -164,6 +166,9 @@ def worker_command(
     drain_timeout: Annotated[
         float | None, typer.Option(min=0, help="Seconds to finish running work on SIGTERM (default 30)")
     ] = None,
+    stream_interval: Annotated[
+        int, typer.Option(min=1, help="Publish a sequence's tokens every N tokens (its first and last at once)")
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
@@ -191,6 +196,7 @@ def worker_command(
         page_size=page_size,
         max_batch_tokens=max_batch_tokens,
         drain_timeout=settings.drain_timeout if drain_timeout is None else drain_timeout,
+        stream_interval=stream_interval,
     )
     serve(options, settings)
 

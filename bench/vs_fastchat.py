@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey of its own")
     args = parser.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers it started are stopped too
     ensure_venv()
     model_dir = ensure_model()
     from transformers import AutoTokenizer

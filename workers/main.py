@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,13 @@ from typing import Annotated, Any
 import typer
 
 log = logging.getLogger(__name__)
+
+# The engine's thread holds the GIL while it runs Python between torch ops. The consume loop, woken by a Redis reply
+# or by the engine's output, must then wait for it, by default up to sys.getswitchinterval() = 5 ms, and a job's
+# first token crosses several such hops (read, admit, publish accepted, poll, publish). A shorter interval makes
+# the loop wait less; the engine thread loses little, its time being in torch kernels that release the GIL.
+# QUEUECHAT_SWITCH_INTERVAL overrides it (seconds), for measuring.
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -61,6 +69,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     if not settings.redis_url:
         raise typer.BadParameter("a worker needs --redis-url (or QUEUECHAT_REDIS_URL)")
     set_threads(options.num_threads)
+    sys.setswitchinterval(float(os.environ.get("QUEUECHAT_SWITCH_INTERVAL", GIL_SWITCH_INTERVAL)))
     chat_template = load_chat_template(options.conv_template)
     model_path = options.model_path
     if model_path is None:

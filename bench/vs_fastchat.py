@@ -131,7 +131,10 @@ def start_fastchat(model_dir: Path, threads: int, dtype: str, log: Path) -> tupl
     ]  # fmt: skip
     procs = []
     for command in commands:
-        procs.append(subprocess.Popen([py, "-m", *command], env=env, stdout=out, stderr=subprocess.STDOUT))
+        # FastChat writes its own log files into its working directory: keep them beside ours, out of the repo
+        procs.append(
+            subprocess.Popen([py, "-m", *command], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
+        )
         if command[0].endswith("controller"):
             time.sleep(3)  # the worker registers with the controller as it starts
     base = f"http://127.0.0.1:{api}"

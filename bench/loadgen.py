@@ -18,6 +18,7 @@ class RequestResult:
     latency: float = 0.0
     tokens: int = 0
     chunk_times: list[float] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -90,6 +91,7 @@ async def one_stream(http: httpx.AsyncClient, model: str, prompt: str, max_token
                     if result.ttft is None:
                         result.ttft = now - start
                     result.chunk_times.append(now)
+                    result.text.append(chunk["choices"][0]["text"])
                 if chunk.get("usage"):
                     result.tokens = chunk["usage"]["completion_tokens"]
     except (httpx.HTTPError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """What the broker path costs: the same engine, with the same model, prompts and settings, driven in-process
-and through API + Redis + worker, at concurrency 1 and 16, in alternating rounds of one run.
+and through API + Redis + worker, at concurrency 1, 16 and 64, in alternating rounds of one run.
 
-    python -m bench.overhead [--rounds 3] [--max-tokens 64] [--threads 2]
+    python -m bench.overhead [--rounds 3] [--max-tokens 64] [--threads 2] [--waves 2] [--stream-interval 1]
 
 Prints throughput and TTFT for both paths and their ratios (end-to-end / in-process).
 """
@@ -78,12 +78,21 @@ def run_inprocess(engine, tokenizer, texts: list[str], concurrency: int, max_tok
     return RunResult(wall=time.perf_counter() - start, requests=list(results.values()))
 
 
-def start_system(model_dir: Path, redis_url: str, port: int, threads: int, log: Path) -> list[subprocess.Popen[bytes]]:
-    env = {**os.environ, "QUEUECHAT_REDIS_URL": redis_url, "QUEUECHAT_KEY_PREFIX": f"bench{os.getpid()}"}
+def start_system(
+    model_dir: Path,
+    redis_url: str,
+    port: int,
+    threads: int,
+    log: Path,
+    stream_interval: int = 1,
+    extra_env: dict[str, str] | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "QUEUECHAT_REDIS_URL": redis_url, "QUEUECHAT_KEY_PREFIX": f"bench{os.getpid()}-{port}"}
+    env.update(extra_env or {})
     out = open(log, "wb")  # noqa: SIM115  # lives as long as the processes
     worker = subprocess.Popen(
         [sys.executable, "-m", "workers", "--model-path", str(model_dir), "--model-names", "bench",
-         "--num-threads", str(threads), "--log-level", "warning"],
+         "--num-threads", str(threads), "--stream-interval", str(stream_interval), "--log-level", "warning"],
         env=env, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     api = subprocess.Popen(
@@ -110,8 +119,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--waves", type=int, default=2, help="requests per round = waves x concurrency (at least 4)")
+    parser.add_argument("--stream-interval", type=int, default=1, help="the worker's --stream-interval")
     parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey")
+    parser.add_argument(
+        "--also-env",
+        metavar="KEY=VALUE",
+        nargs="+",
+        default=[],
+        help="also run a second API+Redis system whose worker and API get this environment (an A/B of a setting)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -135,35 +153,45 @@ def main() -> None:
         redis_url = server.url
     port = 18000 + os.getpid() % 1000
     log = Path(f"/tmp/queuechat-bench-{os.getpid()}.log")
-    procs = start_system(model_dir, redis_url, port, args.threads, log)
-    base = f"http://127.0.0.1:{port}"
+    procs = start_system(model_dir, redis_url, port, args.threads, log, args.stream_interval)
+    systems = {"API+Redis": f"http://127.0.0.1:{port}"}
+    if args.also_env:
+        extra = dict(item.split("=", 1) for item in args.also_env)
+        procs += start_system(model_dir, redis_url, port + 1, args.threads, log, args.stream_interval, extra)
+        systems["B"] = f"http://127.0.0.1:{port + 1}"
+        print(f"B: API+Redis with {' '.join(args.also_env)}")
     try:
         # warm both paths
         run_inprocess(engine, loaded.tokenizer, prompts(loaded.tokenizer, 2), 2, 8)
-        asyncio.run(run_load(base, "bench", prompts(loaded.tokenizer, 2), 2, 8))
+        for url in systems.values():
+            asyncio.run(run_load(url, "bench", prompts(loaded.tokenizer, 2), 2, 8))
         print(
             f"SmolLM2-135M-Instruct fp32, CPU, {args.threads} torch threads per engine, "
-            f"{args.max_tokens} max tokens, greedy, {args.rounds} alternating rounds; medians"
+            f"{args.max_tokens} max tokens, greedy, {args.rounds} alternating rounds, worker --stream-interval "
+            f"{args.stream_interval}; medians"
         )
         header = f"{'conc':>4} {'path':>10} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>6}"
         print(header)
         for conc in args.concurrency:
-            texts = prompts(loaded.tokenizer, max(conc * 2, 4))
-            inproc: list[RunResult] = []
-            e2e: list[RunResult] = []
+            texts = prompts(loaded.tokenizer, max(conc * args.waves, 4))
+            results: dict[str, list[RunResult]] = {"in-process": [], **{name: [] for name in systems}}
             for _ in range(args.rounds):
-                inproc.append(run_inprocess(engine, loaded.tokenizer, texts, conc, args.max_tokens))
-                e2e.append(asyncio.run(run_load(base, "bench", texts, conc, args.max_tokens)))
+                results["in-process"].append(run_inprocess(engine, loaded.tokenizer, texts, conc, args.max_tokens))
+                for name, url in systems.items():
+                    results[name].append(asyncio.run(run_load(url, "bench", texts, conc, args.max_tokens)))
             rows = {}
-            for name, runs in (("in-process", inproc), ("API+Redis", e2e)):
+            for name, runs in results.items():
                 tps = statistics.median(r.tokens_per_s for r in runs)
                 p50 = statistics.median(r.ttft(0.5) for r in runs) * 1000
                 p99 = statistics.median(r.ttft(0.99) for r in runs) * 1000
                 errors = sum(r.errors for r in runs)
                 rows[name] = (tps, p50, p99)
                 print(f"{conc:>4} {name:>10} {tps:>8.1f} {p50:>12.1f} {p99:>12.1f} {errors:>6}")
-            (t_in, p50_in, _), (t_e2e, p50_e2e, _) = rows["in-process"], rows["API+Redis"]
-            print(f"{conc:>4} {'ratio':>10} {t_e2e / t_in:>8.3f}   added TTFT p50: {p50_e2e - p50_in:+.1f} ms")
+            t_in, p50_in, _ = rows["in-process"]
+            for name in systems:
+                t_e2e, p50_e2e, _ = rows[name]
+                label = "ratio" if name == "API+Redis" else f"ratio {name}"
+                print(f"{conc:>4} {label:>10} {t_e2e / t_in:>8.3f}   added TTFT p50: {p50_e2e - p50_in:+.1f} ms")
     finally:
         for p in procs:
             p.terminate()

@@ -245,6 +245,8 @@ class JobEvents:
             remaining = self.job.deadline - time.time()
             if remaining <= 0:
                 raise RequestTimedOut(f"job {self.job.id} passed its deadline")
+            if not self._queue.empty():  # under load the event is often there already: no timer to arm
+                return self._accept(self._queue.get_nowait())
             try:
                 wait = min(remaining, self._producer.settings.heartbeat_interval)
                 raw = await asyncio.wait_for(self._queue.get(), timeout=wait)

@@ -186,3 +186,27 @@ def test_default_kv_cache_sizing_serves_a_small_model(start_worker, start_api) -
     )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_stream_interval_packs_tokens_into_fewer_chunks_with_the_same_text(start_worker, start_api) -> None:  # type: ignore[no-untyped-def]
+    """--stream-interval 4: the first token goes at once, then chunks of 4 tokens; the text and usage are those of
+    a non-streaming answer."""
+    start_worker(stream_interval=4)
+    api = start_api()
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+    c = OpenAI(base_url=f"{api.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+    whole = c.completions.create(model="tiny", prompt="Hello there", max_tokens=17, temperature=0)
+    chunks = list(
+        c.completions.create(
+            model="tiny",
+            prompt="Hello there",
+            max_tokens=17,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text]
+    assert "".join(texts) == whole.choices[0].text
+    assert len(texts) <= 1 + 16 // 4 + 1  # the first token, full chunks of 4, and what the end releases
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 17

@@ -179,3 +179,20 @@ async def test_event_connection_recovers_after_being_killed(instant: Producer, s
                 await asyncio.sleep(0.05)
 
     assert await asyncio.wait_for(eventually(), timeout=10) == ["Accepted", "Delta", "Done"]
+
+
+def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(redis_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """More commands at once than the front server's pool has connections: they queue for a connection (the
+    plain pool raised "Too many connections" at once)."""
+    import broker.connection
+
+    monkeypatch.setattr(broker.connection, "MAX_CONNECTIONS", 2)
+
+    async def burst() -> list[object]:
+        client = async_client(redis_url)
+        try:  # each BLPOP holds its connection for 50 ms
+            return await asyncio.gather(*(client.blpop([f"qc-test-empty-{i}"], timeout=0.05) for i in range(12)))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(burst()) == [None] * 12

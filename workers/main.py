@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,13 @@ from typing import Annotated, Any
 import typer
 
 log = logging.getLogger(__name__)
+
+# The engine's thread holds the GIL while it runs Python between torch ops. The consume loop, woken by a Redis reply
+# or by the engine's output, must then wait for it, by default up to sys.getswitchinterval() = 5 ms, and a job's
+# first token crosses several such hops (read, admit, publish accepted, poll, publish). A shorter interval makes
+# the loop wait less; the engine thread loses little, its time being in torch kernels that release the GIL.
+# QUEUECHAT_SWITCH_INTERVAL overrides it (seconds), for measuring.
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -37,6 +45,7 @@ class WorkerOptions:
     drain_timeout: float = 30.0
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
+    stream_interval: int = 1
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -63,6 +72,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
     if not settings.redis_url:
         raise typer.BadParameter("a worker needs --redis-url (or QUEUECHAT_REDIS_URL)")
     set_threads(options.num_threads)
+    sys.setswitchinterval(float(os.environ.get("QUEUECHAT_SWITCH_INTERVAL", GIL_SWITCH_INTERVAL)))
     chat_template = load_chat_template(options.conv_template)
     model_path = options.model_path
     if model_path is None:
@@ -132,6 +142,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
         chat_template=chat_template,
         drain_timeout=options.drain_timeout,
         embedder=embedder,
+        stream_interval=options.stream_interval,
     )
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics
@@ -188,6 +199,9 @@ def worker_command(
         int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port (default: off)")
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint")] = "0.0.0.0",
+    stream_interval: Annotated[
+        int, typer.Option(min=1, help="Publish a sequence's tokens every N tokens (its first and last at once)")
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
@@ -217,6 +231,7 @@ def worker_command(
         drain_timeout=settings.drain_timeout if drain_timeout is None else drain_timeout,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        stream_interval=stream_interval,
     )
     serve(options, settings)
 

@@ -124,6 +124,22 @@ def split_seq_id(sid: str) -> tuple[str, int]:
     return job_id, int(index)
 
 
+def merge_updates(earlier: SeqUpdate, later: SeqUpdate) -> SeqUpdate:
+    """One update carrying both updates' tokens (and logprobs, when either has them)."""
+
+    def joined(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+        return None if a is None and b is None else (a or []) + (b or [])
+
+    return SeqUpdate(
+        seq_id=later.seq_id,
+        token_ids=earlier.token_ids + later.token_ids,
+        logprobs=joined(earlier.logprobs, later.logprobs),
+        top_logprobs=joined(earlier.top_logprobs, later.top_logprobs),
+        finished=later.finished,
+        error=later.error,
+    )
+
+
 class ModelWorker:
     def __init__(
         self,
@@ -137,6 +153,7 @@ class ModelWorker:
         chat_template: str | None = None,
         drain_timeout: float = 30.0,
         embedder: Embedder | None = None,
+        stream_interval: int = 1,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -147,6 +164,8 @@ class ModelWorker:
         self.chat_template = chat_template
         self.drain_timeout = drain_timeout
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
+        self.stream_interval = max(1, stream_interval)
+        self._held: dict[str, SeqUpdate] = {}  # seq id -> tokens waiting for --stream-interval
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
         self._texts = TokenTexts(tokenizer)  # token id -> its text and bytes, for logprobs
@@ -418,7 +437,28 @@ class ModelWorker:
             for t, lp, alternatives in zip(update.token_ids, chosen, tops, strict=False)
         ]
 
+    def _hold(self, updates: list[SeqUpdate]) -> list[SeqUpdate]:
+        """``--stream-interval N``: keep a sequence's tokens back until N have gathered, so each event carries
+        several tokens (fewer messages to publish, parse and send). A sequence's first tokens, its end and its
+        errors always go at once."""
+        if self.stream_interval <= 1:
+            return updates
+        ready = []
+        for update in updates:
+            held = self._held.pop(update.seq_id, None)
+            if held is not None:
+                update = merge_updates(held, update)
+            job_id, index = split_seq_id(update.seq_id)
+            running = self.jobs.get(job_id)
+            first = running is None or running.choices[index].tokens == 0
+            if first or update.finished or update.error or len(update.token_ids) >= self.stream_interval:
+                ready.append(update)
+            else:
+                self._held[update.seq_id] = update
+        return ready
+
     def _relay(self, updates: list[SeqUpdate]) -> None:
+        updates = self._hold(updates)
         if not updates:
             return
         events: list[tuple[str, AnyEvent]] = []
@@ -524,6 +564,7 @@ class ModelWorker:
 
     def _cancel_all(self, running: RunningJob) -> None:
         for index, choice in enumerate(running.choices):
+            self._held.pop(seq_id(running.job.id, index), None)
             if not choice.done:
                 self.engine.cancel(seq_id(running.job.id, index))
                 choice.done = True

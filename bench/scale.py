@@ -1,0 +1,182 @@
+"""Scaling figures with a tiny random Llama (2 layers, 64 wide: a step takes milliseconds, so the model is not
+what limits): one worker against two workers of one model, and one API process holding many open streams.
+
+    python -m bench.scale workers [--rounds 3] [--concurrency 32] [--requests 96] [--max-tokens 64]
+    python -m bench.scale streams [--streams 1000] [--max-tokens 16] [--stream-interval 1 4]
+
+``workers``: three workers, each with 1 torch thread, on one embedded Valkey and one API: one serves the model
+name ``solo``, two serve ``pair``. Rounds alternate between the names with the identical load, and the ratio of
+output tokens/s (pair / solo) is printed.
+
+``streams``: for each ``--stream-interval``, one worker (slots for every stream) and one API process; all the
+streams are opened at once and held until they end. Prints errors, the API's peak RSS (VmHWM), and its CPU time
+over the run (user + system, from /proc) divided by the output tokens it relayed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.loadgen import RunResult, run_load
+
+PROMPT = "<|im_start|>user\nWhat do workers read from Redis streams?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115  # lives as long as the process
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_models(base: str, names: set[str], procs: list[subprocess.Popen[bytes]], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            served = {m["id"] for m in httpx.get(f"{base}/v1/models", timeout=5).json()["data"]}
+            if names <= served:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.5)
+    raise SystemExit(f"{base} did not serve {names}")
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_args(model_dir: Path, names: str, slots: int, blocks: int, interval: int) -> list[str]:
+    return [
+        "workers", "--model-path", str(model_dir), "--model-names", names, "--device", "cpu", "--num-threads", "1",
+        "--limit-worker-concurrency", str(slots), "--num-blocks", str(blocks), "--page-size", "16",
+        "--stream-interval", str(interval), "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def bench_workers(args: argparse.Namespace, model_dir: Path, env: dict[str, str], logs: Path) -> None:
+    port = 18500 + os.getpid() % 500
+    base = f"http://127.0.0.1:{port}"
+    procs = [start(["api", "--port", str(port), "--log-level", "warning"], env, logs / "api.log")]
+    procs.append(start(worker_args(model_dir, "solo", 64, 1024, 1), env, logs / "solo.log"))
+    procs += [start(worker_args(model_dir, "pair", 64, 1024, 1), env, logs / f"pair{i}.log") for i in range(2)]
+    try:
+        wait_models(base, {"solo", "pair"}, procs)
+        time.sleep(3)  # both pair workers registered and reading
+        prompts = [PROMPT] * args.requests
+        for name in ("solo", "pair"):
+            asyncio.run(run_load(base, name, prompts[:8], 8, 8))
+        runs: dict[str, list[RunResult]] = {"solo": [], "pair": []}
+        for round_no in range(args.rounds):
+            for name in ("solo", "pair") if round_no % 2 == 0 else ("pair", "solo"):
+                runs[name].append(asyncio.run(run_load(base, name, prompts, args.concurrency, args.max_tokens)))
+        print(
+            f"tiny Llama, 1 torch thread per worker, {args.concurrency} concurrent streams, {args.requests} requests "
+            f"x {args.max_tokens} tokens per round, {args.rounds} alternating rounds, medians; {os.cpu_count()} cores"
+        )
+        tps = {}
+        for name, rs in runs.items():
+            tps[name] = statistics.median(r.tokens_per_s for r in rs)
+            errors = sum(r.errors for r in rs)
+            p50 = statistics.median(r.ttft(0.5) for r in rs) * 1000
+            print(f"{name:>5} workers={1 if name == 'solo' else 2} tok/s={tps[name]:8.1f} TTFT p50={p50:7.1f} ms "
+                  f"errors={errors}")  # fmt: skip
+        print(f"ratio two workers / one worker: {tps['pair'] / tps['solo']:.2f}")
+    finally:
+        stop(procs)
+
+
+def bench_streams(args: argparse.Namespace, model_dir: Path, env: dict[str, str], logs: Path) -> None:
+    print(
+        f"tiny Llama, one worker (1 torch thread, {args.streams} slots), one API process, {args.streams} streams "
+        f"opened at once, {args.max_tokens} tokens each"
+    )
+    for interval in args.stream_interval:
+        port = 19000 + os.getpid() % 500
+        base = f"http://127.0.0.1:{port}"
+        api = start(["api", "--port", str(port), "--log-level", "warning"], env, logs / "api.log")
+        blocks = args.streams * 4 + 64  # prompt (~20 tokens) + max tokens in pages of 16, with room to spare
+        worker = start(worker_args(model_dir, "tiny", args.streams, blocks, interval), env, logs / "worker.log")
+        try:
+            wait_models(base, {"tiny"}, [api, worker])
+            asyncio.run(run_load(base, "tiny", [PROMPT] * 8, 8, 4))
+            cpu_before = cpu_seconds(api.pid)
+            run = asyncio.run(run_load(base, "tiny", [PROMPT] * args.streams, args.streams, args.max_tokens))
+            cpu = cpu_seconds(api.pid) - cpu_before
+            errors = {r.error for r in run.requests if r.error}
+            per_token_us = cpu / max(run.output_tokens, 1) * 1e6
+            print(
+                f"stream-interval {interval}: streams={len(run.requests)} errors={run.errors} "
+                f"tokens={run.output_tokens} wall={run.wall:.1f}s TTFT p99={run.ttft(0.99):.2f}s "
+                f"API peak RSS={peak_rss_mib(api.pid):.0f} MiB, API CPU={cpu:.2f}s, {per_token_us:.0f} us/token"
+            )
+            for error in list(errors)[:3]:
+                print("   error:", error[:200])
+        finally:
+            stop([api, worker])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["workers", "streams"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: 64 (workers), 16 (streams)")
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--stream-interval", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+    args.max_tokens = args.max_tokens or (64 if args.what == "workers" else 16)
+
+    from broker.embedded import EmbeddedValkey
+    from tests.tiny_model import build_tiny_llama
+
+    with tempfile.TemporaryDirectory(prefix="queuechat-scale-") as tmp:
+        model_dir = build_tiny_llama(Path(tmp) / "tiny")
+        server = EmbeddedValkey()
+        server.start()
+        env = {**os.environ, "QUEUECHAT_REDIS_URL": server.url, "OMP_NUM_THREADS": "1"}
+        logs = Path(tmp)
+        try:
+            if args.what == "workers":
+                bench_workers(args, model_dir, env, logs)
+            else:
+                bench_streams(args, model_dir, env, logs)
+        except BaseException:
+            for log in logs.glob("*.log"):
+                print(f"--- {log.name}\n{log.read_text()[-2000:]}", file=sys.stderr)
+            raise
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

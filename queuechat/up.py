@@ -116,6 +116,7 @@ def up_command(
         typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
         if webui:
             typer.echo(f"queuechat: chat web UI on http://{host}:{port}/ui")
+        typer.echo(f"queuechat: watch queues and workers with: queuechat info -i 2 -u {url}")
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         failed = next(child for child in children if child.poll() is not None)

@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     install_cors(app, cors)
     app.add_middleware(RequestIdMiddleware)
     if webui:
-        from webui.app import mount_webui  # imports gradio, which an API-only process never needs
+        from webui.mount import mount_webui  # imports gradio, which an API-only process never needs
 
         auth = api_key_login(settings.api_keys) if settings.api_keys else None
         mount_webui(app, settings, path=WEBUI_PATH, auth=auth)

@@ -340,7 +340,7 @@ def test_standalone_server_asks_for_the_login_of_the_auth_file(settings: Setting
 async def test_model_list_modes(settings: Settings, mode: str, tmp_path: Path) -> None:
     """``once`` keeps the models seen at the first page load (the ↻ button still reads them afresh);
     ``reload`` reads the registry at every load."""
-    from webui.app import Backend
+    from webui.backend import Backend
     from webui.settings import WebUISettings
 
     backend = Backend(settings, WebUISettings(model_list_mode=mode, log_dir=tmp_path))  # type: ignore[arg-type]

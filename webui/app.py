@@ -1,4 +1,4 @@
-"""The Gradio Blocks: a Chat tab, a Compare tab, a status strip; and mounting them into the API app.
+"""The Gradio Blocks: a Chat tab, a Compare tab, a status strip (mounted into the API by :mod:`webui.mount`).
 
 Handlers are thin: they turn widget values into :mod:`webui.chat` calls and sessions back into widget values.
 Every reply is an async generator running in the server's event loop, and the only thing that draws the
@@ -10,10 +10,8 @@ that triggered it has finished, so a frame of the cancelled reply could land aft
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 # Before gradio is imported: no telemetry and no version check from any Blocks this process makes, so the UI
@@ -21,56 +19,15 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from fastapi import FastAPI
-from starlette.routing import Mount
 
-from broker.connection import async_client
-from broker.errors import BrokerUnavailable
-from broker.producer import Producer
-from broker.settings import Settings
+from webui.backend import Backend
 from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
-from webui.settings import WebUISettings
-from webui.status import live_models, status_line
-from webui.votes import VoteLog
+from webui.status import status_line
 
 # How long Clear waits for a running reply to notice it and wind down (it looks every STOP_POLL_SECONDS).
 STOP_WAIT_SECONDS = 10.0
 # Links under the page: the API page would advertise handlers that are not an API anyone should script.
 FOOTER_LINKS: list[Any] = ["gradio", "settings"]
-
-
-class Backend:
-    """What all handlers share: settings, the producer (made on first use, inside the server's event loop, where
-    its event-routing tasks must live), the vote log and the model list."""
-
-    def __init__(self, settings: Settings, ui: WebUISettings) -> None:
-        if not settings.redis_url:
-            raise ValueError("the web UI needs a Redis URL (--redis-url or QUEUECHAT_REDIS_URL)")
-        self.settings = settings
-        self.ui = ui
-        self.votes = VoteLog(ui.log_dir)
-        self._producer: Producer | None = None
-        self._models: list[str] | None = None
-
-    @property
-    def producer(self) -> Producer:
-        if self._producer is None:
-            assert self.settings.redis_url
-            self._producer = Producer(async_client(self.settings.redis_url), self.settings)
-        return self._producer
-
-    async def models(self, *, fresh: bool) -> list[str]:
-        """The live models. In ``once`` mode the first answer is kept for page loads; the ↻ button is fresh."""
-        if fresh or self.ui.model_list_mode == "reload" or not self._models:  # an empty list is worth a retry
-            try:
-                self._models = await live_models(self.producer)
-            except BrokerUnavailable:
-                return self._models or []
-        return self._models
-
-    async def close(self) -> None:
-        if self._producer is not None:
-            await self._producer.close()
 
 
 def chatbot_value(session: ChatSession) -> list[dict[str, Any]]:
@@ -415,43 +372,3 @@ def build_blocks(backend: Backend) -> gr.Blocks:
 
     demo.queue(default_concurrency_limit=ui.concurrency_count, api_open=False)
     return demo
-
-
-def mount_webui(
-    app: FastAPI,
-    settings: Settings,
-    ui: WebUISettings | None = None,
-    path: str = "/ui",
-    auth: Callable[[str, str], bool] | None = None,
-) -> FastAPI:
-    """Serve the web UI under ``path`` of an existing app (``queuechat up`` mounts it into the API); ``auth``
-    puts Gradio's login page in front of it."""
-    backend = Backend(settings, ui or WebUISettings())
-    gr.mount_gradio_app(app, build_blocks(backend), path=path, footer_links=FOOTER_LINKS, ssr_mode=False, auth=auth)
-    (mounted,) = [r for r in app.routes if isinstance(r, Mount) and r.path == path]
-    outer = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
-        async with outer(app_) as state:
-            watcher = asyncio.create_task(_end_heartbeats_on_exit(mounted.app))
-            try:
-                yield state
-            finally:
-                watcher.cancel()
-                await backend.close()
-
-    app.router.lifespan_context = lifespan
-    return app
-
-
-async def _end_heartbeats_on_exit(gradio_app: Any) -> None:
-    """Every open page holds a heartbeat stream that Gradio ends only when its own ``launch()`` server stops.
-    Mounted, nothing tells it, and uvicorn would wait out its whole graceful-shutdown timeout for those streams
-    (the API's is the drain timeout) before stopping. sse-starlette, which the API uses anyway, records uvicorn's
-    exit signal in its public ``AppStatus``."""
-    from sse_starlette.sse import AppStatus
-
-    while not AppStatus.should_exit:
-        await asyncio.sleep(0.2)
-    gradio_app.stop_event.set()

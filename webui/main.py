@@ -50,7 +50,8 @@ def webui_command(
     """Serve the chat web UI (Chat and Compare tabs) in front of the Redis job streams."""
     from broker.logs import configure_logging
     from broker.settings import Settings
-    from webui.app import FOOTER_LINKS, Backend, build_blocks
+    from webui.app import FOOTER_LINKS, build_blocks
+    from webui.backend import Backend
     from webui.settings import WebUISettings
 
     configure_logging(log_level)

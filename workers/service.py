@@ -13,7 +13,6 @@ import math
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -29,14 +28,15 @@ from broker.schemas import (
     Job,
     JobKind,
     TokenLogprob,
-    TopLogprob,
     Usage,
 )
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
+from workers.processors import json_grammar
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
+from workers.running import Choice, RunningJob, merge_updates, seq_id, split_seq_id
 from workers.textstream import TextStream
-from workers.token_text import TokenTexts
+from workers.token_text import TokenLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -51,59 +51,8 @@ class Embedder(Protocol):
         ...
 
 
-@dataclass
-class Choice:
-    text: TextStream
-    tokens: int = 0
-    done: bool = False
-
-
-@dataclass
-class RunningJob:
-    delivery: Delivery
-    prompt_tokens: int
-    choices: list[Choice]
-    started: float = field(default_factory=time.time)
-    seq: int = 0
-    first_token_at: float | None = None
-    failed: bool = False
-    expired: bool = False
-    prompt_logprobs: list[TokenLogprob] | None = None
-
-    @property
-    def job(self) -> Job:
-        return self.delivery.job
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq - 1
-
-    @property
-    def finished(self) -> bool:
-        return all(c.done for c in self.choices)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.tokens for c in self.choices)
-
-
 # Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
 MAX_PROMPT_LOGPROBS_TOKENS = 4096
-
-
-def json_grammar(schema: dict[str, Any]) -> str:
-    """The llguidance grammar for JSON output following ``schema`` (JSON mode is the schema ``{"type": "object"}``)."""
-    import llguidance
-
-    try:
-        # Compact JSON: with free whitespace a model can pad forever without ever closing the object.
-        grammar = str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False}))
-        problem = llguidance.LLMatcher.validate_grammar(grammar)
-    except Exception as exc:  # llguidance reports some bad schemas by raising
-        problem = str(exc)
-    if problem:
-        raise PromptError(f"the JSON schema cannot be used: {problem}", param="response_format")
-    return grammar
 
 
 def engine_error(seq: int, exc: BaseException | None = None, message: str | None = None) -> Error:
@@ -113,31 +62,6 @@ def engine_error(seq: int, exc: BaseException | None = None, message: str | None
     if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
         return Error(seq=seq, code="out_of_memory", message=f"the worker ran out of memory: {text}", status=503)
     return Error(seq=seq, code="engine_error", message=text, status=500)
-
-
-def seq_id(job_id: str, index: int) -> str:
-    return f"{job_id}/{index}"
-
-
-def split_seq_id(sid: str) -> tuple[str, int]:
-    job_id, _, index = sid.rpartition("/")
-    return job_id, int(index)
-
-
-def merge_updates(earlier: SeqUpdate, later: SeqUpdate) -> SeqUpdate:
-    """One update carrying both updates' tokens (and logprobs, when either has them)."""
-
-    def joined(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
-        return None if a is None and b is None else (a or []) + (b or [])
-
-    return SeqUpdate(
-        seq_id=later.seq_id,
-        token_ids=earlier.token_ids + later.token_ids,
-        logprobs=joined(earlier.logprobs, later.logprobs),
-        top_logprobs=joined(earlier.top_logprobs, later.top_logprobs),
-        finished=later.finished,
-        error=later.error,
-    )
 
 
 class ModelWorker:
@@ -168,7 +92,7 @@ class ModelWorker:
         self._held: dict[str, SeqUpdate] = {}  # seq id -> tokens waiting for --stream-interval
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
-        self._texts = TokenTexts(tokenizer)  # token id -> its text and bytes, for logprobs
+        self._logprobs = TokenLogprobs(tokenizer)
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
@@ -416,26 +340,7 @@ class ModelWorker:
                 f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
                 param="echo",
             )
-        scored = self.engine.prompt_logprobs(prompt_ids, top)
-        return [self._token_logprob(t, lp, top) for t, (lp, top) in zip(prompt_ids, scored, strict=True)]
-
-    def _token_logprob(
-        self, token_id: int, logprob: float | None, alternatives: list[tuple[int, float]]
-    ) -> TokenLogprob:
-        text, raw = self._texts(token_id)
-        top = []
-        for alternative, alternative_logprob in alternatives:
-            alt_text, alt_raw = self._texts(alternative)
-            top.append(TopLogprob(token=alt_text, logprob=alternative_logprob, bytes=alt_raw))
-        return TokenLogprob(token=text, logprob=logprob, bytes=raw, top_logprobs=top)
-
-    def _logprobs_of(self, update: SeqUpdate) -> list[TokenLogprob]:
-        chosen = update.logprobs or []
-        tops = update.top_logprobs or [[] for _ in update.token_ids]
-        return [
-            self._token_logprob(t, lp, alternatives)
-            for t, lp, alternatives in zip(update.token_ids, chosen, tops, strict=False)
-        ]
+        return self._logprobs.of_prompt(prompt_ids, self.engine.prompt_logprobs(prompt_ids, top))
 
     def _hold(self, updates: list[SeqUpdate]) -> list[SeqUpdate]:
         """``--stream-interval N``: keep a sequence's tokens back until N have gathered, so each event carries
@@ -488,7 +393,7 @@ class ModelWorker:
             if finished:
                 text += choice.text.flush()
             if text or update.token_ids:
-                logprobs = self._logprobs_of(update) if running.job.params.logprobs else None
+                logprobs = self._logprobs.of_update(update) if running.job.params.logprobs else None
                 if logprobs and finished and choice.text.ended_by_token:
                     logprobs = logprobs[:-1]  # the end-of-sequence token is not part of the answer
                 events.append(

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from broker.schemas import TokenLogprob, TopLogprob
+from workers.engine import SeqUpdate
+
 BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # SentencePiece's byte tokens
 
 
@@ -45,3 +48,30 @@ class TokenTexts:
                 text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
             cached = self._cache[token_id] = (text, list(raw))
         return cached
+
+
+class TokenLogprobs:
+    """Logprobs as the protocol carries them: each token's text and bytes beside its logprob and alternatives."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._texts = TokenTexts(tokenizer)
+
+    def entry(self, token_id: int, logprob: float | None, alternatives: list[tuple[int, float]]) -> TokenLogprob:
+        text, raw = self._texts(token_id)
+        top = []
+        for alternative, alternative_logprob in alternatives:
+            alt_text, alt_raw = self._texts(alternative)
+            top.append(TopLogprob(token=alt_text, logprob=alternative_logprob, bytes=alt_raw))
+        return TokenLogprob(token=text, logprob=logprob, bytes=raw, top_logprobs=top)
+
+    def of_update(self, update: SeqUpdate) -> list[TokenLogprob]:
+        chosen = update.logprobs or []
+        tops = update.top_logprobs or [[] for _ in update.token_ids]
+        return [
+            self.entry(t, lp, alternatives) for t, lp, alternatives in zip(update.token_ids, chosen, tops, strict=False)
+        ]
+
+    def of_prompt(
+        self, prompt_ids: list[int], scored: list[tuple[float | None, list[tuple[int, float]]]]
+    ) -> list[TokenLogprob]:
+        return [self.entry(t, lp, top) for t, (lp, top) in zip(prompt_ids, scored, strict=True)]

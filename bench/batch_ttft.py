@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from bench.common import redis_or_embedded
 from bench.loadgen import one_stream, quantile
 from bench.overhead import QUESTIONS
 
@@ -150,14 +151,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey")
     args = parser.parse_args()
 
-    from broker.embedded import EmbeddedValkey
-
-    server = None
-    redis_url = args.redis_url
-    if redis_url is None:
-        server = EmbeddedValkey()
-        server.start()
-        redis_url = server.url
+    redis_url, server = redis_or_embedded(args.redis_url)
     with tempfile.TemporaryDirectory(prefix="queuechat-bench-files-") as files:
         log = Path(f"/tmp/queuechat-bench-batch-{os.getpid()}.log")
         procs, base = start_system(args, redis_url, Path(files), log)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import redis_or_embedded
 from bench.loadgen import RunResult, run_load
 
 QUESTIONS = [
@@ -135,7 +136,6 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from broker.embedded import EmbeddedValkey
     from workers.default_model import default_model_dir
     from workers.engine import ContinuousBatchingEngine, EngineConfig
     from workers.loading import load_model
@@ -145,12 +145,7 @@ def main() -> None:
     model_dir = default_model_dir()
     loaded = load_model(model_dir, device="cpu")
     engine = ContinuousBatchingEngine(loaded.model, loaded.tokenizer, EngineConfig())
-    server = None
-    redis_url = args.redis_url
-    if redis_url is None:
-        server = EmbeddedValkey()
-        server.start()
-        redis_url = server.url
+    redis_url, server = redis_or_embedded(args.redis_url)
     port = 18000 + os.getpid() % 1000
     log = Path(f"/tmp/queuechat-bench-{os.getpid()}.log")
     procs = start_system(model_dir, redis_url, port, args.threads, log, args.stream_interval)

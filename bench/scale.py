@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
+from bench.common import wait_serving
 from bench.loadgen import RunResult, run_load
 
 PROMPT = "<|im_start|>user\nWhat do workers read from Redis streams?<|im_end|>\n<|im_start|>assistant\n"
@@ -38,18 +37,7 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def wait_models(base: str, names: set[str], procs: list[subprocess.Popen[bytes]], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            served = {m["id"] for m in httpx.get(f"{base}/v1/models", timeout=5).json()["data"]}
-            if names <= served:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.5)
-    raise SystemExit(f"{base} did not serve {names}")
+    wait_serving(base, names, procs, timeout)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

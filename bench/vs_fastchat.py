@@ -36,8 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
+from bench.common import redis_or_embedded, wait_serving
 from bench.loadgen import RunResult, run_load
 from bench.overhead import QUESTIONS
 
@@ -100,18 +99,7 @@ def free_port() -> int:
 
 
 def wait_for_model(base: str, procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            models = httpx.get(f"{base}/v1/models", timeout=5).json()["data"]
-            if any(m["id"] == MODEL_NAME for m in models):
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(1)
-    raise SystemExit(f"{base} did not come up; see {log}")
+    wait_serving(base, {MODEL_NAME}, procs, timeout, hint=f"; see {log}")
 
 
 def start_fastchat(model_dir: Path, threads: int, dtype: str, log: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
@@ -195,14 +183,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    server = None
-    redis_url = args.redis_url
-    if redis_url is None:
-        from broker.embedded import EmbeddedValkey
-
-        server = EmbeddedValkey()
-        server.start()
-        redis_url = server.url
+    redis_url, server = redis_or_embedded(args.redis_url)
     logs = Path(f"/tmp/queuechat-vs-fastchat-{os.getpid()}")
     logs.mkdir(exist_ok=True)
     fc_base, fc_procs = start_fastchat(model_dir, args.threads, args.dtype, logs / "fastchat.log")

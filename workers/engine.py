@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 import torch
 
-from workers import processors, seeded
+from workers import processors, sampling
 
 log = logging.getLogger(__name__)
 
-# Below this temperature the manager's probabilities turn NaN; such requests are greedy.
+# Below this temperature logits divided by it overflow and the probabilities turn NaN; such requests are greedy.
 GREEDY_TEMPERATURE = 1e-5
 # On CPU the cache is attended through a dense mask as wide as the cache: 32k tokens x 512 batch tokens = 64 MiB.
 CPU_MAX_CACHE_TOKENS = 32_768
@@ -133,7 +133,6 @@ class ContinuousBatchingEngine:
         self.num_blocks = num_blocks
         # A request longer than the whole cache kills the manager's loop for everyone: refuse it up front.
         self.max_model_len = min(int(positions), num_blocks * config.page_size)
-        self._vocab = int(model.config.get_text_config().vocab_size)
         self._lock = threading.Lock()
         self._sent: dict[str, int] = {}  # seq id -> tokens already reported
         self._recorded: set[str] = set()  # seq ids whose logprobs come from our recorder
@@ -164,13 +163,10 @@ class ContinuousBatchingEngine:
             seed=self.config.seed,
             allow_block_sharing=False,
         )
-        # The per-request samplers exist only when the base config has non-default values; every request then
-        # passes its own temperature, top_p and top_k, so these base values never apply.
+        # The manager takes the argmax of what its logits processors leave; our sampler, last in the chain, draws
+        # the rows that sample (see workers/sampling.py), which is far cheaper than the manager's own warpers.
         gen_config = GenerationConfig(
-            do_sample=True,
-            temperature=0.5,
-            top_p=0.999,
-            top_k=self._vocab,
+            do_sample=False,
             eos_token_id=sorted(self.eos_token_ids) or None,
             max_new_tokens=256,
         )
@@ -178,7 +174,7 @@ class ContinuousBatchingEngine:
             generation_config=gen_config, continuous_batching_config=cb_config
         )
         self._extras = processors.install(manager, self.tokenizer)
-        self._seeded = seeded.install(manager)
+        self._sampler = sampling.install(manager)
         manager.start()
         return manager
 
@@ -188,20 +184,22 @@ class ContinuousBatchingEngine:
             raise ValueError(f"{total} tokens exceed this engine's limit of {self.max_model_len}")
         self._check_loop()
         greedy = request.temperature <= GREEDY_TEMPERATURE
-        sampling: dict[str, Any] = {
-            "temperature": 1.0 if greedy else float(request.temperature),
-            "top_p": 1.0 if greedy else float(request.top_p),
-            "top_k": 1 if greedy else int(request.top_k or self._vocab),
-        }
-        if request.seed is not None and not greedy:
-            sampling[seeded.SEED_KWARG] = int(request.seed)
+        sampling_kwargs: dict[str, Any] = {sampling.TOP_K_KWARG: 1}  # top-k 1: greedy, left to the manager's argmax
+        if not greedy:
+            sampling_kwargs = {
+                sampling.TEMPERATURE_KWARG: float(request.temperature),
+                sampling.TOP_P_KWARG: float(request.top_p),
+                sampling.TOP_K_KWARG: int(request.top_k or 0),
+            }
+            if request.seed is not None:
+                sampling_kwargs[sampling.SEED_KWARG] = int(request.seed)
         if request.logprobs is not None:
-            sampling[processors.LOGPROBS_KWARG] = int(request.logprobs)
+            sampling_kwargs[processors.LOGPROBS_KWARG] = int(request.logprobs)
         if request.penalties is not None and request.penalties != (1.0, 0.0, 0.0):
-            sampling[processors.PENALTIES_KWARG] = tuple(float(p) for p in request.penalties)
+            sampling_kwargs[processors.PENALTIES_KWARG] = tuple(float(p) for p in request.penalties)
         if request.grammar is not None:
             self._extras.grammar.register(request.seq_id, request.grammar)
-            sampling[processors.GRAMMAR_KWARG] = request.grammar
+            sampling_kwargs[processors.GRAMMAR_KWARG] = request.grammar
         eos = sorted(self.eos_token_ids | set(request.stop_token_ids))
         with self._lock:
             self._sent[request.seq_id] = 0
@@ -213,7 +211,7 @@ class ContinuousBatchingEngine:
             max_new_tokens=request.max_new_tokens,
             streaming=True,
             eos_token_id=eos or None,
-            **sampling,
+            **sampling_kwargs,
         )
         if added is None:
             with self._lock:
@@ -243,7 +241,7 @@ class ContinuousBatchingEngine:
             self._release(seq_id)
 
     def _release(self, seq_id: str) -> None:
-        self._seeded.release(seq_id)
+        self._sampler.release(seq_id)
         self._extras.release(seq_id)
         self._recorded.discard(seq_id)
 

@@ -270,7 +270,7 @@ class Installed:
 
 def install(manager: Any, tokenizer: Any) -> Installed:
     """Put the processors at the head of a manager's chain, in this order: record logprobs of the raw logits,
-    apply penalties, mask by grammar; then the manager's temperature, top-k and top-p see only allowed tokens.
+    apply penalties, mask by grammar; then the sampler (workers/sampling.py, last) sees only allowed tokens.
     Call before ``manager.start()``."""
     installed = Installed(LogprobRecorder(), Penalties(), GrammarConstraint(tokenizer))
     processors = manager.logit_processor

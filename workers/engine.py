@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from workers import processors, sampling
+from workers import attention, processors, sampling
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class ContinuousBatchingEngine:
         self._sent: dict[str, int] = {}  # seq id -> tokens already reported
         self._recorded: set[str] = set()  # seq ids whose logprobs come from our recorder
         self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
+        if model.device.type == "cpu" and model.config._attn_implementation == "sdpa":
+            attention.install()  # decode steps attend per sequence, not across the whole batch
         self._manager = self._start_manager()
 
     @staticmethod

@@ -1,18 +1,48 @@
 """The batching engine against transformers' reference paths: its decode attention against ``sdpa`` with the
-manager's dense mask, and its greedy output, prompts of different lengths batched together, against
-``model.generate`` one prompt at a time."""
+manager's dense mask, and its greedy output (prompts of different lengths batched together; prompts that reuse a
+cached beginning) against ``model.generate`` one prompt at a time."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from workers.attention import decode_attention
 from workers.engine import ContinuousBatchingEngine, EngineConfig, GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def generate(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([tokenizer.encode(text)])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+    return list(out[0, ids.shape[1] :].tolist())
+
+
+def collect(engine: ContinuousBatchingEngine, expected: int) -> dict[str, list[int]]:
+    """Every sequence's tokens, once ``expected`` sequences have finished."""
+    got: dict[str, list[int]] = {}
+    finished = 0
+    deadline = time.monotonic() + 60
+    while finished < expected and time.monotonic() < deadline:
+        for update in engine.poll(timeout=0.05):
+            got.setdefault(update.seq_id, []).extend(update.token_ids)
+            finished += update.finished
+    assert finished == expected, f"only {finished} of {expected} sequences finished"
+    return got
 
 
 def test_decode_attention_matches_sdpa_with_the_dense_mask() -> None:
@@ -34,29 +64,43 @@ def test_decode_attention_matches_sdpa_with_the_dense_mask() -> None:
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_batched_greedy_output_matches_generate(tiny_model_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+def test_batched_greedy_output_matches_generate(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
     prompts = ["a", "the queue holds jobs", "workers read streams and publish tokens to the API", "x y"]
-    expected = []
-    with torch.inference_mode():
-        for text in prompts:
-            ids = torch.tensor([tokenizer.encode(text)])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-            expected.append(out[0, ids.shape[1] :].tolist())
     engine = ContinuousBatchingEngine(model, tokenizer, EngineConfig(slots=8, num_blocks=64))
     try:
-        got: dict[str, list[int]] = {}
         for i, text in enumerate(prompts):
             engine.add(GenerationRequest(f"s{i}", tokenizer.encode(text), max_new_tokens=12, temperature=0.0))
-            got[f"s{i}"] = []
-        finished = 0
-        for _ in range(2000):
-            for update in engine.poll(timeout=0.05):
-                got[update.seq_id] += update.token_ids
-                finished += update.finished
-            if finished == len(prompts):
-                break
+        got = collect(engine, len(prompts))
     finally:
         engine.close()
-    assert [got[f"s{i}"] for i in range(len(prompts))] == expected
+    assert [got[f"s{i}"] for i in range(len(prompts))] == [generate(model, tokenizer, p, 12) for p in prompts]
+
+
+def test_prompts_sharing_a_cached_beginning_answer_as_alone(tiny: tuple[Any, Any]) -> None:
+    """Prefix caching: a prompt whose beginning an earlier request left in the cache reuses those blocks (seen at
+    the cache) and still answers token for token as ``generate`` does."""
+    model, tokenizer = tiny
+    system = "You are a careful assistant who answers briefly. " * 3
+    prompts = [system + "first question", system + "second one", system + "and a third"]
+    assert len(tokenizer.encode(system)) >= 2 * 16  # two whole blocks of the default page size in common
+    engine = ContinuousBatchingEngine(model, tokenizer, EngineConfig(slots=4, num_blocks=64))
+    matched: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while getattr(engine._manager, "batch_processor", None) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the manager's thread creates it as it starts
+        cache = engine._manager.batch_processor.cache
+        search = cache.search_prefix_match
+
+        def counting(request_id: str, ids: list[int]) -> int:
+            matched.append(search(request_id, ids))
+            return matched[-1]
+
+        cache.search_prefix_match = counting
+        for i, text in enumerate(prompts):  # one after the other, so each finds the blocks of those before
+            engine.add(GenerationRequest(f"p{i}", tokenizer.encode(text), max_new_tokens=10, temperature=0.0))
+            assert collect(engine, 1)[f"p{i}"] == generate(model, tokenizer, text, 10)
+    finally:
+        engine.close()
+    assert matched[0] == 0 and min(matched[1:]) >= 32  # the later prompts were not prefilled from their start

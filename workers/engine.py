@@ -98,6 +98,7 @@ class EngineConfig:
     kv_cache_gib: float = 1.0
     max_batch_tokens: int = 512
     seed: int | None = None
+    prefix_caching: bool = True
 
 
 def kv_bytes_per_token(model: Any) -> int:
@@ -163,7 +164,9 @@ class ContinuousBatchingEngine:
             per_request_processors=True,
             return_logprobs=False,  # logprobs come from our own recorder, only for requests that ask
             seed=self.config.seed,
-            allow_block_sharing=False,
+            # Prompts that begin alike (a chat template's system prompt) share the KV blocks of what they have in
+            # common, kept after their requests end until the cache needs the room: a prefill computes the rest only.
+            allow_block_sharing=self.config.prefix_caching,
         )
         # The manager takes the argmax of what its logits processors leave; our sampler, last in the chain, draws
         # the rows that sample (see workers/sampling.py), which is far cheaper than the manager's own warpers.

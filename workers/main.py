@@ -46,6 +46,7 @@ class WorkerOptions:
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     stream_interval: int = 1
+    prefix_caching: bool = True
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -104,6 +105,7 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
                 kv_cache_gib=options.kv_cache_gib,
                 max_batch_tokens=options.max_batch_tokens,
                 seed=options.seed,
+                prefix_caching=options.prefix_caching,
             ),
         )
         tokenizer, device = loaded.tokenizer, loaded.device
@@ -202,6 +204,13 @@ def worker_command(
     stream_interval: Annotated[
         int, typer.Option(min=1, help="Publish a sequence's tokens every N tokens (its first and last at once)")
     ] = 1,
+    prefix_caching: Annotated[
+        bool,
+        typer.Option(
+            "--prefix-caching/--no-prefix-caching",
+            help="Prompts that begin alike share the KV cache blocks of their common beginning",
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
@@ -232,6 +241,7 @@ def worker_command(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         stream_interval=stream_interval,
+        prefix_caching=prefix_caching,
     )
     serve(options, settings)
 

@@ -1,12 +1,15 @@
-"""Scaling figures with a tiny random Llama (2 layers, 64 wide: a step takes milliseconds, so the model is not
-what limits): one worker against two workers of one model, and one API process holding many open streams.
+"""Scaling figures: one worker against two workers of one model, and one API process holding many open streams.
 
-    python -m bench.scale workers [--rounds 3] [--concurrency 32] [--requests 96] [--max-tokens 64]
+    python -m bench.scale workers [--model tiny|smollm2] [--slots 64] [--rounds 3] [--concurrency 32]
+                                  [--requests 96] [--max-tokens 64]
     python -m bench.scale streams [--streams 1000] [--max-tokens 16] [--stream-interval 1 4]
 
-``workers``: three workers, each with 1 torch thread, on one embedded Valkey and one API: one serves the model
-name ``solo``, two serve ``pair``. Rounds alternate between the names with the identical load, and the ratio of
-output tokens/s (pair / solo) is printed.
+``workers``: three workers, each with 1 torch thread and ``--slots`` sequences at most, on one embedded Valkey
+and one API: one serves the model name ``solo``, two serve ``pair``. Rounds alternate between the names with the
+identical load, and the ratio of output tokens/s (pair / solo) is printed. With the tiny random Llama (2 layers,
+64 wide) a step takes a millisecond, so the API's relaying, not the workers, is what limits on a small machine;
+with SmolLM2-135M each worker needs a core of its own, and slots below the offered concurrency give both
+systems the same batch per worker, so the ratio is the capacity a second worker adds.
 
 ``streams``: for each ``--stream-interval``, one worker (slots for every stream) and one API process; all the
 streams are opened at once and held until they end. Prints errors, the API's peak RSS (VmHWM), and its CPU time
@@ -28,6 +31,11 @@ from pathlib import Path
 from bench.common import wait_serving
 from bench.loadgen import RunResult, run_load
 
+MODELS = {
+    "tiny": "tiny random Llama (2 layers, 64 wide)",
+    "small": "small random Llama (6 layers, 384 wide)",
+    "smollm2": "SmolLM2-135M-Instruct fp32",
+}
 PROMPT = "<|im_start|>user\nWhat do workers read from Redis streams?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -62,11 +70,11 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def worker_args(model_dir: Path, names: str, slots: int, blocks: int, interval: int) -> list[str]:
+def worker_args(model_dir: Path, names: str, slots: int, blocks: int | None, interval: int) -> list[str]:
     return [
         "workers", "--model-path", str(model_dir), "--model-names", names, "--device", "cpu", "--num-threads", "1",
-        "--limit-worker-concurrency", str(slots), "--num-blocks", str(blocks), "--page-size", "16",
-        "--stream-interval", str(interval), "--log-level", "warning",
+        "--limit-worker-concurrency", str(slots), *(["--num-blocks", str(blocks)] if blocks else []),
+        "--page-size", "16", "--stream-interval", str(interval), "--log-level", "warning",
     ]  # fmt: skip
 
 
@@ -74,32 +82,57 @@ def bench_workers(args: argparse.Namespace, model_dir: Path, env: dict[str, str]
     port = 18500 + os.getpid() % 500
     base = f"http://127.0.0.1:{port}"
     procs = [start(["api", "--port", str(port), "--log-level", "warning"], env, logs / "api.log")]
-    procs.append(start(worker_args(model_dir, "solo", 64, 1024, 1), env, logs / "solo.log"))
-    procs += [start(worker_args(model_dir, "pair", 64, 1024, 1), env, logs / f"pair{i}.log") for i in range(2)]
+    blocks = None if args.model == "smollm2" else 1024  # SmolLM2: the worker sizes its cache itself
+    interval = args.stream_interval[0]
+    procs.append(start(worker_args(model_dir, "solo", args.slots, blocks, interval), env, logs / "solo.log"))
+    procs += [
+        start(worker_args(model_dir, "pair", args.slots, blocks, interval), env, logs / f"pair{i}.log")
+        for i in range(2)
+    ]
     try:
         wait_models(base, {"solo", "pair"}, procs)
         time.sleep(3)  # both pair workers registered and reading
-        prompts = [PROMPT] * args.requests
+        prompts = smollm2_prompts(model_dir, args.requests) if args.model == "smollm2" else [PROMPT] * args.requests
         for name in ("solo", "pair"):
             asyncio.run(run_load(base, name, prompts[:8], 8, 8))
         runs: dict[str, list[RunResult]] = {"solo": [], "pair": []}
+        cores: dict[str, list[float]] = {"solo": [], "pair": []}  # the serving workers' CPU seconds per second
+        serving = {"solo": procs[1:2], "pair": procs[2:]}
         for round_no in range(args.rounds):
             for name in ("solo", "pair") if round_no % 2 == 0 else ("pair", "solo"):
-                runs[name].append(asyncio.run(run_load(base, name, prompts, args.concurrency, args.max_tokens)))
+                before = sum(cpu_seconds(p.pid) for p in serving[name])
+                run = asyncio.run(run_load(base, name, prompts, args.concurrency, args.max_tokens))
+                cores[name].append((sum(cpu_seconds(p.pid) for p in serving[name]) - before) / run.wall)
+                runs[name].append(run)
         print(
-            f"tiny Llama, 1 torch thread per worker, {args.concurrency} concurrent streams, {args.requests} requests "
-            f"x {args.max_tokens} tokens per round, {args.rounds} alternating rounds, medians; {os.cpu_count()} cores"
+            f"{MODELS[args.model]}, 1 torch thread, {args.slots} slots and --stream-interval {interval} per "
+            f"worker, {args.concurrency} concurrent streams, {args.requests} requests x "
+            f"{args.max_tokens} tokens per round, {args.rounds} alternating rounds, medians; {os.cpu_count()} cores"
         )
         tps = {}
         for name, rs in runs.items():
             tps[name] = statistics.median(r.tokens_per_s for r in rs)
             errors = sum(r.errors for r in rs)
             p50 = statistics.median(r.ttft(0.5) for r in rs) * 1000
-            print(f"{name:>5} workers={1 if name == 'solo' else 2} tok/s={tps[name]:8.1f} TTFT p50={p50:7.1f} ms "
-                  f"errors={errors}")  # fmt: skip
-        print(f"ratio two workers / one worker: {tps['pair'] / tps['solo']:.2f}")
+            used = statistics.median(cores[name])
+            print(
+                f"{name:>5} workers={1 if name == 'solo' else 2} tok/s={tps[name]:8.1f} TTFT p50={p50:7.1f} ms "
+                f"errors={errors} worker cores busy={used:.2f} tok/s per busy core={tps[name] / used:.1f}"
+            )
+        solo = statistics.median(cores["solo"])
+        ceiling = (os.cpu_count() or 1) / solo
+        print(f"ratio two workers / one worker: {tps['pair'] / tps['solo']:.2f} (one worker kept {solo:.2f} "
+              f"cores busy, so {os.cpu_count()} cores allow at most {ceiling:.2f})")  # fmt: skip
     finally:
         stop(procs)
+
+
+def smollm2_prompts(model_dir: Path, n: int) -> list[str]:
+    from transformers import AutoTokenizer
+
+    from bench.overhead import prompts
+
+    return prompts(AutoTokenizer.from_pretrained(str(model_dir)), n)
 
 
 def bench_streams(args: argparse.Namespace, model_dir: Path, env: dict[str, str], logs: Path) -> None:
@@ -135,6 +168,13 @@ def bench_streams(args: argparse.Namespace, model_dir: Path, env: dict[str, str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["workers", "streams"])
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "small", "smollm2"],
+        default="tiny",
+        help="workers: the model served (small: a random Llama of 6 layers, 384 wide, ~11M parameters)",
+    )
+    parser.add_argument("--slots", type=int, default=64, help="workers: sequences each worker runs at once")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=96)
@@ -148,7 +188,14 @@ def main() -> None:
     from tests.tiny_model import build_tiny_llama
 
     with tempfile.TemporaryDirectory(prefix="queuechat-scale-") as tmp:
-        model_dir = build_tiny_llama(Path(tmp) / "tiny")
+        if args.what == "workers" and args.model == "smollm2":
+            from workers.default_model import default_model_dir
+
+            model_dir = default_model_dir()
+        elif args.what == "workers" and args.model == "small":
+            model_dir = build_tiny_llama(Path(tmp) / "small", hidden_size=384, num_layers=6)
+        else:
+            model_dir = build_tiny_llama(Path(tmp) / "tiny")
         server = EmbeddedValkey()
         server.start()
         env = {**os.environ, "QUEUECHAT_REDIS_URL": server.url, "OMP_NUM_THREADS": "1"}

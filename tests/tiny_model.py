@@ -22,7 +22,10 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llama(out: Path, *, seed: int = 0, max_positions: int = 4096) -> Path:
+def build_tiny_llama(
+    out: Path, *, seed: int = 0, max_positions: int = 4096, hidden_size: int = 64, num_layers: int = 2
+) -> Path:
+    """The tests' model: 2 layers, 64 wide. Benchmarks build wider and deeper ones with the same tokenizer."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -44,9 +47,9 @@ def build_tiny_llama(out: Path, *, seed: int = 0, max_positions: int = 4096) -> 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=max_positions,

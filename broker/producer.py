@@ -41,6 +41,10 @@ EVENTS_CLIENT_NAME = "queuechat-events"
 # instead of three round trips per request). A job sent to a model whose last worker just died waits in its stream
 # for a worker until its deadline.
 LIVE_CACHE_SECONDS = 1.0
+# Past LIVE_CACHE_SECONDS and up to this age, a request is answered from the cache while a lookup in the background
+# renews it, so a steady trickle of requests (one a second: every one would find the cache just expired) never
+# waits for the registry; older than this, the lookup is made before answering.
+LIVE_CACHE_STALE_SECONDS = 5.0
 # Put in every job's queue when the event connection drops (never a valid event: events are JSON objects).
 CONNECTION_LOST = b""
 
@@ -337,6 +341,7 @@ class Producer:
         self.router = EventRouter(client)
         self._admit = client.register_script(ADMIT_SCRIPT)
         self._live_cache: tuple[float, dict[str, list[LiveWorker]]] = (0.0, {})
+        self._live_refresh: asyncio.Task[None] | None = None
 
     async def live_workers(self) -> list[LiveWorker]:
         try:
@@ -351,22 +356,31 @@ class Producer:
         """The live models, re-read at most once a second while ``model`` is among them. Only the positive answer
         is cached: a model missing from the cache is always looked up afresh before a 404 or 503."""
         at, live = self._live_cache
-        if model in live and time.monotonic() - at < LIVE_CACHE_SECONDS:
+        age = time.monotonic() - at
+        if model in live and age < LIVE_CACHE_SECONDS:
             return live
+        if model in live and age < LIVE_CACHE_STALE_SECONDS:
+            if self._live_refresh is None or self._live_refresh.done():
+                self._live_refresh = asyncio.create_task(self._refresh_live(), name="queuechat-live-workers")
+            return live
+        return await self._refresh_live_now()
+
+    async def _refresh_live_now(self) -> dict[str, list[LiveWorker]]:
         live = await self.live_models()
         self._live_cache = (time.monotonic(), live)
         return live
 
+    async def _refresh_live(self) -> None:
+        try:
+            await self._refresh_live_now()
+        except BrokerUnavailable as exc:  # the next request looks again; its own commands report the outage
+            log.debug("could not renew the live workers: %s", exc)
+
     async def check_model(self, model: str) -> None:
-        """Raise unless a live worker serves ``model`` and its queue has room."""
+        """Raise unless a live worker serves ``model``. (Whether its queue has room is checked as the job is
+        added, in the same script.)"""
         live = await self._live_models_cached(model)
         if model in live:
-            try:
-                backlog = await self.client.xlen(self.keys.jobs(model))
-            except (RedisError, OSError) as exc:
-                raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
-            if backlog >= self.settings.max_queue_len:
-                raise self._queue_full(model, backlog)
             return
         try:
             known = await self.client.exists(self.keys.jobs(model))
@@ -418,5 +432,9 @@ class Producer:
             return False
 
     async def close(self) -> None:
+        if self._live_refresh is not None:
+            self._live_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._live_refresh
         await self.router.close()
         await self.client.aclose()

@@ -93,7 +93,8 @@ def draw(logits: torch.Tensor, params: list[RowParams]) -> torch.Tensor:
         tokens[group] = (picked if ids is None else ids.gather(1, picked)).squeeze(1)
     for i, p in enumerate(params):
         if p.generator is not None:
-            probs, ids = row_distribution(logits[i : i + 1], [p.top_k], [p.top_p])
+            # drawn on the CPU, where the request's generator lives, so a seed means the same on any device
+            probs, ids = row_distribution(logits[i : i + 1].float().cpu(), [p.top_k], [p.top_p])
             picked = torch.multinomial(probs, 1, generator=p.generator)
             tokens[i] = (picked if ids is None else ids.gather(1, picked)).reshape(())
     return tokens

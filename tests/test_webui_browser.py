@@ -111,8 +111,16 @@ def set_max_tokens(page: Any, n: int) -> None:
     if not page.locator("#max-output-tokens").is_visible():
         accordion.locator(".label-wrap").click()
     box = page.locator("#max-output-tokens input[data-testid='number-input']")
-    box.fill(str(n))
-    box.press("Enter")
+    # On a busy machine the slider can still be mounting as the accordion opens, and set its initial value over
+    # what was typed: type again until the value holds, as a person would.
+    for _ in range(10):
+        box.fill(str(n))
+        box.press("Enter")
+        try:
+            expect(box).to_have_value(str(n), timeout=3_000)
+            break
+        except AssertionError:
+            continue
     expect(box).to_have_value(str(n))
 
 

@@ -5,7 +5,8 @@ input) doing the same number of tokens, in alternating rounds of one run.
     python -m bench.engine_floor [--rounds 3] [--concurrency 16] [--max-tokens 64] [--threads 2]
 
 The engine's rate can never pass the Linear layers' rate; the ratio says how much a perfect attention, sampler
-and scheduler could still gain (at most 1/ratio).
+and scheduler could still gain (at most 1/ratio). The engine's rate also carries the prompts' prefill and the steps
+in which fewer sequences remain (answers end at their own length): the run prints how full the batch was.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def main() -> None:
         linear_tokens_per_s(loaded.model, args.concurrency, 2)
         engine_rates, floor_rates = [], []
         for _ in range(args.rounds):
-            engine_rates.append(
-                run_inprocess(engine, loaded.tokenizer, texts, args.concurrency, args.max_tokens).tokens_per_s
-            )
+            run = run_inprocess(engine, loaded.tokenizer, texts, args.concurrency, args.max_tokens)
+            engine_rates.append(run.tokens_per_s)
             floor_rates.append(linear_tokens_per_s(loaded.model, args.concurrency, args.max_tokens // 2))
+        lengths = sorted(r.tokens for r in run.requests)
     finally:
         engine.close()
     print(
@@ -69,6 +70,9 @@ def main() -> None:
     ratio = statistics.median(e / f for e, f in zip(engine_rates, floor_rates, strict=True))
     print(f"median ratio engine / Linear layers alone: {ratio:.2f} (a perfect rest of the step gains at most "
           f"{1 / ratio:.2f}x)")  # fmt: skip
+    # the batch shrinks as answers end at their end-of-sequence token: the last steps run with few sequences
+    print(f"tokens per sequence (last round): min {lengths[0]}, median {statistics.median(lengths):.0f}, "
+          f"max {lengths[-1]}; mean batch occupancy {sum(lengths) / (lengths[-1] * len(lengths)):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

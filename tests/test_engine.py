@@ -64,8 +64,13 @@ def test_decode_attention_matches_sdpa_with_the_dense_mask() -> None:
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_batched_greedy_output_matches_generate(tiny: tuple[Any, Any]) -> None:
-    model, tokenizer = tiny
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_batched_greedy_output_matches_generate(tiny_model_dir: Path, attention: str) -> None:
+    """With ``eager`` (the manager's paged eager attention) the decode overrides, installed process-wide by any CPU
+    engine, must stay out of the way."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
     prompts = ["a", "the queue holds jobs", "workers read streams and publish tokens to the API", "x y"]
     engine = ContinuousBatchingEngine(model, tokenizer, EngineConfig(slots=8, num_blocks=64))
     try:

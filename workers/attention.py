@@ -60,7 +60,9 @@ def _fusable(cache: Any) -> bool:
     if fusable is None:
         config = cache.config
         fusable = cache._qc_fusable = (
-            all(isinstance(a, FullAttentionCacheAllocator) for a in cache.cache_allocators.values())
+            # the padded keys are for decode_attention alone: another attention function would misread them
+            getattr(config, "_attn_implementation", None) == "sdpa"
+            and all(isinstance(a, FullAttentionCacheAllocator) for a in cache.cache_allocators.values())
             and all(hasattr(a, "_kv_token_views") for a in cache.cache_allocators.values())
             and not getattr(config, "attn_logit_softcapping", None)
             and "sink" not in str(getattr(config, "model_type", ""))

@@ -13,55 +13,33 @@ import math
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
-from typing import Any, Protocol
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.registry import WorkerRegistration, WorkerStatus
-from broker.schemas import (
-    Accepted,
-    Delta,
-    Done,
-    Error,
-    FinishReason,
-    Job,
-    JobKind,
-    TokenLogprob,
-    Usage,
+from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, TokenLogprob, Usage
+from workers.admission import (
+    ANSWERED_AT_ADMISSION,
+    MAX_PROMPT_LOGPROBS_TOKENS,
+    AnyEvent,
+    Embedder,
+    answer_now,
+    engine_error,
+    generation_requests,
+    max_new_tokens,
+    prompt_ids_of,
 )
-from workers.engine import Engine, GenerationRequest, SeqUpdate
+from workers.engine import Engine, SeqUpdate
 from workers.metrics import WorkerMetrics
-from workers.processors import json_grammar
-from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
-from workers.running import Choice, RunningJob, merge_updates, seq_id, split_seq_id
+from workers.pacing import StreamInterval, TokenRate
+from workers.prompts import PromptError
+from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
 from workers.token_text import TokenLogprobs
 
 log = logging.getLogger(__name__)
-
-AnyEvent = Accepted | Delta | Done | Error
-# job kinds every worker answers while admitting them, without the engine
-ANSWERED_AT_ADMISSION = frozenset({JobKind.TOKENIZE, JobKind.EMBEDDING})
-
-
-class Embedder(Protocol):
-    def embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> tuple[list[str], int]:
-        """Base64 little-endian float32 vectors, one per input, and the tokens read; PromptError for bad input."""
-        ...
-
-
-# Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
-MAX_PROMPT_LOGPROBS_TOKENS = 4096
-
-
-def engine_error(seq: int, exc: BaseException | None = None, message: str | None = None) -> Error:
-    """The error event for a job the engine failed on. Out-of-memory is named as such (FastChat's 50002), since
-    the client's remedy differs: a shorter request, or a retry once the worker has room again."""
-    text = message if message is not None else f"{type(exc).__name__}: {exc}"
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
-        return Error(seq=seq, code="out_of_memory", message=f"the worker ran out of memory: {text}", status=503)
-    return Error(seq=seq, code="engine_error", message=text, status=500)
 
 
 class ModelWorker:
@@ -88,8 +66,7 @@ class ModelWorker:
         self.chat_template = chat_template
         self.drain_timeout = drain_timeout
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
-        self.stream_interval = max(1, stream_interval)
-        self._held: dict[str, SeqUpdate] = {}  # seq id -> tokens waiting for --stream-interval
+        self.stream_interval = StreamInterval(stream_interval)
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
@@ -98,7 +75,7 @@ class ModelWorker:
         self._stopped = threading.Event()
         self.totals: Counter[str] = Counter()
         self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
-        self._tokens_window: list[tuple[float, int]] = []
+        self.token_rate = TokenRate()
         # Reclaiming waits until this worker has seen the broker healthy for a whole heartbeat TTL: right after an
         # outage every heartbeat key may have expired, and live workers need that long to renew theirs.
         self._broker_ok_since = time.monotonic()
@@ -262,76 +239,21 @@ class ModelWorker:
         self.totals["failed"] += sum(c["failed"] for c in counters.values())
 
     def _answer_now(self, job: Job) -> list[AnyEvent]:
-        """Jobs that need no engine step: a token count, or the embeddings of an embeddings worker. Their events
-        are ``accepted`` then ``done``, published with the rest of the admission round trip."""
-        started = time.time()
-        vectors: list[str] | None = None
-        if job.kind == JobKind.TOKENIZE:
-            if job.messages is not None:
-                prompt_tokens = len(chat_prompt_ids(self.tokenizer, job.messages, self.chat_template))
-            else:
-                prompt_tokens = len(completion_prompt_ids(self.tokenizer, job.prompt or "", self.vocab_size))
-        elif job.kind == JobKind.EMBEDDING:
-            if self.embedder is None:
-                raise PromptError(f"model {job.model!r} generates text and does not serve embeddings", param="model")
-            vectors, prompt_tokens = self.embedder.embed(job.inputs or [], job.dimensions)
-        else:
-            raise PromptError(
-                f"model {job.model!r} is an embeddings model: it serves /v1/embeddings, not text generation",
-                param="model",
-            )
-        log.info(
-            "job %s model=%s %s wait=%.3fs tokens=%d duration=%.3fs",
-            job.id, job.model, job.kind.value, started - job.created, prompt_tokens, time.time() - started,
-        )  # fmt: skip
-        accepted = Accepted(seq=0, worker=self.consumer.consumer, attempt=job.attempt, prompt_tokens=prompt_tokens)
-        usage = Usage(prompt_tokens=prompt_tokens)
-        return [accepted, Done(seq=1, finish_reason=FinishReason.STOP, usage=usage, embeddings=vectors)]
+        worker = self.consumer.consumer
+        return answer_now(job, worker, self.tokenizer, self.chat_template, self.vocab_size, self.embedder)
 
     def _start(self, delivery: Delivery) -> RunningJob:
         job = delivery.job
-        if job.kind == JobKind.CHAT:
-            prompt_ids = chat_prompt_ids(self.tokenizer, job.messages or [], self.chat_template, job.tools)
-        else:
-            prompt_ids = completion_prompt_ids(self.tokenizer, job.prompt or "", self.vocab_size)
-        if not prompt_ids:
-            raise PromptError("the prompt is empty")
-        limit = self.engine.max_model_len
-        room = limit - len(prompt_ids)
-        wanted = job.params.max_tokens
-        if room < 1 or (wanted is not None and wanted > room):
-            raise PromptError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(prompt_ids) + (wanted or 1)} tokens ({len(prompt_ids)} in the messages, "
-                f"{wanted or 1} in the completion). Please reduce the length of the messages or completion.",
-                code="context_length_exceeded",
-                param="messages" if job.kind == JobKind.CHAT else "prompt",
-            )
+        prompt_ids = prompt_ids_of(job, self.tokenizer, self.chat_template, self.vocab_size)
+        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len)
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
-        defaults = self.engine.sampling_defaults
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
         if params.prompt_logprobs:
             running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
-        grammar = json_grammar(params.json_schema) if params.json_schema is not None else None
-        for index in range(params.n):
-            self.engine.add(
-                GenerationRequest(
-                    seq_id=seq_id(job.id, index),
-                    prompt_ids=prompt_ids,
-                    max_new_tokens=wanted or room,
-                    temperature=defaults.temperature if params.temperature is None else params.temperature,
-                    top_p=defaults.top_p if params.top_p is None else params.top_p,
-                    top_k=defaults.top_k if params.top_k is None else params.top_k,
-                    stop_token_ids=params.stop_token_ids,
-                    # each choice of a seeded request gets its own stream of randomness
-                    seed=None if params.seed is None else params.seed + index,
-                    logprobs=params.top_logprobs if params.logprobs else None,
-                    penalties=(params.repetition_penalty, params.presence_penalty, params.frequency_penalty),
-                    grammar=grammar,
-                )
-            )
+        for request in generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults):
+            self.engine.add(request)
         return running
 
     def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
@@ -342,28 +264,13 @@ class ModelWorker:
             )
         return self._logprobs.of_prompt(prompt_ids, self.engine.prompt_logprobs(prompt_ids, top))
 
-    def _hold(self, updates: list[SeqUpdate]) -> list[SeqUpdate]:
-        """``--stream-interval N``: keep a sequence's tokens back until N have gathered, so each event carries
-        several tokens (fewer messages to publish, parse and send). A sequence's first tokens, its end and its
-        errors always go at once."""
-        if self.stream_interval <= 1:
-            return updates
-        ready = []
-        for update in updates:
-            held = self._held.pop(update.seq_id, None)
-            if held is not None:
-                update = merge_updates(held, update)
-            job_id, index = split_seq_id(update.seq_id)
-            running = self.jobs.get(job_id)
-            first = running is None or running.choices[index].tokens == 0
-            if first or update.finished or update.error or len(update.token_ids) >= self.stream_interval:
-                ready.append(update)
-            else:
-                self._held[update.seq_id] = update
-        return ready
+    def _started(self, sid: str) -> bool:
+        job_id, index = split_seq_id(sid)
+        running = self.jobs.get(job_id)
+        return running is not None and running.choices[index].tokens > 0
 
     def _relay(self, updates: list[SeqUpdate]) -> None:
-        updates = self._hold(updates)
+        updates = self.stream_interval.ready(updates, self._started)
         if not updates:
             return
         events: list[tuple[str, AnyEvent]] = []
@@ -422,7 +329,7 @@ class ModelWorker:
                         ),
                     )
                 )
-        self._count_tokens(now, sum(len(u.token_ids) for u in updates))
+        self.token_rate.add(sum(len(u.token_ids) for u in updates), now)
         receivers = self.consumer.publish(events)
         gone = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == 0}
         self._finish(gone, late)
@@ -469,28 +376,21 @@ class ModelWorker:
 
     def _cancel_all(self, running: RunningJob) -> None:
         for index, choice in enumerate(running.choices):
-            self._held.pop(seq_id(running.job.id, index), None)
+            self.stream_interval.drop(seq_id(running.job.id, index))
             if not choice.done:
                 self.engine.cancel(seq_id(running.job.id, index))
                 choice.done = True
 
     # ------------------------------------------------------------------ heartbeat
 
-    def _count_tokens(self, now: float, n: int) -> None:
-        self._tokens_window.append((now, n))
-        while self._tokens_window and self._tokens_window[0][0] < now - 10:
-            self._tokens_window.pop(0)
-
     def status(self) -> WorkerStatus:
-        now = time.time()
-        window = [n for t, n in list(self._tokens_window) if t >= now - 10]
         running = len(self.jobs)
         state = "draining" if self.stopping.is_set() else ("busy" if running else "idle")
         return WorkerStatus(
             state=state,
             running=running,
             free_slots=max(self.engine.slots - running, 0),
-            tokens_per_s=round(sum(window) / 10, 2),
+            tokens_per_s=round(self.token_rate.per_second(), 2),
             completed=self.totals["completed"],
             failed=self.totals["failed"],
         )

@@ -28,7 +28,7 @@ PENALTIES_KWARG = "qc_penalties"  # tuple: (repetition, presence, frequency)
 GRAMMAR_KWARG = "qc_grammar"  # str: an llguidance grammar (JSON)
 
 
-class _Keyed(ContinuousBatchingLogitsProcessor):
+class KeyedProcessor(ContinuousBatchingLogitsProcessor):
     """The key-per-row bookkeeping every processor here shares. -1 marks a row the processor leaves alone."""
 
     supported_kwargs: dict[str, type] = {}
@@ -64,18 +64,21 @@ class _Keyed(ContinuousBatchingLogitsProcessor):
                 keys.append(-1 if payload is None else self._key_for(payload))
         return torch.tensor(keys, dtype=torch.int32)
 
-    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+    def take_payloads(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> list[tuple[int, Any]]:
+        """(row, payload) of this step's rows that have one."""
         keys = tensor_arg[: scores.size(0)].tolist()
         if max(keys, default=-1) < 0:
-            return scores
+            return []
         with self._lock:
-            payloads = [(row, self._payloads.pop(key, None)) for row, key in enumerate(keys) if key >= 0]
-        for row, payload in payloads:
-            if payload is not None:
-                try:
-                    self.apply(scores, row, payload)
-                except Exception:  # as above: one row's failure must not end the loop for all
-                    log.exception("%s skipped a row", type(self).__name__)
+            found = [(row, self._payloads.pop(key, None)) for row, key in enumerate(keys) if key >= 0]
+        return [(row, payload) for row, payload in found if payload is not None]
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        for row, payload in self.take_payloads(scores, tensor_arg):
+            try:
+                self.apply(scores, row, payload)
+            except Exception:  # as above: one row's failure must not end the loop for all
+                log.exception("%s skipped a row", type(self).__name__)
         return scores
 
     def apply(self, scores: torch.Tensor, row: int, payload: Any) -> None:
@@ -99,7 +102,7 @@ class StepLogprobs:
     top_logprobs: list[float]
 
 
-class LogprobRecorder(_Keyed):
+class LogprobRecorder(KeyedProcessor):
     """Records log-probabilities of the raw logits (as OpenAI and vLLM report them) for requests that ask, first
     in the chain so neither penalties nor temperature change them. The engine pairs record k with token k."""
 
@@ -142,7 +145,7 @@ class LogprobRecorder(_Keyed):
             self.records.pop(request_id, None)
 
 
-class Penalties(_Keyed):
+class Penalties(KeyedProcessor):
     """OpenAI's presence and frequency penalties (over generated tokens, subtracted from logits) and Hugging Face's
     multiplicative repetition penalty (over prompt and generated tokens)."""
 
@@ -179,7 +182,7 @@ class _Constrained:
     bitmask: Any = field(default=None)
 
 
-class GrammarConstraint(_Keyed):
+class GrammarConstraint(KeyedProcessor):
     """Masks every token the request's grammar does not allow next (llguidance). Each request's matcher follows
     the tokens the manager generated, which it reads from the request state at the next step."""
 
@@ -273,10 +276,18 @@ def install(manager: Any, tokenizer: Any) -> Installed:
     apply penalties, mask by grammar; then the sampler (workers/sampling.py, last) sees only allowed tokens.
     Call before ``manager.start()``."""
     installed = Installed(LogprobRecorder(), Penalties(), GrammarConstraint(tokenizer))
-    processors = manager.logit_processor
     for processor in reversed([installed.logprobs, installed.penalties, installed.grammar]):
-        processors.logits_processor.insert(0, processor)
-        processors.tensors_required += 1
-        processors.supported_keys.update(processor.supported_kwargs)
-    processors.do_processing = True
+        add_to_chain(manager, processor, first=True)
     return installed
+
+
+def add_to_chain(manager: Any, processor: ContinuousBatchingLogitsProcessor, *, first: bool = False) -> None:
+    """Put a per-request processor into a manager's chain (at its head, or its end); before ``manager.start()``."""
+    processors = manager.logit_processor
+    if first:
+        processors.logits_processor.insert(0, processor)
+    else:
+        processors.logits_processor.append(processor)
+    processors.tensors_required += 1
+    processors.supported_keys.update(processor.supported_kwargs)
+    processors.do_processing = True

@@ -18,12 +18,12 @@ manager's thread (``ContinuousBatchingConfig.seed``).
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
+
+from workers.processors import KeyedProcessor, add_to_chain
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ def draw(logits: torch.Tensor, params: list[RowParams]) -> torch.Tensor:
     return tokens
 
 
-class Sampler(ContinuousBatchingLogitsProcessor):
-    """The last processor of the chain: draws the token of every row that samples (see the module's docstring)."""
+class Sampler(KeyedProcessor):
+    """The last processor of the chain: draws the token of every row that samples (see the module's docstring).
+    A greedy row gets no payload (key -1) and is left to the manager's argmax."""
 
     supported_kwargs: dict[str, type] = {
         TEMPERATURE_KWARG: float,
@@ -109,38 +110,20 @@ class Sampler(ContinuousBatchingLogitsProcessor):
         TOP_K_KWARG: int,
         SEED_KWARG: int,
     }
-    ignored_kwargs: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next_key = 0
-        self._params: dict[int, RowParams] = {}  # a row's key -> its parameters, for one step
+        super().__init__()
         self._generators: dict[str, torch.Generator] = {}  # request id -> its own generator
 
-    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-        int32_tensor.fill_(-1)  # -1: a greedy row, left to the manager's argmax
-
-    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
-        keys = []
-        with self._lock:
-            for request in requests_with_new_token:
-                params = self._params_of(request.state.request_id, request.state.logit_processor_kwargs)
-                if params is None:
-                    keys.append(-1)
-                    continue
-                key = self._next_key
-                self._next_key = (self._next_key + 1) % 2**31
-                self._params[key] = params
-                keys.append(key)
-        return torch.tensor(keys, dtype=torch.int32)
-
-    def _params_of(self, request_id: str, kwargs: dict[str, Any]) -> RowParams | None:
+    def payload_of(self, request: Any) -> RowParams | None:
+        kwargs = request.state.logit_processor_kwargs
         top_k = int(kwargs.get(TOP_K_KWARG) or 0)
         if top_k == 1:
             return None
         generator = None
         seed = kwargs.get(SEED_KWARG)
-        if seed is not None:
+        if seed is not None:  # called under the processor's lock
+            request_id = str(request.state.request_id)
             generator = self._generators.get(request_id)
             if generator is None:
                 # Any integer maps into the generator's 64-bit seed space: raising here would kill the whole loop.
@@ -153,15 +136,11 @@ class Sampler(ContinuousBatchingLogitsProcessor):
         )
 
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        keys = tensor_arg[: scores.size(0)].tolist()
-        if max(keys, default=-1) < 0:
+        found = self.take_payloads(scores, tensor_arg)
+        if not found:
             return scores
-        with self._lock:
-            found = [(row, self._params.pop(key, None)) for row, key in enumerate(keys) if key >= 0]
-        rows = [row for row, params in found if params is not None]
-        params = [p for _, p in found if p is not None]
-        if not rows:
-            return scores
+        rows = [row for row, _ in found]
+        params = [p for _, p in found]
         try:
             index = torch.tensor(rows, device=scores.device)
             temperatures = torch.tensor([p.temperature for p in params], device=scores.device, dtype=scores.dtype)
@@ -185,9 +164,5 @@ def install(manager: Any) -> Sampler:
     if getattr(manager.generation_config, "do_sample", False):
         raise ValueError("the sampler needs a manager that takes the argmax (a generation config without do_sample)")
     sampler = Sampler()
-    processors = manager.logit_processor
-    processors.logits_processor.append(sampler)
-    processors.tensors_required += 1
-    processors.supported_keys.update(sampler.supported_kwargs)
-    processors.do_processing = True
+    add_to_chain(manager, sampler)
     return sampler

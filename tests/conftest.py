@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import torch
 import uvicorn
 
@@ -29,22 +28,13 @@ from tests.tiny_model import build_tiny_llama
 torch.set_num_threads(1)
 
 
-def _reachable(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """QUEUECHAT_TEST_REDIS_URL if set, else a Redis on 127.0.0.1:6379 if one answers, else an embedded Valkey."""
+    """QUEUECHAT_TEST_REDIS_URL if set, else a private embedded Valkey on a free port. Never a Redis that happens to
+    answer on 6379: one shared with other work made timing-sensitive tests fail under its load."""
     url = os.environ.get("QUEUECHAT_TEST_REDIS_URL")
     if url:
         yield url
-        return
-    if _reachable("redis://127.0.0.1:6379/0"):
-        yield "redis://127.0.0.1:6379/0"
         return
     with EmbeddedValkey() as server:
         yield server.url

@@ -1,21 +1,167 @@
-"""Redis clients with the timeouts the protocol relies on: a dead Redis must fail fast, never hang."""
+"""Redis clients with the timeouts the protocol relies on: a dead Redis must fail fast, never hang.
+
+A URL is either a plain Redis URL (``redis://``, ``rediss://``, ``unix://``) or a Sentinel URL, which names the
+sentinels and the monitored service instead of one server::
+
+    redis+sentinel://[[user]:password@]host1[:26379][,host2[:26379]...]/service[/db][?option=value...]
+    rediss+sentinel://...   (TLS to the sentinels and to the data nodes)
+
+The user and password are the data nodes'; ``sentinel_username`` / ``sentinel_password`` in the query are the
+sentinels' own (they default to none: sentinels usually have no ACL). Other query options (``ssl_ca_certs``, ...)
+go to every connection, as in redis-py's URLs. A Sentinel client asks the sentinels for the current primary
+whenever it connects, and a connection to a primary that was demoted fails and reconnects, so every process
+follows a failover without a restart; the retries with backoff that survive a Redis restart cover the gap.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.sentinel import Sentinel
 
 # Connecting to a dead Redis must give up quickly so front servers answer 503 at once.
 CONNECT_TIMEOUT = 1.0
 # Plain commands are sub-millisecond; anything this slow means Redis is in trouble.
 COMMAND_TIMEOUT = 5.0
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS
+DEFAULT_SENTINEL_PORT = 26379
+# Query options that are numbers or flags; the rest stay strings (paths, names).
+_INT_OPTIONS = {"socket_keepalive", "max_connections", "health_check_interval"}
+_FLOAT_OPTIONS = {"socket_timeout", "socket_connect_timeout"}
+
+
+class BadRedisUrl(ValueError):
+    """A Redis URL that cannot be used; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """What a ``redis+sentinel://`` URL says."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def node_kwargs(self) -> dict[str, Any]:
+        """Connection arguments of the data nodes (primary and replicas)."""
+        kwargs: dict[str, Any] = {"db": self.db, **self.options}
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password:
+            kwargs["password"] = self.password
+        if self.ssl:
+            kwargs["ssl"] = True
+        return kwargs
+
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """Connection arguments of the sentinels themselves."""
+        kwargs: dict[str, Any] = {
+            k: v for k, v in self.options.items() if k.startswith("ssl_") or k.startswith("socket_")
+        }
+        kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+        kwargs.setdefault("socket_timeout", CONNECT_TIMEOUT)
+        if self.sentinel_username:
+            kwargs["username"] = self.sentinel_username
+        if self.sentinel_password:
+            kwargs["password"] = self.sentinel_password
+        if self.ssl:
+            kwargs["ssl"] = True
+        return kwargs
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise BadRedisUrl(f"not a Sentinel URL (redis+sentinel://host:port[,host:port]/service[/db]): {url!r}")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts, userinfo = netloc, ""
+    username, colon, password = userinfo.partition(":")
+    sentinels = [_host_port(part, url) for part in hosts.split(",") if part.strip()]
+    if not sentinels:
+        raise BadRedisUrl(f"a Sentinel URL names at least one sentinel host: {url!r}")
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise BadRedisUrl(f"a Sentinel URL's path is /service or /service/db: {url!r}")
+    try:
+        db = int(parts[1]) if len(parts) == 2 else 0
+    except ValueError:
+        raise BadRedisUrl(f"the database in a Sentinel URL is a number: {url!r}") from None
+    options: dict[str, Any] = {}
+    sentinel_auth: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in ("sentinel_username", "sentinel_password"):
+            sentinel_auth[key] = value
+        elif key == "db":
+            db = int(value)
+        else:
+            options[key] = _option(key, value)
+    return SentinelUrl(
+        sentinels=sentinels,
+        service=unquote(parts[0]),
+        db=db,
+        username=unquote(username) or None,
+        password=unquote(password) if colon else None,
+        ssl=SENTINEL_SCHEMES[scheme.lower()],
+        sentinel_username=sentinel_auth.get("sentinel_username") or None,
+        sentinel_password=sentinel_auth.get("sentinel_password") or None,
+        options=options,
+    )
+
+
+def _host_port(part: str, url: str) -> tuple[str, int]:
+    part = part.strip()
+    if part.startswith("["):  # [::1]:26379
+        host, _, port = part[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+    try:
+        return host, int(port) if port else DEFAULT_SENTINEL_PORT
+    except ValueError:
+        raise BadRedisUrl(f"bad sentinel address {part!r} in {url!r}") from None
+
+
+def _option(key: str, value: str) -> Any:
+    if key in _INT_OPTIONS:
+        return int(value)
+    if key in _FLOAT_OPTIONS:
+        return float(value)
+    if value.lower() in ("true", "false") and not key.startswith("ssl_ca"):
+        return value.lower() == "true"
+    return value
 
 
 def sync_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -> redis.Redis:
     """A blocking client. Workers that block in XREADGROUP pass a command_timeout above their block time."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=command_timeout, health_check_interval=30
-    )
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": command_timeout,
+        "health_check_interval": 30,
+    }
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs(), **timeouts)
+        return sentinel.master_for(target.service, redis_class=redis.Redis, **target.node_kwargs())
+    return redis.Redis.from_url(url, **timeouts)
 
 
 # Connections of one front server. A burst of requests beyond it waits for a free connection (commands take well
@@ -24,13 +170,28 @@ def sync_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) ->
 MAX_CONNECTIONS = 256
 
 
+class _BlockingSentinelPool(AsyncSentinelPool, aredis.BlockingConnectionPool):
+    """The primary's connections from the sentinels, with the blocking pool's wait for a free connection."""
+
+
 def async_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -> aredis.Redis:
-    pool = aredis.BlockingConnectionPool.from_url(
-        url,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=command_timeout,
-        health_check_interval=30,
-        max_connections=MAX_CONNECTIONS,
-        timeout=COMMAND_TIMEOUT,  # waiting for a free connection
-    )
+    pool_options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": command_timeout,
+        "health_check_interval": 30,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": COMMAND_TIMEOUT,  # waiting for a free connection
+    }
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())
+        client: aredis.Redis = sentinel.master_for(
+            target.service,
+            redis_class=aredis.Redis,
+            connection_pool_class=_BlockingSentinelPool,
+            **pool_options,
+            **target.node_kwargs(),
+        )
+        return client
+    pool = aredis.BlockingConnectionPool.from_url(url, **pool_options)
     return aredis.Redis(connection_pool=pool)

@@ -6,12 +6,12 @@ people, ``--raw`` lines for scripts, ``--json`` for machines.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -29,12 +29,8 @@ INFO_COMMAND_TIMEOUT = 2.0
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, for messages (a Sentinel URL's several hosts included)."""
+    return re.sub(r"^([A-Za-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def problem(exc: Exception, url: str) -> str:

@@ -7,6 +7,7 @@ import typer
 from api.batch_worker import batch_worker_command
 from api.main import api_command
 from queuechat.info import info_command
+from queuechat.probe import probe_command
 from queuechat.up import up_command
 from webui.main import webui_command
 from workers.main import worker_command
@@ -22,3 +23,4 @@ app.command("worker")(worker_command)
 app.command("batch-worker")(batch_worker_command)
 app.command("info")(info_command)
 app.command("webui")(webui_command)
+app.command("probe")(probe_command)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import batches, chat, completions, files
+from api.anthropic.routes import router as anthropic_router
 from api.auth import ApiKeyMiddleware, api_key_login
 from api.cors import CorsOptions, install_cors
 from api.embeddings import router as embeddings_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     app.include_router(metrics_router)
     app.include_router(misc_router)
     app.include_router(embeddings_router)
+    app.include_router(anthropic_router)
     # The last added runs first: request ids on everything, then CORS (answers preflights, and decorates 401s so
     # browsers can read them), then the key check.
     if settings.api_keys:

@@ -1,4 +1,5 @@
-"""API keys: ``Authorization: Bearer <key>`` on every route but the open ones, checked before any routing.
+"""API keys: ``Authorization: Bearer <key>`` (or Anthropic's ``x-api-key: <key>``) on every route but the open
+ones, checked before any routing.
 
 A pure ASGI middleware rather than a FastAPI dependency, so it also guards unknown routes (an unauthenticated
 client learns nothing about which paths exist) and answers in OpenAI's 401 shape. Keys are compared in constant
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.anthropic.errors import anthropic_error_body, is_anthropic_path
 from api.errors import error_body
 
 # /health is for load balancers; the docs and the schema only describe the API (no models, no data), and tools
@@ -56,17 +58,23 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or self._open(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.strip().partition(b" ")
+        headers = dict(scope["headers"])
+        scheme, _, token = headers.get(b"authorization", b"").strip().partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
-            await _unauthorized(MISSING_KEY, None)(scope, receive, send)
+            token = headers.get(b"x-api-key", b"")  # Anthropic's SDKs send the key this way
+            scheme = b"bearer"
+        path = scope["path"]
+        if not token.strip():
+            await _unauthorized(path, MISSING_KEY, None)(scope, receive, send)
             return
         if not key_matches(token.strip(), self.keys):
             # OpenAI shows a masked key; queuechat shows none of it, so a log of responses leaks nothing
-            await _unauthorized("Incorrect API key provided.", "invalid_api_key")(scope, receive, send)
+            await _unauthorized(path, "Incorrect API key provided.", "invalid_api_key")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-def _unauthorized(message: str, code: str | None) -> JSONResponse:
+def _unauthorized(path: str, message: str, code: str | None) -> JSONResponse:
+    if is_anthropic_path(path):
+        return JSONResponse(anthropic_error_body(401, message), status_code=401)
     return JSONResponse(error_body(message, "invalid_request_error", code), status_code=401)

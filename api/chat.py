@@ -30,7 +30,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     streams = await submit_all(producer, [job], request.app.state.metrics)
     response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
     created = int(time.time())
-    return stream_response(sse_body(streams, _chat_stream(streams, body, response_id, created)), producer)
+    return stream_response(sse_body(streams, chat_stream(streams, body, response_id, created)), producer)
 
 
 async def chat_answer(
@@ -100,7 +100,7 @@ class _Held:
     plain: bool = False  # shown to be ordinary text: passed through from then on
 
 
-async def _chat_stream(
+async def chat_stream(
     streams: list[JobEvents], body: ChatCompletionRequest, response_id: str, created: int
 ) -> AsyncIterator[str]:
     head = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": body.model}

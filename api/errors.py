@@ -6,7 +6,7 @@ All exception handlers live here, so no path can answer with a stack trace or a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.anthropic.errors import anthropic_error_body, is_anthropic_path
 from api.requestid import HEADER, request_id_of
 from broker.errors import QueuechatError, QueueFull
 
@@ -24,9 +25,24 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(exc: QueuechatError) -> JSONResponse:
+def error_response(exc: QueuechatError, path: str = "") -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
-    return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status, headers=headers)
+    return _respond(path, exc.status, exc.message, exc.type, exc.code, exc.param, headers)
+
+
+def _respond(
+    path: str,
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """An error in the shape of the API the path belongs to: Anthropic's on its Messages paths, else OpenAI's."""
+    if is_anthropic_path(path):
+        return JSONResponse(anthropic_error_body(status, message), status_code=status, headers=headers)
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
 # Python type names pydantic puts in an error's location for the branch of a union it tried (``str``, ``int``)
@@ -66,27 +82,25 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QueuechatError)
-    async def _queuechat_error(_request: Request, exc: QueuechatError) -> JSONResponse:
-        return error_response(exc)
+    async def _queuechat_error(request: Request, exc: QueuechatError) -> JSONResponse:
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc.errors())
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", param), status_code=400)
+        return _respond(request.url.path, 400, message, "invalid_request_error", "invalid_request", param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key"}.get(exc.status_code)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), type_, code), status_code=exc.status_code, headers=exc.headers)
+        return _respond(request.url.path, exc.status_code, str(exc.detail), type_, code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = request_id_of(request.scope)
         log.exception("unexpected error (request %s)", request_id)
         # this handler runs outside every middleware, so the request id header is set here
-        return JSONResponse(
-            error_body("The server had an error processing your request.", "server_error", "internal_error"),
-            status_code=500,
-            headers={HEADER: request_id} if request_id else None,
-        )
+        message = "The server had an error processing your request."
+        headers = {HEADER: request_id} if request_id else None
+        return _respond(request.url.path, 500, message, "server_error", "internal_error", headers=headers)

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the whole API from its own /openapi.json (schemathesis): valid and invalid requests
 for every operation, a bounded number of each, derandomized so a run is repeatable. No request may get a 5xx,
-and every 4xx must be OpenAI-shaped."""
+and every 4xx must be OpenAI-shaped (Anthropic-shaped on Anthropic's Messages paths)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis.errors import Unsatisfiable
 from pydantic import ValidationError
 from schemathesis.generation import GenerationMode
 
+from api.anthropic.errors import ERROR_TYPES, is_anthropic_path
 from tests.conftest import Stack
 from tests.openai_error import openai_error
 
@@ -47,7 +48,14 @@ def problem(case: Any, response: Any) -> str | None:
         return f"{where}: {response.text[:300]}"
     if not response.headers.get("x-request-id"):
         return f"{where}: no X-Request-Id"
-    if status >= 400:
+    if status >= 400 and is_anthropic_path(case.formatted_path):
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if body.get("type") != "error" or not isinstance(error, dict) or not isinstance(error.get("message"), str):
+            return f"{where}: not Anthropic-shaped: {body}"
+        if error.get("type") not in set(ERROR_TYPES.values()) | {"api_error"}:
+            return f"{where}: unknown Anthropic error type {error.get('type')!r}"
+    elif status >= 400:
         try:
             openai_error(response.json())
         except (ValueError, ValidationError, AssertionError) as exc:

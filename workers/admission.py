@@ -98,7 +98,7 @@ def answer_now(
     vectors: list[str] | None = None
     if job.kind == JobKind.TOKENIZE:
         if job.messages is not None:
-            prompt_tokens = len(chat_prompt_ids(tokenizer, job.messages, chat_template))
+            prompt_tokens = len(chat_prompt_ids(tokenizer, job.messages, chat_template, job.tools))
         else:
             prompt_tokens = len(completion_prompt_ids(tokenizer, job.prompt or "", vocab_size))
     elif job.kind == JobKind.EMBEDDING:

@@ -29,16 +29,16 @@ from typing import Any
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from api.chat import chat_answer
-from api.completions import completion_answer
-from api.errors import error_body, validation_message
 from api.filestore import BatchLine, ResultFile, new_id, read_batch_lines
-from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.batches import BatchStatus, BatchStore
 from broker.connection import async_client
 from broker.errors import QueuechatError
 from broker.producer import Producer
 from broker.settings import Settings
+from serving.chat import chat_answer
+from serving.completions import completion_answer
+from serving.errors import error_body, validation_message
+from serving.requests import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.jobs import merged, submit_all
-from api.routes import list_models
+from api.context import producer_of, request_id_of, request_log_of
 from broker.errors import ModelNotFound
-from broker.producer import Producer
 from broker.schemas import Accepted, Job, JobKind
+from serving.jobs import close_all, merged, submit_all
+from serving.models import live_model_entries
 
 router = APIRouter()
 
@@ -29,7 +29,7 @@ def package_version() -> str:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    for entry in (await list_models(request))["data"]:
+    for entry in await live_model_entries(producer_of(request)):
         if entry["id"] == model_id:
             return dict(entry)
     raise ModelNotFound(f"The model '{model_id}' does not exist or has no live worker.", param="model")
@@ -56,16 +56,19 @@ class TokenCheckRequest(BaseModel):
 async def token_check(body: TokenCheckRequest, request: Request) -> dict[str, Any]:
     """FastChat's check, for clients migrating from it: does each prompt plus its max_tokens fit the model?
     Each prompt is counted by a worker of its model (a ``tokenize`` job), with the model's own tokenizer."""
-    producer: Producer = request.app.state.producer
+    producer = producer_of(request)
     deadline = time.time() + producer.settings.request_timeout
-    jobs = [Job(kind=JobKind.TOKENIZE, model=p.model, prompt=p.prompt, deadline=deadline) for p in body.prompts]
-    streams = await submit_all(producer, jobs)
+    request_id = request_id_of(request)
+    jobs = [
+        Job(kind=JobKind.TOKENIZE, model=p.model, prompt=p.prompt, deadline=deadline, request_id=request_id)
+        for p in body.prompts
+    ]
+    streams = await submit_all(producer, jobs, request_log_of(request, body.prompts[0].model))
     try:
         async for _ in merged(streams):  # the rest of each job: its done event
             pass
     finally:
-        for s in streams:
-            s.close()
+        close_all(streams)
     live = await producer.live_models()
     answers = []
     for item, events in zip(body.prompts, streams, strict=True):

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.streaming import producer_of
+from api.context import producer_of
+from serving.models import live_model_entries
 
 router = APIRouter()
 
@@ -28,15 +29,4 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    live = await producer_of(request).live_models()
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": int(min(w.card.started for w in workers)),
-            "owned_by": "queuechat",
-            "max_model_len": max((w.card.max_model_len or 0) for w in workers) or None,
-        }
-        for name, workers in sorted(live.items())
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": await live_model_entries(producer_of(request))}

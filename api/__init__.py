@@ -8,5 +8,5 @@ errors       every exception handler: OpenAI's error shape, never a stack trace
 requestid    X-Request-Id and the one log line per request (requestlog)
 auth, cors   API keys and CORS
 metrics      /metrics: the job observer that records latencies and tokens, and the broker's state at scrape
-files, batches, filestore    the Files and Batch APIs
+files, batches    the Files and Batch APIs (their file store and rq queue are the batch wing's, :mod:`batch`)
 """

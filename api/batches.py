@@ -1,7 +1,7 @@
 """OpenAI's Batch API: create a batch from an uploaded file, follow it, list batches, cancel one.
 
 Creating a batch records it in Redis and enqueues an rq job (JSON-serialised, never pickled) on the batch queue;
-a batch worker (``queuechat batch-worker``) runs it. See :mod:`api.batch_runner` for how the lines are run.
+a batch worker (``queuechat batch-worker``) runs it. See :mod:`batch.runner` for how the lines are run.
 """
 
 from __future__ import annotations
@@ -14,21 +14,16 @@ from typing import Annotated, Any
 import redis
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from rq import Queue
-from rq.job import Job as RqJob
-from rq.job import JobStatus
-from rq.serializers import JSONSerializer
 
 from api.files import broker_errors, get_file, settings_of, store_of
-from api.filestore import BATCH_ENDPOINTS
+from batch.filestore import BATCH_ENDPOINTS
+from batch.queue import COMPLETION_WINDOWS, cancel_queued_run, enqueue_run
 from broker.batches import TERMINAL, BatchStatus
 from broker.connection import sync_client
 from broker.errors import InvalidRequest, NotFound
-from broker.settings import Settings
 
 router = APIRouter()
 
-COMPLETION_WINDOWS = {"24h": 24 * 3600}
 # What the batch runner can run (OpenAI also batches /v1/embeddings: refused with a 400 naming `endpoint` until the
 # runner has an embeddings answer to call).
 RUNNABLE = tuple(e for e in BATCH_ENDPOINTS if e != "/v1/embeddings")
@@ -41,25 +36,6 @@ class CreateBatch(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
-
-
-def batch_queue(client: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.batch_queue, connection=client, serializer=JSONSerializer)
-
-
-def enqueue_run(client: redis.Redis, settings: Settings, batch_id: str, rq_job_id: str, window: float) -> None:
-    """Queue the rq job that runs a batch. Its arguments are plain strings: any batch worker on this Redis can run
-    it, and reads everything else from the batch's record."""
-    batch_queue(client, settings).enqueue(
-        "api.batch_runner.run_batch",
-        settings.key_prefix,
-        batch_id,
-        job_id=rq_job_id,
-        job_timeout=int(window) + 3600,  # the runner expires the batch itself at its window; this is a backstop
-        result_ttl=7 * 24 * 3600,
-        failure_ttl=7 * 24 * 3600,
-        description=f"batch {batch_id}",
-    )
 
 
 def _sync_client(request: Request) -> redis.Redis:
@@ -149,18 +125,6 @@ async def list_batches(
     }
 
 
-def _cancel_queued_run(client: redis.Redis, rq_job_id: str) -> bool:
-    """Take the batch's rq job off the queue if no batch worker has started it; True if it was taken off."""
-    try:
-        job = RqJob.fetch(rq_job_id, connection=client, serializer=JSONSerializer)
-    except Exception:  # rq raises NoSuchJobError, or a decoding error for a job it cannot read: nothing to cancel
-        return False
-    if job.get_status() != JobStatus.QUEUED:
-        return False
-    job.cancel()
-    return True
-
-
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
     store = store_of(request)
@@ -175,7 +139,7 @@ async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
         )
         # Not started yet: nobody would finish the cancel, so it is finished here. Otherwise the batch worker stops
         # feeding lines, lets the running ones end and writes the partial output.
-        taken_off = await asyncio.to_thread(_cancel_queued_run, _sync_client(request), fields.get("rq_job_id", ""))
+        taken_off = await asyncio.to_thread(cancel_queued_run, _sync_client(request), fields.get("rq_job_id", ""))
         if taken_off:
             await store.set_status(batch_id, BatchStatus.CANCELLED, allowed_from={BatchStatus.CANCELLING})
     return await _get(request, batch_id)

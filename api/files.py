@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from redis.exceptions import RedisError
 
-from api.filestore import new_id, save_upload, validate_batch_file
+from batch.filestore import new_id, save_upload, validate_batch_file
 from broker.batches import BatchStore
 from broker.errors import BrokerUnavailable, InvalidRequest, NotFound
 from broker.producer import Producer

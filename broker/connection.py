@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio as aredis
 
@@ -34,3 +36,31 @@ def async_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -
         timeout=COMMAND_TIMEOUT,  # waiting for a free connection
     )
     return aredis.Redis(connection_pool=pool)
+
+
+# What identifies a sync client's server and credentials, to open an async client to the same place.
+_SAME_SERVER = ("host", "port", "db", "username", "password", "path", "client_name")
+_ASYNC_CLASSES: dict[type[Any], type[aredis.connection.AbstractConnection]] = {
+    redis.connection.Connection: aredis.connection.Connection,
+    redis.connection.SSLConnection: aredis.connection.SSLConnection,
+    redis.connection.UnixDomainSocketConnection: aredis.connection.UnixDomainSocketConnection,
+}
+
+
+def async_client_like(client: redis.Redis, *, command_timeout: float | None = COMMAND_TIMEOUT) -> aredis.Redis:
+    """An async client to the server ``client`` talks to, with the same credentials and TLS options (a batch run
+    opens its producer from the connection of the rq job it is)."""
+    pool = client.connection_pool
+    given = pool.connection_kwargs
+    kwargs = {k: v for k, v in given.items() if k in _SAME_SERVER or k.startswith("ssl_")}
+    connection_class = _ASYNC_CLASSES.get(pool.connection_class, aredis.connection.Connection)
+    async_pool = aredis.BlockingConnectionPool(
+        connection_class=connection_class,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=command_timeout,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT,
+        **kwargs,
+    )
+    return aredis.Redis(connection_pool=async_pool)

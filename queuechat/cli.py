@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from api.batch_worker import batch_worker_command
+from batch.main import batch_worker_command
 from queuechat.apiserver import api_command
 from queuechat.info import info_command
 from queuechat.up import up_command

@@ -1,4 +1,4 @@
-"""The packages import one way (queuechat > api | webui | workers > serving > broker, see pyproject's
+"""The packages import one way (queuechat > api | webui | workers > batch > serving > broker, see pyproject's
 ``[tool.importlinter]``): import-linter's ``lint-imports`` over the source tree, the same command anyone runs."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
     import shutil
 
     pytest.importorskip("importlinter")
-    for name in ("broker", "serving", "workers", "api", "webui", "queuechat"):
+    for name in ("broker", "serving", "batch", "workers", "api", "webui", "queuechat"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     with (tmp_path / "serving" / "models.py").open("a") as f:

@@ -42,4 +42,5 @@ def create_app(
         backend = Backend(settings, ui or WebUISettings(), producer=lambda: app.state.producer)
         auth = api_key_login(settings.api_keys) if settings.api_keys else None
         mount_webui(app, backend, path=WEBUI_PATH, auth=auth)
+        app.state.webui_backend = backend
     return app

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from api import batches, chat, completions, embeddings, files
 from api.auth import ApiKeyMiddleware
 from api.cors import CorsOptions, install_cors
-from api.errors import install_error_handlers
+from api.errors import CHUNK_MODELS, ERROR_RESPONSES, install_error_handlers
 from api.metrics import ApiMetrics
 from api.metrics import router as metrics_router
 from api.misc import package_version
@@ -44,7 +45,8 @@ def create_app(
             await app.state.producer.close()
             app.state.metrics.close()
 
-    app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
+    app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan, responses=ERROR_RESPONSES)
+    _document(app)
     app.state.settings = settings
     app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
     install_error_handlers(app)
@@ -63,3 +65,28 @@ def create_app(
     install_cors(app, cors)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _document(app: FastAPI) -> None:
+    """/openapi.json as the API answers: errors are 400s in OpenAI's shape (FastAPI's own 422 is never sent), and
+    the stream chunks' models are listed among the components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for model in CHUNK_MODELS:
+            extra = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+            components.update(extra.pop("$defs", {}))
+            components.setdefault(model.__name__, extra)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

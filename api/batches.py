@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Query, Request
@@ -21,6 +21,7 @@ from batch.queue import COMPLETION_WINDOWS, cancel_queued_run, enqueue_run
 from broker.batches import TERMINAL, BatchStatus
 from broker.connection import sync_client
 from broker.errors import InvalidRequest, NotFound
+from serving.responses import Batch, BatchList
 
 router = APIRouter()
 
@@ -52,16 +53,16 @@ def _has_route(request: Request, path: str) -> bool:
     return path in request.app.openapi().get("paths", {})
 
 
-async def _get(request: Request, batch_id: str) -> dict[str, Any]:
+async def _get(request: Request, batch_id: str) -> Batch:
     with broker_errors():
         obj = await store_of(request).batch(batch_id)
     if obj is None:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
-    return obj
+    return Batch.model_validate(obj)
 
 
 @router.post("/v1/batches")
-async def create_batch(body: CreateBatch, request: Request) -> dict[str, Any]:
+async def create_batch(body: CreateBatch, request: Request) -> Batch:
     settings = settings_of(request)
     if body.endpoint not in RUNNABLE or not _has_route(request, body.endpoint):
         served = [e for e in RUNNABLE if _has_route(request, e)]
@@ -100,7 +101,7 @@ async def create_batch(body: CreateBatch, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/batches/{batch_id}")
-async def retrieve_batch(batch_id: str, request: Request) -> dict[str, Any]:
+async def retrieve_batch(batch_id: str, request: Request) -> Batch:
     return await _get(request, batch_id)
 
 
@@ -109,27 +110,26 @@ async def list_batches(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query()] = None,
-) -> dict[str, Any]:
+) -> BatchList:
     store = store_of(request)
     with broker_errors():
         ids = await store.batch_ids()
         if after is not None:
             ids = ids[ids.index(after) + 1 :] if after in ids else []
-        page = [b for b in [await store.batch(i) for i in ids[:limit]] if b]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": len(ids) > limit,
-    }
+        page = [Batch.model_validate(b) for b in [await store.batch(i) for i in ids[:limit]] if b]
+    return BatchList(
+        data=page,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=len(ids) > limit,
+    )
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
+async def cancel_batch(batch_id: str, request: Request) -> Batch:
     store = store_of(request)
     obj = await _get(request, batch_id)
-    status = BatchStatus(obj["status"])
+    status = BatchStatus(obj.status)
     if status in TERMINAL:
         raise InvalidRequest(f"Batch {batch_id} cannot be cancelled: its status is {status.value!r}.")
     with broker_errors():

@@ -7,14 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of
+from api.errors import STREAM_RESPONSES
 from api.streaming import stream_response
 from serving.chat import chat_answer, open_chat_stream
 from serving.requests import ChatCompletionRequest
+from serving.responses import ChatCompletion
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     if not body.stream:

@@ -7,14 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of
+from api.errors import STREAM_RESPONSES
 from api.streaming import stream_response
 from serving.completions import completion_answer, open_completion_stream
 from serving.requests import CompletionRequest
+from serving.responses import Completion
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     if not body.stream:

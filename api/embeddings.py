@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from api.context import producer_of, request_id_of, request_log_of
 from serving.embeddings import EmbeddingRequest, embeddings_answer
+from serving.responses import EmbeddingList
 
 router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
     # the request's log line watches the job; the metrics count generation only
     observer = request_log_of(request, body.model)
     return await embeddings_answer(producer_of(request), body, observer, request_id=request_id_of(request))

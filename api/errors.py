@@ -6,6 +6,7 @@ All exception handlers live here, so no path can answer with a stack trace or a 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,10 +16,40 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.requestid import HEADER, request_id_of
 from broker.errors import QueuechatError, QueueFull
 from serving.errors import error_body, error_of, validation_message
+from serving.responses import ChatCompletionChunk, Completion, ErrorResponse
 
-__all__ = ["error_body", "error_response", "install_error_handlers", "validation_message"]
+__all__ = ["ERROR_RESPONSES", "error_body", "error_response", "install_error_handlers", "validation_message"]
 
 log = logging.getLogger(__name__)
+
+# What /openapi.json documents for every route: each error status the API answers, with OpenAI's error body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Invalid request (OpenAI's invalid_request_error)",
+        401: "Missing or wrong API key",
+        404: "Unknown route, model, file or batch",
+        405: "Method not allowed",
+        413: "Upload too large",
+        429: "The model's queue is full (Retry-After)",
+        500: "Server error",
+        502: "A worker's reply could not be read",
+        503: "The broker, or every worker of the model, is unavailable",
+        504: "The request passed its deadline",
+    }.items()
+}
+# The chat and completions routes stream their chunks as Server-Sent Events with ``stream: true``.
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer; with stream: true, Server-Sent Events of chunks, then [DONE]",
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string", "description": "data: lines of chunks, then data: [DONE]"},
+            }
+        },
+    }
+}
+CHUNK_MODELS = (ChatCompletionChunk, Completion)  # documented in the schema's components (see api.app)
 
 
 def error_response(exc: QueuechatError) -> JSONResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +12,8 @@ from api.context import producer_of, request_id_of, request_log_of
 from broker.errors import ModelNotFound
 from broker.schemas import Accepted, Job, JobKind
 from serving.jobs import close_all, merged, submit_all
-from serving.models import live_model_entries
+from serving.models import model_list
+from serving.responses import Model, TokenCheck, TokenCheckList, Version
 
 router = APIRouter()
 
@@ -28,16 +28,16 @@ def package_version() -> str:
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    for entry in await live_model_entries(producer_of(request)):
-        if entry["id"] == model_id:
-            return dict(entry)
+async def retrieve_model(model_id: str, request: Request) -> Model:
+    for entry in (await model_list(producer_of(request))).data:
+        if entry.id == model_id:
+            return entry
     raise ModelNotFound(f"The model '{model_id}' does not exist or has no live worker.", param="model")
 
 
 @router.get("/version")
-async def server_version() -> dict[str, str]:
-    return {"version": package_version()}
+async def server_version() -> Version:
+    return Version(version=package_version())
 
 
 class TokenCheckItem(BaseModel):
@@ -53,7 +53,7 @@ class TokenCheckRequest(BaseModel):
 
 
 @router.post("/api/v1/token_check")
-async def token_check(body: TokenCheckRequest, request: Request) -> dict[str, Any]:
+async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckList:
     """FastChat's check, for clients migrating from it: does each prompt plus its max_tokens fit the model?
     Each prompt is counted by a worker of its model (a ``tokenize`` job), with the model's own tokenizer."""
     producer = producer_of(request)
@@ -75,5 +75,5 @@ async def token_check(body: TokenCheckRequest, request: Request) -> dict[str, An
         first = events.pending_first
         count = first.prompt_tokens if isinstance(first, Accepted) else 0
         context = max((w.card.max_model_len or 0 for w in live.get(item.model, [])), default=0)
-        answers.append({"fits": count + item.max_tokens <= context, "tokenCount": count, "contextLength": context})
-    return {"prompts": answers}
+        answers.append(TokenCheck(fits=count + item.max_tokens <= context, tokenCount=count, contextLength=context))
+    return TokenCheckList(prompts=answers)

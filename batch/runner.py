@@ -43,6 +43,7 @@ from serving.chat import chat_answer
 from serving.completions import completion_answer
 from serving.errors import error_body, validation_message
 from serving.requests import ChatCompletionRequest, CompletionRequest
+from serving.responses import ChatCompletion, Completion
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,12 @@ class BatchRunner:
         backoff = 0.5
         while True:
             try:
+                answer: ChatCompletion | Completion
                 if isinstance(body, ChatCompletionRequest):
-                    answer = await chat_answer(producer, body, low_priority=True)
+                    answer = await chat_answer(producer, body, low_priority=True, request_id=request_id)
                 else:
-                    answer = await completion_answer(producer, body, low_priority=True)
-                return _result(line.custom_id, 200, answer["id"], answer)
+                    answer = await completion_answer(producer, body, low_priority=True, request_id=request_id)
+                return _result(line.custom_id, 200, answer.id, answer.model_dump(mode="json"))
             except QueuechatError as exc:
                 if exc.status in TRANSIENT and time.monotonic() < give_up:
                     if self.stop.is_set():

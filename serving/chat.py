@@ -9,14 +9,23 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from broker.producer import JobEvents, Producer
 from broker.schemas import Delta, Done, Job, TokenLogprob
 from serving.jobs import ChoiceText, JobObserver, collect, merged, prompt_tokens_of, submit_all
 from serving.logprobs import chat_logprobs
 from serving.requests import ChatCompletionRequest
-from serving.streams import data_lines, usage
+from serving.responses import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatDelta,
+    ChatLogprobs,
+    CompletionUsage,
+)
+from serving.streams import data_lines
 from serving.tools import ToolCall, forced_calls, may_become_call, parse_calls
 
 
@@ -31,20 +40,19 @@ async def chat_answer(
     *,
     low_priority: bool = False,
     request_id: str | None = None,
-) -> dict[str, Any]:
+) -> ChatCompletion:
     """A whole chat completion, as the non-streaming endpoint answers it (the Batch API runs its lines here too)."""
     job = body.to_job(producer.settings.request_timeout, request_id=request_id)
     streams = await submit_all(producer, [job], observer, low_priority=low_priority)
     created = int(time.time())
     collected = await collect(streams, body.n)
-    return {
-        "id": response_id_of(job),
-        "object": "chat.completion",
-        "created": created,
-        "model": body.model,
-        "choices": [_choice(body, index, choice) for index, choice in sorted(collected.choices.items())],
-        "usage": usage(prompt_tokens_of(streams), collected.completion_tokens),
-    }
+    return ChatCompletion(
+        id=response_id_of(job),
+        created=created,
+        model=body.model,
+        choices=[_choice(body, index, choice) for index, choice in sorted(collected.choices.items())],
+        usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
+    )
 
 
 def _calls_in(body: ChatCompletionRequest, text: str) -> tuple[str | None, list[ToolCall]]:
@@ -58,19 +66,18 @@ def _calls_in(body: ChatCompletionRequest, text: str) -> tuple[str | None, list[
     return text, []
 
 
-def _choice(body: ChatCompletionRequest, index: int, choice: ChoiceText) -> dict[str, Any]:
+def _logprobs(body: ChatCompletionRequest, entries: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    return chat_logprobs(entries or []) if body.logprobs else None
+
+
+def _choice(body: ChatCompletionRequest, index: int, choice: ChoiceText) -> ChatChoice:
     content, calls = _calls_in(body, "".join(choice.text))
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    message = ChatCompletionMessage(content=content, tool_calls=[call.as_openai() for call in calls] or None)
     finish_reason = choice.finish_reason
     if calls:
-        message["tool_calls"] = [call.as_openai() for call in calls]
         finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
-    return {
-        "index": index,
-        "message": message,
-        "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
-        "finish_reason": finish_reason,
-    }
+    return ChatChoice(index=index, message=message, logprobs=_logprobs(body, choice.logprobs),
+                      finish_reason=finish_reason)  # fmt: skip
 
 
 @dataclass
@@ -95,22 +102,25 @@ class ChatStream:
         """What each SSE ``data:`` line holds, ``[DONE]`` last; the job is closed however the stream ends."""
         return data_lines(self.streams, self.chunks())
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        head = {"id": self.response_id, "object": "chat.completion.chunk", "created": self.created}
-        return {**head, "model": self.body.model, "choices": choices, **extra}
+    def _chunk(
+        self,
+        index: int,
+        delta: ChatDelta,
+        logprobs: ChatLogprobs | None = None,
+        finish_reason: str | None = None,
+    ) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.body.model, choices=[choice])
 
-    def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> dict[str, Any]:
-        return self._chunk([{"index": index, "delta": {"content": text},
-                             "logprobs": chat_logprobs(logprobs or []) if self.body.logprobs else None,
-                             "finish_reason": None}])  # fmt: skip
+    def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> ChatCompletionChunk:
+        return self._chunk(index, ChatDelta(content=text), _logprobs(self.body, logprobs))
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
         body, streams = self.body, self.streams
         held: dict[int, _Held] = {}
         completion_tokens = 0
         for index in range(body.n):
-            yield self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                "finish_reason": None}])  # fmt: skip
+            yield self._chunk(index, ChatDelta(role="assistant", content=""))
         async for position, event in merged(streams):
             if isinstance(event, Delta):
                 # With logprobs every token is reported, also one whose text is still held back (a partial
@@ -135,17 +145,17 @@ class ChatStream:
                 if kept.text:
                     text, calls = _calls_in(body, kept.text)
                     if calls:
-                        yield self._chunk([{"index": event.index,
-                                            "delta": {"tool_calls": [c.as_openai(i) for i, c in enumerate(calls)]},
-                                            "logprobs": chat_logprobs(kept.logprobs) if body.logprobs else None,
-                                            "finish_reason": None}])  # fmt: skip
+                        delta = ChatDelta(tool_calls=[c.as_openai(i) for i, c in enumerate(calls)])
+                        yield self._chunk(event.index, delta, _logprobs(body, kept.logprobs))
                         finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
                     elif text:
                         yield self._content(event.index, text, kept.logprobs)
-                yield self._chunk([{"index": event.index, "delta": {}, "logprobs": None,
-                                    "finish_reason": finish_reason}])  # fmt: skip
+                yield self._chunk(event.index, ChatDelta(), finish_reason=finish_reason)
         if body.stream_options and body.stream_options.include_usage:
-            yield self._chunk([], usage=usage(prompt_tokens_of(streams), completion_tokens))
+            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
+            yield ChatCompletionChunk(
+                id=self.response_id, created=self.created, model=body.model, choices=[], usage=usage
+            )
 
 
 async def open_chat_stream(

@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from broker.producer import JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done, Job
+from serving import responses
 from serving.jobs import ChoiceText, JobObserver, collect, merged, prompt_tokens_of, submit_all
 from serving.logprobs import CompletionLogprobs
 from serving.requests import CompletionRequest
-from serving.streams import data_lines, usage
+from serving.responses import Completion, CompletionChoice, CompletionUsage
+from serving.streams import data_lines
 
 
 def response_id_of(jobs: list[Job]) -> str:
@@ -27,7 +28,7 @@ async def completion_answer(
     *,
     low_priority: bool = False,
     request_id: str | None = None,
-) -> dict[str, Any]:
+) -> Completion:
     """A whole completion, as the non-streaming endpoint answers it (the Batch API runs its lines here too)."""
     jobs = body.to_jobs(producer.settings.request_timeout, request_id=request_id)
     streams = await submit_all(producer, jobs, observer, low_priority=low_priority)
@@ -41,14 +42,13 @@ async def completion_answer(
             generated = sorted(generated, key=lambda c: c.cumulative_logprob, reverse=True)[: body.n]
         for i, choice in enumerate(generated):
             choices.append(_choice(body, streams[position], prompt, position * body.n + i, choice))
-    return {
-        "id": response_id_of(jobs),
-        "object": "text_completion",
-        "created": created,
-        "model": body.model,
-        "choices": choices,
-        "usage": usage(prompt_tokens_of(streams), collected.completion_tokens),
-    }
+    return Completion(
+        id=response_id_of(jobs),
+        created=created,
+        model=body.model,
+        choices=choices,
+        usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
+    )
 
 
 def _echo(prompt: str | list[int], events: JobEvents) -> str:
@@ -72,14 +72,14 @@ def _logprobs_start(body: CompletionRequest, events: JobEvents) -> CompletionLog
 
 def _choice(
     body: CompletionRequest, events: JobEvents, prompt: str | list[int], index: int, choice: ChoiceText
-) -> dict[str, Any]:
+) -> CompletionChoice:
     text = "".join(choice.text)
-    logprobs: dict[str, Any] | None = None
+    logprobs: responses.CompletionLogprobs | None = None
     if body.logprobs is not None:
         logprobs = _logprobs_start(body, events).add(choice.logprobs).as_openai()
     if body.echo:
         text = _echo(prompt, events) + text
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+    return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason)
 
 
 @dataclass
@@ -95,11 +95,17 @@ class CompletionStream:
         """What each SSE ``data:`` line holds, ``[DONE]`` last; the jobs are closed however the stream ends."""
         return data_lines(self.streams, self.chunks())
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        head = {"id": self.response_id, "object": "text_completion", "created": self.created}
-        return {**head, "model": self.body.model, "choices": choices, **extra}
+    def _chunk(
+        self,
+        index: int,
+        text: str,
+        logprobs: responses.CompletionLogprobs | None = None,
+        finish_reason: str | None = None,
+    ) -> Completion:
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason)
+        return Completion(id=self.response_id, created=self.created, model=self.body.model, choices=[choice])
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncIterator[Completion]:
         body, streams = self.body, self.streams
         running: dict[int, CompletionLogprobs] = {}  # per choice index, so text offsets continue across chunks
         for position, (prompt, events) in enumerate(zip(body.prompts(), streams, strict=True)):
@@ -108,8 +114,7 @@ class CompletionStream:
                 running[index] = _logprobs_start(body, events)
                 if body.echo:
                     echoed = running[index].take() if body.logprobs is not None else None
-                    yield self._chunk([{"index": index, "text": _echo(prompt, events), "logprobs": echoed,
-                                        "finish_reason": None}])  # fmt: skip
+                    yield self._chunk(index, _echo(prompt, events), echoed)
         completion_tokens = 0
         async for position, event in merged(streams):
             index = position * body.n + event.index if isinstance(event, Delta | Done) else 0
@@ -117,14 +122,13 @@ class CompletionStream:
                 if event.text or (body.logprobs is not None and event.token_ids):
                     streams[position].committed = True
                     logprobs = running[index].add(event.logprobs or []).take() if body.logprobs is not None else None
-                    yield self._chunk([{"index": index, "text": event.text, "logprobs": logprobs,
-                                        "finish_reason": None}])  # fmt: skip
+                    yield self._chunk(index, event.text, logprobs)
             elif isinstance(event, Done):
                 completion_tokens += event.usage.completion_tokens
-                yield self._chunk([{"index": index, "text": "", "logprobs": None,
-                                    "finish_reason": event.finish_reason.value}])  # fmt: skip
+                yield self._chunk(index, "", finish_reason=event.finish_reason.value)
         if body.stream_options and body.stream_options.include_usage:
-            yield self._chunk([], usage=usage(prompt_tokens_of(streams), completion_tokens))
+            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
+            yield Completion(id=self.response_id, created=self.created, model=body.model, choices=[], usage=usage)
 
 
 async def open_completion_stream(

@@ -18,6 +18,7 @@ from broker.errors import JobFailed
 from broker.producer import Producer
 from broker.schemas import Done, Job, JobKind
 from serving.jobs import JobObserver, close_all, merged, submit_all
+from serving.responses import Embedding, EmbeddingList, EmbeddingUsage
 
 MAX_INPUTS = 2048  # OpenAI's limit on the items of one request
 
@@ -78,7 +79,7 @@ async def embeddings_answer(
     observer: JobObserver | None = None,
     *,
     request_id: str | None = None,
-) -> dict[str, Any]:
+) -> EmbeddingList:
     """The embeddings list, as the endpoint answers it."""
     job = body.to_job(producer.settings.request_timeout, request_id=request_id)
     streams = await submit_all(producer, [job], observer)
@@ -92,17 +93,9 @@ async def embeddings_answer(
     if done is None or done.embeddings is None or len(done.embeddings) != len(job.inputs or []):
         raise JobFailed(f"the worker answered job {job.id} without its embeddings", status=502, code="bad_worker_reply")
     data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": vector if body.encoding_format == "base64" else _floats(vector),
-        }
+        Embedding(index=i, embedding=vector if body.encoding_format == "base64" else _floats(vector))
         for i, vector in enumerate(done.embeddings)
     ]
     tokens = done.usage.prompt_tokens
-    return {
-        "object": "list",
-        "data": data,
-        "model": body.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    return EmbeddingList(data=data, model=body.model, usage=usage)

@@ -10,6 +10,8 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from broker.errors import QueuechatError
 from broker.producer import JobEvents
 from serving.errors import error_of
@@ -23,6 +25,7 @@ def dumps(obj: Any) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage object as a dict (responses carry :class:`serving.responses.Usage`)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -30,12 +33,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-async def data_lines(streams: Sequence[JobEvents], chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+async def data_lines(
+    streams: Sequence[JobEvents], chunks: AsyncIterator[BaseModel | dict[str, Any]]
+) -> AsyncIterator[str]:
     """The chunks as JSON, an error chunk if the job fails midway, then ``[DONE]``. The jobs are closed however
     the stream ends, a client disconnect included."""
     try:
         async for chunk in chunks:
-            yield dumps(chunk)
+            yield chunk.model_dump_json() if isinstance(chunk, BaseModel) else dumps(chunk)
     except QueuechatError as exc:
         yield dumps(error_of(exc))
     finally:

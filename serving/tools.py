@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving import responses
+
 
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -58,15 +60,10 @@ class ToolCall:
     def __post_init__(self) -> None:
         self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
 
-    def as_openai(self, index: int | None = None) -> dict[str, Any]:
-        call: dict[str, Any] = {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
-        if index is not None:
-            call["index"] = index
-        return call
+    def as_openai(self, index: int | None = None) -> responses.ChatCompletionMessageToolCall:
+        """The call as a response carries it; ``index`` in stream chunks only."""
+        function = responses.CalledFunction(name=self.name, arguments=self.arguments)
+        return responses.ChatCompletionMessageToolCall(id=self.id, function=function, index=index)
 
 
 def _parameters(function: FunctionDefinition) -> dict[str, Any]:

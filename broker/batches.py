@@ -158,7 +158,7 @@ class BatchStore:
         result = await self._set_status(
             keys=[self.keys.batch(batch_id)], args=[to.value, time.time(), *(s.value for s in allowed_from)]
         )
-        return result == 1
+        return bool(result == 1)
 
     async def set_fields(self, batch_id: str, **fields: str | int) -> None:
         await self.client.hset(self.keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from api import batches, chat, completions, embeddings, files
 from api.auth import ApiKeyMiddleware
 from api.cors import CorsOptions, install_cors
-from api.errors import CHUNK_MODELS, ERROR_RESPONSES, install_error_handlers
+from api.errors import CHUNK_MODELS, install_error_handlers
 from api.metrics import ApiMetrics
 from api.metrics import router as metrics_router
 from api.misc import package_version
@@ -45,7 +45,7 @@ def create_app(
             await app.state.producer.close()
             app.state.metrics.close()
 
-    app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan, responses=ERROR_RESPONSES)
+    app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
     _document(app)
     app.state.settings = settings
     app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))

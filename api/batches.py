@@ -15,6 +15,7 @@ import redis
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.errors import ERROR_RESPONSES
 from api.files import broker_errors, get_file, settings_of, store_of
 from batch.filestore import BATCH_ENDPOINTS
 from batch.queue import COMPLETION_WINDOWS, cancel_queued_run, enqueue_run
@@ -23,7 +24,7 @@ from broker.connection import sync_client
 from broker.errors import InvalidRequest, NotFound
 from serving.responses import Batch, BatchList
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 # What the batch runner can run (OpenAI also batches /v1/embeddings: refused with a 400 naming `endpoint` until the
 # runner has an embeddings answer to call).

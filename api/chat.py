@@ -2,24 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of
-from api.errors import STREAM_RESPONSES
+from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
 from api.streaming import stream_response
-from serving.chat import chat_answer, open_chat_stream
+from broker.producer import JobEvents, Producer
+from serving import chat as serving_chat
+from serving.chat import ChatStream, open_chat_stream
+from serving.jobs import JobObserver
 from serving.requests import ChatCompletionRequest
 from serving.responses import ChatCompletion
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     if not body.stream:
-        return await chat_answer(producer, body, observer, request_id=request_id)
+        return await serving_chat.chat_answer(producer, body, observer, request_id=request_id)
     stream = await open_chat_stream(producer, body, observer, request_id=request_id)
     return stream_response(stream.lines(), producer)
+
+
+# For code written against the earlier interface (answers as dicts, chunks as JSON text); new code uses
+# serving.chat, whose answers and chunks are typed.
+
+
+async def chat_answer(
+    producer: Producer,
+    body: ChatCompletionRequest,
+    observer: JobObserver | None = None,
+    *,
+    low_priority: bool = False,
+) -> dict[str, Any]:
+    """A whole chat completion as a dict."""
+    answer = await serving_chat.chat_answer(producer, body, observer, low_priority=low_priority)
+    return answer.model_dump(mode="json")
+
+
+async def chat_stream(
+    streams: list[JobEvents], body: ChatCompletionRequest, response_id: str, created: int
+) -> AsyncIterator[str]:
+    """The chunks of a submitted streaming request, as JSON text."""
+    async for chunk in ChatStream(body, streams, response_id, created).chunks():
+        yield chunk.model_dump_json()

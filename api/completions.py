@@ -7,13 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of
-from api.errors import STREAM_RESPONSES
+from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
 from api.streaming import stream_response
 from serving.completions import completion_answer, open_completion_stream
 from serving.requests import CompletionRequest
 from serving.responses import Completion
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)

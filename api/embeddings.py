@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.context import producer_of, request_id_of, request_log_of
+from api.errors import ERROR_RESPONSES
 from serving.embeddings import EmbeddingRequest, embeddings_answer
 from serving.responses import EmbeddingList
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/embeddings")

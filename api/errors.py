@@ -22,7 +22,8 @@ __all__ = ["ERROR_RESPONSES", "error_body", "error_response", "install_error_han
 
 log = logging.getLogger(__name__)
 
-# What /openapi.json documents for every route: each error status the API answers, with OpenAI's error body.
+# What /openapi.json documents for every OpenAI route (each router of those takes it): each error status the API
+# answers, with OpenAI's error body.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {

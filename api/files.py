@@ -13,6 +13,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from redis.exceptions import RedisError
 
+from api.errors import ERROR_RESPONSES
 from batch.filestore import new_id, save_upload, validate_batch_file
 from broker.batches import BatchStore
 from broker.errors import BrokerUnavailable, InvalidRequest, NotFound
@@ -20,7 +21,7 @@ from broker.producer import Producer
 from broker.settings import Settings
 from serving.responses import FileDeleted, FileList, FileObject
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @contextmanager

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.context import producer_of, request_id_of, request_log_of
+from api.errors import ERROR_RESPONSES
 from broker.errors import ModelNotFound
 from broker.schemas import Accepted, Job, JobKind
 from serving.jobs import close_all, merged, submit_all
 from serving.models import model_list
 from serving.responses import Model, TokenCheck, TokenCheckList, Version
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 MAX_TOKEN_CHECKS = 256
 

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.context import producer_of
+from api.errors import ERROR_RESPONSES
 from serving.models import model_list
 from serving.responses import Health, ModelList
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "The broker is down"}})

@@ -53,7 +53,9 @@ def async_client_like(client: redis.Redis, *, command_timeout: float | None = CO
     pool = client.connection_pool
     given = pool.connection_kwargs
     kwargs = {k: v for k, v in given.items() if k in _SAME_SERVER or k.startswith("ssl_")}
-    connection_class = _ASYNC_CLASSES.get(pool.connection_class, aredis.connection.Connection)
+    connection_class = _ASYNC_CLASSES.get(pool.connection_class)
+    if connection_class is None:  # never guess: a default would connect somewhere else without a word
+        raise ValueError(f"cannot open an async client like one whose connections are {pool.connection_class}")
     async_pool = aredis.BlockingConnectionPool(
         connection_class=connection_class,
         socket_connect_timeout=CONNECT_TIMEOUT,

@@ -127,3 +127,24 @@ def test_the_clients_request_id_travels_in_the_job(start_api: Callable[..., ApiS
     entries = client.xrange(keys.jobs("held"))
     jobs = [json.loads(fields[b"job"]) for _, fields in entries]
     assert [j["request_id"] for j in jobs] == ["abc-123"]
+
+
+async def test_a_batch_run_opens_its_async_client_like_its_rq_jobs_connection(settings: Settings) -> None:
+    """The batch runner talks to the Redis of the rq job that it is, never to a guessed default."""
+    from unittest import mock
+
+    from broker.connection import async_client_like
+
+    assert settings.redis_url
+    sync = sync_client(settings.redis_url)
+    sync.set(f"{settings.key_prefix}:probe", "here")
+    client = async_client_like(sync)
+    try:
+        assert await client.get(f"{settings.key_prefix}:probe") == b"here"
+    finally:
+        await client.aclose()
+    odd = mock.Mock()
+    odd.connection_pool.connection_class = object
+    odd.connection_pool.connection_kwargs = {}
+    with pytest.raises(ValueError, match="cannot open an async client like one"):
+        async_client_like(odd)

@@ -128,3 +128,43 @@ def test_a_streamed_auto_tool_call_is_held_back_then_returned_as_a_call(
     ]
     assert calls[0].id and calls[0].id.startswith("call_")
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+async def test_the_earlier_chat_interface_still_answers_dicts_and_json_chunks(
+    settings: Settings, scripted: Callable[[list[Script]], str]
+) -> None:
+    """``api.chat.chat_answer`` / ``chat_stream``, kept for code written against them, answer as they did."""
+    from api.chat import chat_answer, chat_stream
+    from broker.connection import async_client
+    from broker.producer import Producer
+    from serving.jobs import submit_all
+    from serving.requests import ChatCompletionRequest
+
+    def hello() -> Script:
+        return [
+            Accepted(seq=0, worker="scripted", attempt=1, prompt_tokens=4),
+            Delta(seq=1, text="Hello", token_ids=[1]),
+            _done(2, 1),
+        ]
+
+    scripted([hello(), hello()])
+    assert settings.redis_url
+    producer = Producer(async_client(settings.redis_url), settings)
+    body = ChatCompletionRequest.model_validate({"model": MODEL, "messages": MESSAGES})
+    try:
+        answer = await chat_answer(producer, body)
+        assert answer["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+        assert answer["usage"] == {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}
+        job = body.to_job(30)
+        streams = await submit_all(producer, [job])
+        chunks = [json.loads(c) async for c in chat_stream(streams, body, "chatcmpl-x", 1)]
+        for s in streams:
+            s.close()
+    finally:
+        await producer.close()
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hello"},
+        {},
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -1,18 +1,23 @@
-"""The FastAPI application: OpenAI-compatible routes in front of the Redis job streams."""
+"""The FastAPI application: OpenAI-compatible routes in front of the Redis job streams.
+
+The process's one :class:`~broker.producer.Producer` is made in the lifespan (inside the server's event loop,
+where its event-routing tasks must live) and kept in ``app.state.producer``, where a mounted web UI finds it too
+(see :mod:`queuechat.compose`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from api import batches, chat, completions, files
+from api import batches, chat, completions, embeddings, files
 from api.anthropic.routes import router as anthropic_router
-from api.auth import ApiKeyMiddleware, api_key_login
+from api.auth import ApiKeyMiddleware
 from api.cors import CorsOptions, install_cors
-from api.embeddings import router as embeddings_router
-from api.errors import install_error_handlers
+from api.errors import CHUNK_MODELS, install_error_handlers
 from api.metrics import ApiMetrics
 from api.metrics import router as metrics_router
 from api.misc import package_version
@@ -24,15 +29,13 @@ from broker.keys import Keys
 from broker.producer import Producer
 from broker.settings import Settings
 
-WEBUI_PATH = "/ui"
 
-
-def create_app(settings: Settings | None = None, cors: CorsOptions | None = None, *, webui: bool = False) -> FastAPI:
-    """The API; with ``webui`` the chat web UI is mounted at ``/ui`` too (one port, as ``queuechat up`` serves)."""
+def create_app(
+    settings: Settings | None = None, cors: CorsOptions | None = None, *, open_prefixes: Sequence[str] = ()
+) -> FastAPI:
+    """The API. ``open_prefixes`` are paths of mounted apps that check credentials themselves (the web UI)."""
     settings = settings or Settings()
-    if not settings.redis_url:
-        raise ValueError("the API needs a Redis URL (--redis-url or QUEUECHAT_REDIS_URL)")
-    redis_url = settings.redis_url
+    redis_url = settings.require_redis_url("the API")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
             app.state.metrics.close()
 
     app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
+    _document(app)
     app.state.settings = settings
     app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
     install_error_handlers(app)
@@ -54,19 +58,37 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     app.include_router(batches.router)
     app.include_router(metrics_router)
     app.include_router(misc_router)
-    app.include_router(embeddings_router)
+    app.include_router(embeddings.router)
     app.include_router(anthropic_router)
-    # The last added runs first: request ids on everything, then CORS (answers preflights, and decorates 401s so
-    # browsers can read them), then the key check.
+    # The last added runs first: request ids and the request log on everything, then CORS (answers preflights,
+    # and decorates 401s so browsers can read them), then the key check.
     if settings.api_keys:
-        # A browser cannot send a Bearer header: the mounted web UI asks for an API key on its own login page.
-        exempt = (WEBUI_PATH,) if webui else ()
-        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, exempt_prefixes=exempt)
+        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, exempt_prefixes=tuple(open_prefixes))
     install_cors(app, cors)
     app.add_middleware(RequestIdMiddleware)
-    if webui:
-        from webui.mount import mount_webui  # imports gradio, which an API-only process never needs
-
-        auth = api_key_login(settings.api_keys) if settings.api_keys else None
-        mount_webui(app, settings, path=WEBUI_PATH, auth=auth)
     return app
+
+
+def _document(app: FastAPI) -> None:
+    """/openapi.json as the API answers: errors are 400s in OpenAI's shape (FastAPI's own 422 is never sent), and
+    the stream chunks' models are listed among the components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for model in CHUNK_MODELS:
+            extra = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+            components.update(extra.pop("$defs", {}))
+            components.setdefault(model.__name__, extra)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

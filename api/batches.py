@@ -1,7 +1,7 @@
 """OpenAI's Batch API: create a batch from an uploaded file, follow it, list batches, cancel one.
 
 Creating a batch records it in Redis and enqueues an rq job (JSON-serialised, never pickled) on the batch queue;
-a batch worker (``queuechat batch-worker``) runs it. See :mod:`api.batch_runner` for how the lines are run.
+a batch worker (``queuechat batch-worker``) runs it. See :mod:`batch.runner` for how the lines are run.
 """
 
 from __future__ import annotations
@@ -9,26 +9,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from rq import Queue
-from rq.job import Job as RqJob
-from rq.job import JobStatus
-from rq.serializers import JSONSerializer
 
+from api.errors import ERROR_RESPONSES
 from api.files import broker_errors, get_file, settings_of, store_of
-from api.filestore import BATCH_ENDPOINTS
+from batch.filestore import BATCH_ENDPOINTS
+from batch.queue import COMPLETION_WINDOWS, cancel_queued_run, enqueue_run
 from broker.batches import TERMINAL, BatchStatus
 from broker.connection import sync_client
 from broker.errors import InvalidRequest, NotFound
-from broker.settings import Settings
+from serving.responses import Batch, BatchList
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
-COMPLETION_WINDOWS = {"24h": 24 * 3600}
 # What the batch runner can run (OpenAI also batches /v1/embeddings: refused with a 400 naming `endpoint` until the
 # runner has an embeddings answer to call).
 RUNNABLE = tuple(e for e in BATCH_ENDPOINTS if e != "/v1/embeddings")
@@ -41,25 +38,6 @@ class CreateBatch(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
-
-
-def batch_queue(client: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.batch_queue, connection=client, serializer=JSONSerializer)
-
-
-def enqueue_run(client: redis.Redis, settings: Settings, batch_id: str, rq_job_id: str, window: float) -> None:
-    """Queue the rq job that runs a batch. Its arguments are plain strings: any batch worker on this Redis can run
-    it, and reads everything else from the batch's record."""
-    batch_queue(client, settings).enqueue(
-        "api.batch_runner.run_batch",
-        settings.key_prefix,
-        batch_id,
-        job_id=rq_job_id,
-        job_timeout=int(window) + 3600,  # the runner expires the batch itself at its window; this is a backstop
-        result_ttl=7 * 24 * 3600,
-        failure_ttl=7 * 24 * 3600,
-        description=f"batch {batch_id}",
-    )
 
 
 def _sync_client(request: Request) -> redis.Redis:
@@ -76,16 +54,16 @@ def _has_route(request: Request, path: str) -> bool:
     return path in request.app.openapi().get("paths", {})
 
 
-async def _get(request: Request, batch_id: str) -> dict[str, Any]:
+async def _get(request: Request, batch_id: str) -> Batch:
     with broker_errors():
         obj = await store_of(request).batch(batch_id)
     if obj is None:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
-    return obj
+    return Batch.model_validate(obj)
 
 
 @router.post("/v1/batches")
-async def create_batch(body: CreateBatch, request: Request) -> dict[str, Any]:
+async def create_batch(body: CreateBatch, request: Request) -> Batch:
     settings = settings_of(request)
     if body.endpoint not in RUNNABLE or not _has_route(request, body.endpoint):
         served = [e for e in RUNNABLE if _has_route(request, e)]
@@ -124,7 +102,7 @@ async def create_batch(body: CreateBatch, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/batches/{batch_id}")
-async def retrieve_batch(batch_id: str, request: Request) -> dict[str, Any]:
+async def retrieve_batch(batch_id: str, request: Request) -> Batch:
     return await _get(request, batch_id)
 
 
@@ -133,39 +111,26 @@ async def list_batches(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query()] = None,
-) -> dict[str, Any]:
+) -> BatchList:
     store = store_of(request)
     with broker_errors():
         ids = await store.batch_ids()
         if after is not None:
             ids = ids[ids.index(after) + 1 :] if after in ids else []
-        page = [b for b in [await store.batch(i) for i in ids[:limit]] if b]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": len(ids) > limit,
-    }
-
-
-def _cancel_queued_run(client: redis.Redis, rq_job_id: str) -> bool:
-    """Take the batch's rq job off the queue if no batch worker has started it; True if it was taken off."""
-    try:
-        job = RqJob.fetch(rq_job_id, connection=client, serializer=JSONSerializer)
-    except Exception:  # rq raises NoSuchJobError, or a decoding error for a job it cannot read: nothing to cancel
-        return False
-    if job.get_status() != JobStatus.QUEUED:
-        return False
-    job.cancel()
-    return True
+        page = [Batch.model_validate(b) for b in [await store.batch(i) for i in ids[:limit]] if b]
+    return BatchList(
+        data=page,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=len(ids) > limit,
+    )
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
+async def cancel_batch(batch_id: str, request: Request) -> Batch:
     store = store_of(request)
     obj = await _get(request, batch_id)
-    status = BatchStatus(obj["status"])
+    status = BatchStatus(obj.status)
     if status in TERMINAL:
         raise InvalidRequest(f"Batch {batch_id} cannot be cancelled: its status is {status.value!r}.")
     with broker_errors():
@@ -175,7 +140,7 @@ async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
         )
         # Not started yet: nobody would finish the cancel, so it is finished here. Otherwise the batch worker stops
         # feeding lines, lets the running ones end and writes the partial output.
-        taken_off = await asyncio.to_thread(_cancel_queued_run, _sync_client(request), fields.get("rq_job_id", ""))
+        taken_off = await asyncio.to_thread(cancel_queued_run, _sync_client(request), fields.get("rq_job_id", ""))
         if taken_off:
             await store.set_status(batch_id, BatchStatus.CANCELLED, allowed_from={BatchStatus.CANCELLING})
     return await _get(request, batch_id)

@@ -1,103 +1,19 @@
-"""``POST /v1/embeddings``: one ``embedding`` job per request, whatever the number of inputs.
-
-The worker sends the vectors as base64 little-endian float32 (see ``broker.schemas.Done``); this route passes them
-through for ``encoding_format=base64`` and unpacks them into floats otherwise, so both formats carry the same
-values bit for bit.
-"""
+"""``POST /v1/embeddings``: the route around :mod:`serving.embeddings`."""
 
 from __future__ import annotations
 
-import base64
-import struct
-import time
-from typing import Any, Literal, cast
-
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.jobs import merged, submit_all
-from broker.errors import JobFailed
-from broker.producer import Producer
-from broker.schemas import Done, Job, JobKind
+from api.context import producer_of, request_id_of, request_log_of
+from api.errors import ERROR_RESPONSES
+from serving.embeddings import EmbeddingRequest, embeddings_answer
+from serving.responses import EmbeddingList
 
-router = APIRouter()
-
-MAX_INPUTS = 2048  # OpenAI's limit on the items of one request
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _input_shape(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else value
-        if not items:
-            raise ValueError("input must not be an empty list")
-        if len(items) > MAX_INPUTS and not all(isinstance(x, int) for x in items):
-            raise ValueError(f"at most {MAX_INPUTS} inputs are allowed in one request")
-        for item in items:
-            if isinstance(item, str | list) and not item:
-                raise ValueError("input must not contain an empty string or an empty token list")
-            ids = item if isinstance(item, list) else [item] if isinstance(item, int) else []
-            if any(t < 0 for t in ids):
-                raise ValueError("token ids must not be negative")
-        return value
-
-    def inputs(self) -> list[str] | list[list[int]]:
-        """The inputs, one per embedding: a string, strings, one token id list, or token id lists."""
-        value = self.input
-        if isinstance(value, str):
-            return [value]
-        if all(isinstance(x, int) for x in value):
-            return [cast(list[int], value)]
-        return cast(list[str] | list[list[int]], value)
-
-
-def _floats(encoded: str) -> list[float]:
-    raw = base64.b64decode(encoded)
-    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
-    producer: Producer = request.app.state.producer
-    job = Job(
-        kind=JobKind.EMBEDDING,
-        model=body.model,
-        inputs=body.inputs(),
-        dimensions=body.dimensions,
-        deadline=time.time() + producer.settings.request_timeout,
-    )
-    streams = await submit_all(producer, [job])
-    done: Done | None = None
-    try:
-        async for _, event in merged(streams):
-            if isinstance(event, Done):
-                done = event
-    finally:
-        for s in streams:
-            s.close()
-    if done is None or done.embeddings is None or len(done.embeddings) != len(job.inputs or []):
-        raise JobFailed(f"the worker answered job {job.id} without its embeddings", status=502, code="bad_worker_reply")
-    data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": vector if body.encoding_format == "base64" else _floats(vector),
-        }
-        for i, vector in enumerate(done.embeddings)
-    ]
-    tokens = done.usage.prompt_tokens
-    return {
-        "object": "list",
-        "data": data,
-        "model": body.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
+    # the request's log line watches the job; the metrics count generation only
+    observer = request_log_of(request, body.model)
+    return await embeddings_answer(producer_of(request), body, observer, request_id=request_id_of(request))

@@ -6,7 +6,7 @@ All exception handlers live here, so no path can answer with a stack trace or a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,67 +17,62 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.anthropic.errors import anthropic_error_body, is_anthropic_path
 from api.requestid import HEADER, request_id_of
 from broker.errors import QueuechatError, QueueFull
+from serving.errors import error_body, error_of, validation_message
+from serving.responses import ChatCompletionChunk, Completion, ErrorResponse
+
+__all__ = ["ERROR_RESPONSES", "error_body", "error_response", "install_error_handlers", "validation_message"]
 
 log = logging.getLogger(__name__)
 
-
-def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+# What /openapi.json documents for every OpenAI route (each router of those takes it): each error status the API
+# answers, with OpenAI's error body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Invalid request (OpenAI's invalid_request_error)",
+        401: "Missing or wrong API key",
+        404: "Unknown route, model, file or batch",
+        405: "Method not allowed",
+        413: "Upload too large",
+        429: "The model's queue is full (Retry-After)",
+        500: "Server error",
+        502: "A worker's reply could not be read",
+        503: "The broker, or every worker of the model, is unavailable",
+        504: "The request passed its deadline",
+    }.items()
+}
+# The chat and completions routes stream their chunks as Server-Sent Events with ``stream: true``.
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer; with stream: true, Server-Sent Events of chunks, then [DONE]",
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string", "description": "data: lines of chunks, then data: [DONE]"},
+            }
+        },
+    }
+}
+CHUNK_MODELS = (ChatCompletionChunk, Completion)  # documented in the schema's components (see api.app)
 
 
 def error_response(exc: QueuechatError, path: str = "") -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
-    return _respond(path, exc.status, exc.message, exc.type, exc.code, exc.param, headers)
+    if is_anthropic_path(path):
+        return JSONResponse(anthropic_error_body(exc.status, exc.message), status_code=exc.status, headers=headers)
+    return JSONResponse(error_of(exc), status_code=exc.status, headers=headers)
 
 
 def _respond(
     path: str,
     status: int,
-    message: str,
-    type_: str,
-    code: str | None,
-    param: str | None = None,
+    body: dict[str, Any],
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """An error in the shape of the API the path belongs to: Anthropic's on its Messages paths, else OpenAI's."""
+    """An error in the shape of the API the path belongs to: Anthropic's on its Messages paths, else OpenAI's
+    (``body``)."""
     if is_anthropic_path(path):
-        return JSONResponse(anthropic_error_body(status, message), status_code=status, headers=headers)
-    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
-
-
-# Python type names pydantic puts in an error's location for the branch of a union it tried (``str``, ``int``)
-_BRANCH_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
-
-
-def _param(loc: tuple[Any, ...]) -> str | None:
-    """An error location in OpenAI's notation, ``messages[0].content[1]``, without pydantic's union branch labels
-    (``str``, ``list[ContentPart]``, ``function-after[...]``)."""
-    param = ""
-    for i, part in enumerate(loc):
-        if i == 0 and part == "body":
-            continue
-        if isinstance(part, int):
-            param += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier() and part not in _BRANCH_NAMES:
-            param += f".{part}" if param else part
-    return param or None
-
-
-def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """OpenAI's message and param for pydantic's errors (the API's requests and the Batch API's lines)."""
-    # Of a union's failed branches, the deepest error is the one that got furthest, so it says what is wrong
-    # (a missing ``text`` in a content part, not "Input should be a valid string").
-    first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
-    param = _param(tuple(first.get("loc", ())))
-    kind = first.get("type", "")
-    if kind == "json_invalid":
-        return "We could not parse the JSON body of your request. Send valid JSON.", None
-    if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {param}", param
-    if kind == "missing":
-        return f"Missing required parameter: '{param}'.", param
-    detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return (f"Invalid value for '{param}': {detail}" if param else f"Invalid request: {detail}"), param
+        body = anthropic_error_body(status, body["error"]["message"])
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -88,19 +83,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc.errors())
-        return _respond(request.url.path, 400, message, "invalid_request_error", "invalid_request", param)
+        return _respond(request.url.path, 400, error_body(message, "invalid_request_error", "invalid_request", param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key"}.get(exc.status_code)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _respond(request.url.path, exc.status_code, str(exc.detail), type_, code, headers=exc.headers)
+        return _respond(request.url.path, exc.status_code, error_body(str(exc.detail), type_, code), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = request_id_of(request.scope)
         log.exception("unexpected error (request %s)", request_id)
         # this handler runs outside every middleware, so the request id header is set here
-        message = "The server had an error processing your request."
-        headers = {HEADER: request_id} if request_id else None
-        return _respond(request.url.path, 500, message, "server_error", "internal_error", headers=headers)
+        body = error_body("The server had an error processing your request.", "server_error", "internal_error")
+        return _respond(request.url.path, 500, body, {HEADER: request_id} if request_id else None)

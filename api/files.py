@@ -13,13 +13,15 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from redis.exceptions import RedisError
 
-from api.filestore import new_id, save_upload, validate_batch_file
+from api.errors import ERROR_RESPONSES
+from batch.filestore import new_id, save_upload, validate_batch_file
 from broker.batches import BatchStore
 from broker.errors import BrokerUnavailable, InvalidRequest, NotFound
 from broker.producer import Producer
 from broker.settings import Settings
+from serving.responses import FileDeleted, FileList, FileObject
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @contextmanager
@@ -55,7 +57,7 @@ async def get_file(store: BatchStore, file_id: str) -> tuple[dict[str, Any], str
 @router.post("/v1/files")
 async def create_file(
     request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
-) -> dict[str, Any]:
+) -> FileObject:
     if purpose != "batch":
         raise InvalidRequest(f"queuechat stores files for batches only: purpose must be 'batch', not {purpose!r}.",
                              param="purpose")  # fmt: skip
@@ -86,25 +88,30 @@ async def create_file(
     return _public(obj)
 
 
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in ("urls", "lines")}
+def _public(obj: dict[str, Any]) -> FileObject:
+    """The OpenAI file object, without what the record keeps for batch creation (``urls``, ``lines``)."""
+    return FileObject.model_validate(obj)
 
 
 @router.get("/v1/files")
-async def list_files(request: Request) -> dict[str, Any]:
+async def list_files(request: Request) -> FileList:
     store = store_of(request)
     with broker_errors():
         found = [await store.file(i) for i in await store.file_ids()]
-    return {"object": "list", "data": [_public(f[0]) for f in found if f], "has_more": False}
+    return FileList(data=[_public(f[0]) for f in found if f], has_more=False)
 
 
 @router.get("/v1/files/{file_id}")
-async def retrieve_file(file_id: str, request: Request) -> dict[str, Any]:
+async def retrieve_file(file_id: str, request: Request) -> FileObject:
     obj, _ = await get_file(store_of(request), file_id)
     return _public(obj)
 
 
-@router.get("/v1/files/{file_id}/content", response_model=None)
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_model=None,
+    responses={200: {"content": {"application/jsonl": {}}, "description": "The file's lines"}},
+)
 async def file_content(file_id: str, request: Request) -> FileResponse:
     _, path = await get_file(store_of(request), file_id)
     if not Path(path).exists():
@@ -113,10 +120,10 @@ async def file_content(file_id: str, request: Request) -> FileResponse:
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
+async def delete_file(file_id: str, request: Request) -> FileDeleted:
     store = store_of(request)
     _, path = await get_file(store, file_id)
     with broker_errors():
         await store.delete_file(file_id)
     Path(path).unlink(missing_ok=True)
-    return {"id": file_id, "object": "file", "deleted": True}
+    return FileDeleted(id=file_id, deleted=True)

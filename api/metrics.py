@@ -3,8 +3,8 @@
 Two kinds of metrics, from two sources:
 
 - What this API process saw of its own requests (latencies, tokens, finish reasons), recorded by
-  :class:`ApiMetrics` as the job events pass through ``api.jobs``. Every replica counts its own requests, so sum
-  them across replicas.
+  :class:`ApiMetrics`, a job observer (:class:`serving.jobs.JobObserver`) the routes hand to the serving layer.
+  Every replica counts its own requests, so sum them across replicas.
 - The state of the whole deployment, read from Redis at scrape time (:class:`BrokerCollector`): requests waiting in
   and running from each model's stream, live workers, job outcomes. Every replica reports the same values, so
   aggregate these with ``max``, not ``sum``. A scrape never fails because Redis is down: ``queuechat:broker_up``
@@ -53,15 +53,10 @@ router = APIRouter()
 class _Timing:
     """What one job's events have shown so far (monotonic seconds)."""
 
-    metrics: ApiMetrics
     submitted: float
     accepted: bool = False
     first_token: bool = False
     last_token: dict[int, float] = field(default_factory=dict)  # per choice index
-
-
-# The timing of each tracked job, released with the job's events object (whatever way the request ended).
-_timings: weakref.WeakKeyDictionary[JobEvents, _Timing] = weakref.WeakKeyDictionary()
 
 
 class ApiMetrics:
@@ -115,12 +110,17 @@ class ApiMetrics:
         )
         self.broker = BrokerCollector(sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT), keys)
         self.registry.register(self.broker)
+        # each watched job's timing, released with the job's events object (whatever way the request ended)
+        self._timings: weakref.WeakKeyDictionary[JobEvents, _Timing] = weakref.WeakKeyDictionary()
 
-    def track(self, events: JobEvents, submitted: float) -> None:
+    def job_submitted(self, events: JobEvents, submitted: float) -> None:
         """Start timing a job that was submitted at ``submitted`` (``time.monotonic()``)."""
-        _timings[events] = _Timing(self, submitted)
+        self._timings[events] = _Timing(submitted)
 
-    def _observe(self, timing: _Timing, events: JobEvents, event: AnyEvent) -> None:
+    def job_event(self, events: JobEvents, event: AnyEvent) -> None:
+        timing = self._timings.get(events)
+        if timing is None:
+            return
         model = events.job.model
         now = time.monotonic()
         if isinstance(event, Accepted):
@@ -158,13 +158,6 @@ class ApiMetrics:
 
     def close(self) -> None:
         self.broker.client.close()
-
-
-def observe(events: JobEvents, event: AnyEvent) -> None:
-    """Record ``event`` of a tracked job into the metrics of the app that tracks it (no-op for untracked jobs)."""
-    timing = _timings.get(events)
-    if timing is not None:
-        timing.metrics._observe(timing, events, event)
 
 
 class BrokerCollector(Collector):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.jobs import merged, submit_all
-from api.routes import list_models
+from api.context import producer_of, request_id_of, request_log_of
+from api.errors import ERROR_RESPONSES
 from broker.errors import ModelNotFound
-from broker.producer import Producer
 from broker.schemas import Accepted, Job, JobKind
+from serving.jobs import close_all, merged, submit_all
+from serving.models import model_list
+from serving.responses import Model, TokenCheck, TokenCheckList, Version
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 MAX_TOKEN_CHECKS = 256
 
@@ -28,16 +29,16 @@ def package_version() -> str:
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    for entry in (await list_models(request))["data"]:
-        if entry["id"] == model_id:
-            return dict(entry)
+async def retrieve_model(model_id: str, request: Request) -> Model:
+    for entry in (await model_list(producer_of(request))).data:
+        if entry.id == model_id:
+            return entry
     raise ModelNotFound(f"The model '{model_id}' does not exist or has no live worker.", param="model")
 
 
 @router.get("/version")
-async def server_version() -> dict[str, str]:
-    return {"version": package_version()}
+async def server_version() -> Version:
+    return Version(version=package_version())
 
 
 class TokenCheckItem(BaseModel):
@@ -53,24 +54,27 @@ class TokenCheckRequest(BaseModel):
 
 
 @router.post("/api/v1/token_check")
-async def token_check(body: TokenCheckRequest, request: Request) -> dict[str, Any]:
+async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckList:
     """FastChat's check, for clients migrating from it: does each prompt plus its max_tokens fit the model?
     Each prompt is counted by a worker of its model (a ``tokenize`` job), with the model's own tokenizer."""
-    producer: Producer = request.app.state.producer
+    producer = producer_of(request)
     deadline = time.time() + producer.settings.request_timeout
-    jobs = [Job(kind=JobKind.TOKENIZE, model=p.model, prompt=p.prompt, deadline=deadline) for p in body.prompts]
-    streams = await submit_all(producer, jobs)
+    request_id = request_id_of(request)
+    jobs = [
+        Job(kind=JobKind.TOKENIZE, model=p.model, prompt=p.prompt, deadline=deadline, request_id=request_id)
+        for p in body.prompts
+    ]
+    streams = await submit_all(producer, jobs, request_log_of(request, body.prompts[0].model))
     try:
         async for _ in merged(streams):  # the rest of each job: its done event
             pass
     finally:
-        for s in streams:
-            s.close()
+        close_all(streams)
     live = await producer.live_models()
     answers = []
     for item, events in zip(body.prompts, streams, strict=True):
         first = events.pending_first
         count = first.prompt_tokens if isinstance(first, Accepted) else 0
         context = max((w.card.max_model_len or 0 for w in live.get(item.model, [])), default=0)
-        answers.append({"fits": count + item.max_tokens <= context, "tokenCount": count, "contextLength": context})
-    return {"prompts": answers}
+        answers.append(TokenCheck(fits=count + item.max_tokens <= context, tokenCount=count, contextLength=context))
+    return TokenCheckList(prompts=answers)

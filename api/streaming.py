@@ -1,56 +1,34 @@
-"""What the chat and completions endpoints share: the SSE body around a job's chunks, and usage."""
+"""The SSE response around a chunk stream's data lines (:mod:`serving.streams` makes the lines)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import Request
 from sse_starlette import EventSourceResponse
 
-from api.errors import error_body
-from broker.errors import QueuechatError
+from api.context import producer_of
 from broker.producer import JobEvents, Producer
-from broker.schemas import Accepted
+from serving.jobs import prompt_tokens_of
+from serving.streams import data_lines, dumps, usage
+
+# producer_of, dumps, usage, prompt_tokens_of and sse_body are kept for code written against the earlier layout
+__all__ = ["dumps", "producer_of", "prompt_tokens_of", "sse_body", "stream_response", "usage"]
 
 
-def producer_of(request: Request) -> Producer:
-    producer: Producer = request.app.state.producer
-    return producer
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+def stream_response(lines: AsyncIterator[str], producer: Producer) -> EventSourceResponse:
+    """An SSE response that, when the server is told to stop, gets the drain timeout to finish instead of being
+    cut at once (sse-starlette's default)."""
+    return EventSourceResponse(lines, ping=15, shutdown_grace_period=producer.settings.drain_timeout)
 
 
 async def sse_body(streams: list[JobEvents], chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The SSE body: the chunks, an OpenAI-shaped error chunk if the job fails midway, then ``[DONE]``.
-    The jobs are closed however the stream ends, a client disconnect included."""
-    try:
+    """Kept for callers of the earlier interface, whose chunks are already JSON text: the chunks, an error chunk
+    if the job fails midway, then ``[DONE]``. New code uses a stream's ``lines()``."""
+    import json
+
+    async def parsed() -> AsyncIterator[dict[str, object]]:
         async for chunk in chunks:
-            yield chunk
-    except QueuechatError as exc:
-        yield dumps(error_body(exc.message, exc.type, exc.code, exc.param))
-    finally:
-        for s in streams:
-            s.close()
-    yield "[DONE]"
+            yield json.loads(chunk)
 
-
-def stream_response(body: AsyncIterator[str], producer: Producer) -> EventSourceResponse:
-    """An SSE response that, when the server is told to stop, gets the drain timeout to finish instead of being
-    cut at once (sse-starlette's default)."""
-    return EventSourceResponse(body, ping=15, shutdown_grace_period=producer.settings.drain_timeout)
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def prompt_tokens_of(streams: list[JobEvents]) -> int:
-    return sum(e.pending_first.prompt_tokens for e in streams if isinstance(e.pending_first, Accepted))
+    async for line in data_lines(streams, parsed()):
+        yield line

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aredis
 
 from broker.keys import Keys
+from broker.records import text, text_map
 
 
 class BatchStatus(StrEnum):
@@ -66,13 +67,9 @@ return 0
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def batch_object(raw: dict[Any, Any]) -> dict[str, Any]:
     """The OpenAI batch object from its hash."""
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = text_map(raw)
     obj: dict[str, Any] = json.loads(fields["meta"])
     obj["status"] = fields["status"]
     for name in _TIMESTAMPS:
@@ -112,11 +109,11 @@ class BatchStore:
         raw = await self.client.hgetall(self.keys.file(file_id))
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = text_map(raw)
         return json.loads(fields["meta"]), fields["path"]
 
     async def file_ids(self) -> list[str]:
-        return [_text(i) for i in await self.client.zrevrange(self.keys.files, 0, -1)]
+        return [text(i) for i in await self.client.zrevrange(self.keys.files, 0, -1)]
 
     async def delete_file(self, file_id: str) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -142,7 +139,7 @@ class BatchStore:
 
     async def batch_fields(self, batch_id: str) -> dict[str, str] | None:
         raw = await self.client.hgetall(self.keys.batch(batch_id))
-        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+        return text_map(raw) if raw else None
 
     async def batch(self, batch_id: str) -> dict[str, Any] | None:
         raw = await self.client.hgetall(self.keys.batch(batch_id))
@@ -150,25 +147,25 @@ class BatchStore:
 
     async def batch_ids(self, start: int = 0, stop: int = -1) -> list[str]:
         """Batch ids, newest first."""
-        return [_text(i) for i in await self.client.zrevrange(self.keys.batches, start, stop)]
+        return [text(i) for i in await self.client.zrevrange(self.keys.batches, start, stop)]
 
     async def status(self, batch_id: str) -> BatchStatus | None:
         value = await self.client.hget(self.keys.batch(batch_id), "status")
-        return BatchStatus(_text(value)) if value is not None else None
+        return BatchStatus(text(value)) if value is not None else None
 
     async def set_status(self, batch_id: str, to: BatchStatus, *, allowed_from: set[BatchStatus]) -> bool:
         """Move the batch to ``to`` if its status is one of ``allowed_from``; False (nothing changed) otherwise."""
         result = await self._set_status(
             keys=[self.keys.batch(batch_id)], args=[to.value, time.time(), *(s.value for s in allowed_from)]
         )
-        return result == 1
+        return bool(result == 1)
 
     async def set_fields(self, batch_id: str, **fields: str | int) -> None:
         await self.client.hset(self.keys.batch(batch_id), mapping=fields)  # type: ignore[arg-type]
 
     async def done_ids(self, batch_id: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.keys.batch_done(batch_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return text_map(raw)
 
     async def mark_done(self, batch_id: str, custom_id: str, ok: bool) -> None:
         await self._mark_done(
@@ -186,6 +183,32 @@ class BatchStore:
 
     async def release_lease(self, batch_id: str, owner: str) -> None:
         await self._release(keys=[self.keys.batch_lease(batch_id)], args=[owner])
+
+
+class BatchRecords:
+    """The batch records as a batch worker's orphan scan reads them, between rq jobs (a sync client). The same
+    records and parsers as :class:`BatchStore`."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def batch_ids(self) -> list[str]:
+        """Batch ids, newest first."""
+        ids: list[Any] = self.client.zrevrange(self.keys.batches, 0, -1)
+        return [text(i) for i in ids]
+
+    def batch_fields(self, batch_id: str) -> dict[str, str] | None:
+        raw: dict[Any, Any] = self.client.hgetall(self.keys.batch(batch_id))
+        return text_map(raw) if raw else None
+
+    def leased(self, batch_id: str) -> bool:
+        """Whether a batch worker holds the batch's lease now."""
+        return bool(self.client.exists(self.keys.batch_lease(batch_id)))
+
+    def set_run(self, batch_id: str, rq_job_id: str, runs: int) -> None:
+        """Record the rq job of the batch's next run, and how many runs it has had."""
+        self.client.hset(self.keys.batch(batch_id), mapping={"rq_job_id": rq_job_id, "runs": runs})
 
 
 @dataclass
@@ -208,7 +231,7 @@ class BatchProgress:
 
 def batch_progress(client: redis.Redis, keys: Keys, limit: int = 20) -> list[BatchProgress]:
     """The newest ``limit`` batches with their progress, in one round trip after the index read."""
-    ids = [_text(i) for i in client.zrevrange(keys.batches, 0, limit - 1)]
+    ids = [text(i) for i in client.zrevrange(keys.batches, 0, limit - 1)]
     if not ids:
         return []
     pipe = client.pipeline(transaction=False)

@@ -24,6 +24,7 @@ import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.sentinel import Sentinel
+from redis.sentinel import SentinelConnectionPool as SentinelPool
 
 # Connecting to a dead Redis must give up quickly so front servers answer 503 at once.
 CONNECT_TIMEOUT = 1.0
@@ -159,8 +160,10 @@ def sync_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) ->
     }
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
-        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs(), **timeouts)
-        return sentinel.master_for(target.service, redis_class=redis.Redis, **target.node_kwargs())
+        # redis-py's sentinel module is not annotated, hence the ignores on its calls
+        sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs(), **timeouts)  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinel.master_for(target.service, redis_class=redis.Redis, **target.node_kwargs())  # type: ignore[no-untyped-call]
+        return master
     return redis.Redis.from_url(url, **timeouts)
 
 
@@ -184,7 +187,7 @@ def async_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -
     }
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
-        sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())
+        sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs())  # type: ignore[no-untyped-call]
         client: aredis.Redis = sentinel.master_for(
             target.service,
             redis_class=aredis.Redis,
@@ -195,3 +198,60 @@ def async_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -
         return client
     pool = aredis.BlockingConnectionPool.from_url(url, **pool_options)
     return aredis.Redis(connection_pool=pool)
+
+
+# What identifies a sync client's server and credentials, to open an async client to the same place.
+_SAME_SERVER = ("host", "port", "db", "username", "password", "path", "client_name")
+_ASYNC_CLASSES: dict[type[Any], type[aredis.connection.AbstractConnection]] = {
+    redis.connection.Connection: aredis.connection.Connection,
+    redis.connection.SSLConnection: aredis.connection.SSLConnection,
+    redis.connection.UnixDomainSocketConnection: aredis.connection.UnixDomainSocketConnection,
+}
+
+
+def async_client_like(client: redis.Redis, *, command_timeout: float | None = COMMAND_TIMEOUT) -> aredis.Redis:
+    """An async client to the server ``client`` talks to, with the same credentials and TLS options (a batch run
+    opens its producer from the connection of the rq job it is)."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelPool):
+        return _async_sentinel_client_like(pool, command_timeout)
+    given = pool.connection_kwargs
+    kwargs = {k: v for k, v in given.items() if k in _SAME_SERVER or k.startswith("ssl_")}
+    connection_class = _ASYNC_CLASSES.get(pool.connection_class)
+    if connection_class is None:  # never guess: a default would connect somewhere else without a word
+        raise ValueError(f"cannot open an async client like one whose connections are {pool.connection_class}")
+    async_pool = aredis.BlockingConnectionPool(
+        connection_class=connection_class,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=command_timeout,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT,
+        **kwargs,
+    )
+    return aredis.Redis(connection_pool=async_pool)
+
+
+def _async_sentinel_client_like(pool: SentinelPool, command_timeout: float | None) -> aredis.Redis:
+    """The same sentinels, service and node credentials as a sync Sentinel client's pool."""
+    manager = pool.sentinel_manager
+    sentinels = [
+        (str(s.connection_pool.connection_kwargs["host"]), int(s.connection_pool.connection_kwargs["port"]))
+        for s in manager.sentinels
+    ]
+    node = {k: v for k, v in pool.connection_kwargs.items() if k in _SAME_SERVER or k.startswith("ssl")}
+    for k in ("host", "port", "path"):  # a node's address comes from the sentinels
+        node.pop(k, None)
+    async_sentinel = AsyncSentinel(sentinels, sentinel_kwargs=dict(manager.sentinel_kwargs))  # type: ignore[no-untyped-call]
+    client: aredis.Redis = async_sentinel.master_for(
+        pool.service_name,
+        redis_class=aredis.Redis,
+        connection_pool_class=_BlockingSentinelPool,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=command_timeout,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT,
+        **node,
+    )
+    return client

@@ -17,7 +17,8 @@ import redis
 from pydantic import BaseModel, Field, computed_field
 
 from broker.batches import BatchProgress, batch_progress
-from broker.keys import CONSUMER_GROUP, Keys
+from broker.keys import Keys
+from broker.records import group_info, text
 from broker.registry import LiveWorker, split_registry
 
 # The fields of {p}:stats:{model} shown per model; a field nobody has counted yet reads as 0.
@@ -76,22 +77,8 @@ class Snapshot(BaseModel):
         return [w for w in self.workers if model in w.models]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _stream_ms(entry_id: bytes | str) -> int:
-    return int(_text(entry_id).partition("-")[0])
-
-
-def _group(reply: Any) -> dict[str, Any] | None:
-    """The ``workers`` group from an XINFO GROUPS reply; None when the stream or the group does not exist."""
-    if isinstance(reply, Exception) or not reply:
-        return None
-    for group in reply:
-        if _text(group.get("name", b"")) == CONSUMER_GROUP:
-            return dict(group)
-    return None
+    return int(text(entry_id).partition("-")[0])
 
 
 def waiting_of(group: dict[str, Any], length: int) -> int:
@@ -146,7 +133,7 @@ def snapshot(
     pipe.hgetall(keys.workers)
     (seconds, micros), cards = pipe.execute()
     now = seconds + micros / 1e6
-    ids = [_text(w) for w in cards]
+    ids = [text(w) for w in cards]
     beats = client.mget([keys.heartbeat(w) for w in ids]) if ids else []
     live, _expired = split_registry(cards, beats)
     workers = sorted((worker_info(w, now) for w in live), key=lambda w: w.id)
@@ -176,7 +163,7 @@ def _queues(
     backlog: list[tuple[QueueInfo, str]] = []
     for i, model in enumerate(names):
         groups, length, stats, dead_len = replies[4 * i : 4 * i + 4]
-        counts = {_text(k): int(v) for k, v in (stats or {}).items() if _text(k) in STAT_FIELDS}
+        counts = {text(k): int(v) for k, v in (stats or {}).items() if text(k) in STAT_FIELDS}
         serving = [w for w in workers if model in w.models]
         queue = QueueInfo(
             model=model,
@@ -185,12 +172,12 @@ def _queues(
             workers=len(serving),
             slots=sum(w.slots for w in serving),
         )
-        group = _group(groups)
+        group = group_info(groups)
         if group is not None:
             queue.running = int(group.get("pending", 0))
             queue.waiting = waiting_of(group, int(length or 0))
             if queue.waiting:
-                backlog.append((queue, _text(group.get("last-delivered-id", b"0-0"))))
+                backlog.append((queue, text(group.get("last-delivered-id", b"0-0"))))
         elif isinstance(length, int) and length:
             queue.waiting = length  # a stream nobody has consumed from yet: all of it waits
             backlog.append((queue, "0-0"))

@@ -17,6 +17,7 @@ import redis.asyncio as aredis
 from pydantic import BaseModel, Field
 
 from broker.keys import Keys
+from broker.records import text
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,12 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _decode_live(keys: Keys, cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWorker], list[str]]:
     """Split the registry into live workers and ids whose heartbeat has expired."""
     live: list[LiveWorker] = []
     dead: list[str] = []
     for (worker_id, card_json), beat in zip(cards.items(), beats, strict=True):
-        wid = _text(worker_id)
+        wid = text(worker_id)
         if beat is None:
             dead.append(wid)
             continue
@@ -119,7 +116,7 @@ def split_registry(cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWo
 
 def live_workers(client: redis.Redis, keys: Keys) -> list[LiveWorker]:
     cards = client.hgetall(keys.workers)
-    beats = client.mget([keys.heartbeat(_text(w)) for w in cards]) if cards else []
+    beats = client.mget([keys.heartbeat(text(w)) for w in cards]) if cards else []
     live, dead = _decode_live(keys, cards, beats)
     if dead:
         client.hdel(keys.workers, *dead)
@@ -129,7 +126,7 @@ def live_workers(client: redis.Redis, keys: Keys) -> list[LiveWorker]:
 async def alive_workers(client: aredis.Redis, keys: Keys) -> list[LiveWorker]:
     """The async twin of :func:`live_workers`, for front servers."""
     cards = await client.hgetall(keys.workers)
-    beats = await client.mget([keys.heartbeat(_text(w)) for w in cards]) if cards else []
+    beats = await client.mget([keys.heartbeat(text(w)) for w in cards]) if cards else []
     live, dead = _decode_live(keys, cards, beats)
     if dead:
         await client.hdel(keys.workers, *dead)

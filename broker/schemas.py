@@ -75,6 +75,8 @@ class Job(BaseModel):
     created: float = Field(default_factory=time.time)
     deadline: float
     attempt: int = 1
+    # the client's X-Request-Id (or the one the API made), so a worker's log line names the request it served
+    request_id: str | None = Field(default=None, max_length=128)
 
 
 class EventType(StrEnum):

@@ -10,6 +10,15 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class MissingRedisUrl(ValueError):
+    """A process that talks to Redis was started without a URL (the one place this is said)."""
+
+    def __init__(self, who: str) -> None:
+        super().__init__(
+            f"{who} needs a Redis URL: --redis-url or QUEUECHAT_REDIS_URL (`queuechat up` embeds a Valkey)"
+        )
+
+
 def _default_files_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "queuechat" / "files"
@@ -68,6 +77,12 @@ class Settings(BaseSettings):
         if redis_url:
             settings.redis_url = redis_url
         return settings
+
+    def require_redis_url(self, who: str) -> str:
+        """The Redis URL; :class:`MissingRedisUrl` naming ``who`` (e.g. "the API") when there is none."""
+        if not self.redis_url:
+            raise MissingRedisUrl(who)
+        return self.redis_url
 
     def __repr__(self) -> str:
         shown = self.model_dump()

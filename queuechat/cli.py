@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from api.batch_worker import batch_worker_command
-from api.main import api_command
+from batch.main import batch_worker_command
+from queuechat.apiserver import api_command
 from queuechat.info import info_command
 from queuechat.probe import probe_command
 from queuechat.up import up_command

@@ -224,9 +224,11 @@ def info_command(
     models: Annotated[list[str] | None, typer.Argument(help="Show only these models (default: all)")] = None,
     url: Annotated[
         str | None,
-        typer.Option("--url", "-u", envvar="QUEUECHAT_REDIS_URL", help=f"Redis URL (default: {DEFAULT_URL})"),
+        typer.Option("--url", "-u", help=f"Redis URL (env QUEUECHAT_REDIS_URL; default: {DEFAULT_URL})"),
     ] = None,
-    key_prefix: Annotated[str, typer.Option(envvar="QUEUECHAT_KEY_PREFIX", help="Key prefix of the deployment")] = "qc",
+    key_prefix: Annotated[
+        str | None, typer.Option(help="Key prefix of the deployment (env QUEUECHAT_KEY_PREFIX; default: qc)")
+    ] = None,
     interval: Annotated[
         float | None, typer.Option("--interval", "-i", min=0.1, help="Redraw every N seconds until Ctrl-C")
     ] = None,
@@ -242,9 +244,14 @@ def info_command(
     from broker.connection import sync_client
     from broker.keys import Keys
     from broker.monitor import snapshot
+    from broker.settings import Settings
 
-    redis_url = url or DEFAULT_URL
-    keys = Keys(key_prefix)
+    # the environment is read in one place, the settings; the flags take precedence
+    settings = Settings.load(url)
+    if key_prefix:
+        settings = settings.model_copy(update={"key_prefix": key_prefix})
+    redis_url = settings.redis_url or DEFAULT_URL
+    keys = Keys(settings.key_prefix)
     try:
         # Every command info sends is cheap: a Redis that takes seconds to answer is as good as down.
         client = sync_client(redis_url, command_timeout=INFO_COMMAND_TIMEOUT)

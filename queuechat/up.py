@@ -107,7 +107,7 @@ def up_command(
         typer.echo("queuechat: loading the model (the default model is converted once on first use)…")
         names = [n.strip() for n in model_names.split(",")] if model_names else None
         models = _wait_for_model(url, settings.key_prefix, names, worker, startup_timeout)
-        api_args = ["-m", "api", "--host", host, "--port", str(port), "--redis-url", url]
+        api_args = ["-m", "queuechat", "api", "--host", host, "--port", str(port), "--redis-url", url]
         api = _spawn([*api_args, "--webui"] if webui else api_args, env)
         children.append(api)
         # the Batch API's runner: files and results go to QUEUECHAT_FILES_DIR (default under ~/.cache/queuechat)

@@ -119,7 +119,7 @@ class ApiServer:
 @pytest.fixture
 def start_api(settings: Settings) -> Iterator[Callable[..., ApiServer]]:
     """Factory: the real API app under a real uvicorn server in a thread, on a free loopback port."""
-    from api.app import create_app
+    from queuechat.compose import create_app
 
     servers: list[ApiServer] = []
 

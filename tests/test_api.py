@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -87,9 +88,14 @@ def test_completions_string_and_list_prompts(stack: Stack) -> None:
 
 
 def test_completions_stream(stack: Stack) -> None:
-    chunks = list(client(stack).completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, stream=True))
+    c = client(stack)
+    whole = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
+    chunks = list(
+        c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, stream=True, temperature=0)
+    )
     assert len({ch.id for ch in chunks}) == 1
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices[0].finish_reason] == ["length"]
+    assert "".join(ch.choices[0].text for ch in chunks) == whole.choices[0].text  # the same answer, in pieces
 
 
 def test_stop_string_cuts_text_and_reports_stop(stack: Stack) -> None:
@@ -108,10 +114,25 @@ def test_stop_string_cuts_text_and_reports_stop(stack: Stack) -> None:
 
 
 def test_sampling_parameters_are_accepted(stack: Stack) -> None:
-    r = client(stack).chat.completions.create(
+    """Accepted and honoured: a parameter the worker ignored would leave the draws below as they are."""
+    c = client(stack)
+    r = c.chat.completions.create(
         model="tiny", messages=PROMPT, max_tokens=5, temperature=0.8, top_p=0.9, seed=7, extra_body={"top_k": 20}
     )
     assert r.usage is not None and r.usage.completion_tokens == 5
+
+    def ask(**params: Any) -> str | None:
+        answer = c.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=8, **params)
+        return answer.choices[0].message.content
+
+    greedy = ask(temperature=0)
+    # top_k 1 and a tiny top_p leave only the likeliest token: the greedy answer, however hot the temperature
+    assert ask(temperature=1.5, seed=1, extra_body={"top_k": 1}) == greedy
+    assert ask(temperature=1.5, seed=2, top_p=1e-6) == greedy
+    # the seed decides a hot draw (the tiny random model's distribution is nearly flat: draws differ)
+    draws = [ask(temperature=1.5, seed=s) for s in (11, 12, 13, 11)]
+    assert draws[0] == draws[3]
+    assert len(set(draws[:3])) > 1 and set(draws[:3]) != {greedy}
 
 
 def test_unknown_model_is_404_model_not_found(stack: Stack) -> None:

@@ -128,11 +128,15 @@ def test_models_by_id(stack: Stack) -> None:
 
 
 def test_version(stack: Stack) -> None:
-    from api.misc import package_version
+    """The version the project declares, on /version and in the OpenAPI document alike."""
+    import tomllib
+    from pathlib import Path
 
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
     r = httpx.get(f"{stack.base_url}/version")
-    assert r.json() == {"version": package_version()}
+    assert r.json() == {"version": declared}
     assert r.json()["version"][0].isdigit()
+    assert httpx.get(f"{stack.base_url}/openapi.json").json()["info"]["version"] == declared
 
 
 def test_token_check_counts_with_the_model_tokenizer(stack: Stack) -> None:

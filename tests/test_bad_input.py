@@ -75,6 +75,10 @@ SURFACE_BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("/api/v1/token_check", "token_check unknown model",
      {"prompts": [{"model": "nope", "prompt": "x", "max_tokens": 1}]}, 404),
     ("/version", "POST to a GET route", {}, 405),
+    ("/v1/batches", "batch window other than 24h",
+     {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "1h"}, 400),
+    ("/v1/batches", "batch of an unknown file",
+     {"input_file_id": "file-nope", "endpoint": "/v1/chat/completions", "completion_window": "24h"}, 404),
 ]  # fmt: skip
 ALL_BAD_REQUESTS = BAD_REQUESTS + SURFACE_BAD_REQUESTS
 
@@ -101,8 +105,23 @@ def test_wrong_method_is_openai_shaped(stack: Stack) -> None:
     openai_error(r.json())
 
 
-def test_table_is_large_enough() -> None:
+def test_the_table_covers_every_json_route_with_statuses_the_api_documents() -> None:
+    """Every route that takes a JSON body has bad requests in the table, and each status the table expects of a
+    documented route is one /openapi.json documents for it."""
+    from broker.settings import Settings
+    from queuechat.compose import create_app
+
     assert len(ALL_BAD_REQUESTS) >= 30
+    paths = create_app(Settings(redis_url="redis://127.0.0.1:1/0")).openapi()["paths"]
+    json_routes = {
+        path
+        for path, operations in paths.items()
+        if "application/json" in operations.get("post", {}).get("requestBody", {}).get("content", {})
+    }
+    assert json_routes - {path for path, *_ in ALL_BAD_REQUESTS} == set()
+    for path, why, _, status in ALL_BAD_REQUESTS:
+        if "post" in paths.get(path, {}):
+            assert str(status) in paths[path]["post"]["responses"], why
 
 
 @pytest.mark.parametrize("path", ["/v1/models/nope", "/v1/models/org/nope", "/no/such/page"])

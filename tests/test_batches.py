@@ -253,7 +253,7 @@ def test_counts_survive_a_line_reported_twice(settings: Settings) -> None:
 
 
 def test_a_result_file_drops_a_torn_last_line_on_reopening(tmp_path: Path) -> None:
-    from api.filestore import ResultFile
+    from batch.filestore import ResultFile
 
     path = tmp_path / "out.jsonl"
     path.write_bytes(b'{"custom_id": "a"}\n{"custom_id": "b"}\n{"custom_id": "c", "resp')  # killed mid-write

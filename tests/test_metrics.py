@@ -10,7 +10,6 @@ import httpx
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.jobs import merged, submit_all
 from api.metrics import ApiMetrics
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
@@ -19,6 +18,7 @@ from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Usage
 from broker.settings import Settings
+from serving.jobs import merged, submit_all
 from tests.conftest import ApiServer, RunningWorker, Stack, free_port, wait_for
 from tests.test_info import _job
 

@@ -286,7 +286,7 @@ def test_tool_choice_must_name_a_given_tool(stack: Stack) -> None:
 
 
 def test_hermes_tool_calls_are_parsed_from_text() -> None:
-    from api.tools import parse_calls
+    from serving.tools import parse_calls
 
     content, calls = parse_calls(
         'Let me check.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'

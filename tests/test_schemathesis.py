@@ -1,6 +1,7 @@
 """Property-based fuzzing of the whole API from its own /openapi.json (schemathesis): valid and invalid requests
 for every operation, a bounded number of each, derandomized so a run is repeatable. No request may get a 5xx,
-and every 4xx must be OpenAI-shaped (Anthropic-shaped on Anthropic's Messages paths)."""
+every 4xx must be OpenAI-shaped (Anthropic-shaped on Anthropic's Messages paths), and every JSON body must follow
+the schema the API documents for its status."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from pydantic import ValidationError
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from api.anthropic.errors import ERROR_TYPES, is_anthropic_path
 from tests.conftest import Stack
@@ -41,6 +43,12 @@ def aim_at_live_model(case: Any) -> None:
             item["model"] = "tiny"
 
 
+def is_json(response: Any) -> bool:
+    value = response.headers.get("content-type") or ""
+    value = value[0] if isinstance(value, list) else value  # schemathesis keeps every value of a header
+    return str(value).startswith("application/json")
+
+
 def problem(case: Any, response: Any) -> str | None:
     status = response.status_code
     where = f"{case.method} {case.formatted_path} {str(case.body)[:200]!r} -> {status}"
@@ -60,13 +68,18 @@ def problem(case: Any, response: Any) -> str | None:
             openai_error(response.json())
         except (ValueError, ValidationError, AssertionError) as exc:
             return f"{where}: not OpenAI-shaped: {exc}"
+    if is_json(response):
+        try:
+            case.validate_response(response, checks=[response_schema_conformance])
+        except Exception as exc:  # schemathesis raises its failures (one, or a group of them)
+            return f"{where}: the body does not follow the documented schema: {str(exc)[:500]}"
     return None
 
 
 def test_fuzzed_requests_get_no_5xx_and_openai_shaped_4xx(stack: Stack) -> None:
     schema = schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json")
     problems: list[str] = []
-    counts = {"cases": 0, "operations": 0}
+    counts = {"cases": 0, "operations": 0, "answers": 0}
     statuses: Counter[int] = Counter()
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -92,6 +105,8 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_4xx(stack: Stack) -> None:
                     problems.append(f"{case.method} {case.formatted_path} {case.body!r}: {type(exc).__name__} {exc}")
                     return
                 statuses[response.status_code] += 1
+                if is_json(response) and response.status_code < 400:
+                    counts["answers"] += 1
                 found = problem(case, response)
                 if found:
                     problems.append(found)
@@ -105,4 +120,5 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_4xx(stack: Stack) -> None:
     print(f"schemathesis: {summary}; statuses {dict(sorted(statuses.items()))}")
     assert counts["operations"] >= 8
     assert counts["cases"] >= 50
+    assert counts["answers"] >= 10  # successful JSON answers whose bodies were checked against the schema
     assert not problems, "\n".join(problems[:20])

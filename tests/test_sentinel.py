@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.connection import BadRedisUrl, async_client, parse_sentinel_url, sync_client
+from broker.connection import BadRedisUrl, async_client, async_client_like, parse_sentinel_url, sync_client
 from broker.settings import Settings
 from tests.conftest import ApiServer, RunningWorker, wait_for
 from tests.sentinel_support import SentinelGroup, redis_server_binary
@@ -66,6 +66,17 @@ async def test_clients_reach_the_primary_through_the_sentinels(sentinel_group: S
     client = async_client(sentinel_group.url)
     try:
         assert await client.get("k") == b"v"
+        assert (await client.info("server"))["tcp_port"] == sentinel_group.primary_port
+    finally:
+        await client.aclose()
+
+
+@needs_redis_server
+async def test_an_async_client_like_a_sentinel_client_follows_the_sentinels(sentinel_group: SentinelGroup) -> None:
+    # a batch run opens its producer like its rq job's connection, which on Sentinel is a Sentinel client
+    client = async_client_like(sync_client(sentinel_group.url))
+    try:
+        await client.set("like", "yes")
         assert (await client.info("server"))["tcp_port"] == sentinel_group.primary_port
     finally:
         await client.aclose()

@@ -55,7 +55,7 @@ def served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Served]:
     """The tiny worker serving ``tiny`` and ``tiny-b``, and the API with the web UI on a free loopback port."""
-    from api.app import create_app
+    from queuechat.compose import create_app
 
     log_dir = tmp_path / "votes"
     monkeypatch.setenv("QUEUECHAT_WEBUI_LOG_DIR", str(log_dir))

@@ -1,17 +1,13 @@
-"""The Gradio Blocks: a Chat tab, a Compare tab, a status strip (mounted into the API by :mod:`webui.mount`).
+"""The Gradio Blocks: a Chat tab, a Compare tab, a status strip (mounted into an app by :mod:`webui.mount`).
 
-Handlers are thin: they turn widget values into :mod:`webui.chat` calls and sessions back into widget values.
-Every reply is an async generator running in the server's event loop, and the only thing that draws the
-conversation while it runs: Stop and Clear just mark the session, the reply notices at its next event, closes the
-job's events (the worker cancels the job when its next PUBLISH reaches nobody) and draws the final state last.
-Gradio's own ``cancels`` is not used for them: its browser code sends the cancellation only after the handler
-that triggered it has finished, so a frame of the cancelled reply could land after, and stay.
+This module lays the widgets out; both tabs' handlers are one :class:`webui.tabs.Tab` each (one conversation for
+Chat, two for Compare), which turns widget values into :mod:`webui.chat` calls and sessions back into a typed
+:class:`webui.tabs.TabView`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 # Before gradio is imported: no telemetry and no version check from any Blocks this process makes, so the UI
@@ -21,24 +17,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 
 from webui.backend import Backend
-from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
+from webui.chat import ChatSession
 from webui.status import status_line
+from webui.tabs import Tab, TabWidgets
+from webui.votes import CHAT_VOTES, COMPARE_VOTES
 
-# How long Clear waits for a running reply to notice it and wind down (it looks every STOP_POLL_SECONDS).
-STOP_WAIT_SECONDS = 10.0
 # Links under the page: the API page would advertise handlers that are not an API anyone should script.
 FOOTER_LINKS: list[Any] = ["gradio", "settings"]
-
-
-def chatbot_value(session: ChatSession) -> list[dict[str, Any]]:
-    # Gradio's normalised message form: a plain string goes through inspect.cleandoc, which strips indentation
-    # that every line after the first shares (code would lose it).
-    return [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in session.display()]
-
-
-def client_ip(request: gr.Request | None) -> str | None:
-    # Behind a trusted reverse proxy uvicorn already puts the forwarded address here.
-    return request.client.host if request is not None and request.client else None
 
 
 def pick(models: list[str], wanted: str | None, fallback: int = 0) -> str | None:
@@ -49,8 +34,8 @@ def pick(models: list[str], wanted: str | None, fallback: int = 0) -> str | None
 
 def build_blocks(backend: Backend) -> gr.Blocks:
     ui = backend.ui
-    timeout = backend.settings.request_timeout
 
+    demo: gr.Blocks
     with gr.Blocks(title="queuechat", analytics_enabled=False) as demo:
         status = gr.Markdown(elem_id="status-strip")
         with gr.Tab("Chat", id="chat"):
@@ -148,227 +133,40 @@ def build_blocks(backend: Backend) -> gr.Blocks:
         refresh.click(on_refresh, [model, model_a, model_b], model_outputs, concurrency_limit=None)
         gr.Timer(ui.status_interval).tick(on_tick, None, status, concurrency_limit=None, show_progress="hidden")
 
-        # ---------------------------------------------------------------- chat
+        # ---------------------------------------------------------------- the two tabs
 
-        chat_out = [chatbot, textbox, chat_notice, send, stop, regenerate, upvote, downvote, flag]
+        chat = Tab(
+            backend,
+            size=1,
+            votes=CHAT_VOTES,
+            record_vote=lambda kind, sessions, ip: backend.votes.chat_vote(kind, sessions[0], ip),
+            pick_models="Pick a model first (press ↻ if the list is empty).",
+            thanks=lambda kind: f"Thanks, your {kind} was recorded.",
+        )
+        chat_widgets = TabWidgets(
+            [chatbot], textbox, chat_notice, send, stop, regenerate, [upvote, downvote, flag], clear
+        )
+        chat.wire(chat_widgets, [session], [model], params_in)
 
-        def chat_view(s: ChatSession, *, text: Any = None, notice: str = "", streaming: bool = False) -> tuple:
-            votable = not streaming and s.last_answered is not None
-            return (
-                chatbot_value(s),
-                gr.skip() if text is None else text,
-                notice,
-                gr.Button(interactive=not streaming),
-                gr.Button(interactive=streaming),
-                gr.Button(interactive=not streaming and bool(s.turns)),
-                gr.Button(interactive=votable),
-                gr.Button(interactive=votable),
-                gr.Button(interactive=votable),
-            )
-
-        def params_of(temp: float | None, top: float | None, max_out: float | None) -> Params:
-            # Widgets inside a closed accordion have not rendered yet and send None (Gradio 6)
-            return Params(
-                temperature=ui.temperature if temp is None else float(temp),
-                top_p=ui.top_p if top is None else float(top),
-                max_tokens=ui.max_output_tokens if max_out is None else int(max_out),
-            )
-
-        async def stream_chat(s: ChatSession) -> AsyncIterator[tuple]:
-            async for _ in reply(s, backend.producer, timeout):
-                yield chat_view(s, streaming=True)
-            yield chat_view(s)
-
-        async def on_send(
-            s: ChatSession,
-            text: str,
-            model_name: str | None,
-            sys_prompt: str | None,
-            temp: float,
-            top: float,
-            max_out: float,
-        ) -> AsyncIterator[tuple]:
-            if (s.streaming and not await s.settled()) or not text.strip():  # settled: sent right after Stop
-                yield chat_view(s, streaming=s.streaming)
-                return
-            if not model_name:
-                yield chat_view(s, notice="Pick a model first (press ↻ if the list is empty).")
-                return
-            try:
-                s.check(text, max_chars=ui.max_input_chars, max_turns=ui.max_turns)
-            except InputRejected as exc:
-                yield chat_view(s, notice=str(exc))
-                return
-            s.system_prompt = sys_prompt or ""
-            s.ask(text, model_name, params_of(temp, top, max_out))
-            yield chat_view(s, text="", streaming=True)
-            async for view in stream_chat(s):
-                yield view
-
-        async def on_regenerate(
-            s: ChatSession, model_name: str | None, sys_prompt: str | None, temp: float, top: float, max_out: float
-        ) -> AsyncIterator[tuple]:
-            busy = s.streaming and not await s.settled()
-            if busy or not model_name or s.retry(model_name, params_of(temp, top, max_out)) is None:
-                yield chat_view(s, streaming=s.streaming)
-                return
-            s.system_prompt = sys_prompt or ""
-            yield chat_view(s, streaming=True)
-            async for view in stream_chat(s):
-                yield view
-
-        async def on_stop(s: ChatSession) -> None:
-            s.stop()
-
-        async def on_clear(s: ChatSession) -> tuple:
-            s.clear()
-            # Drawn once a running reply has wound down, so this and the reply's last frame, in whichever order
-            # they arrive, both show the empty conversation ready for input.
-            await s.settled(timeout=STOP_WAIT_SECONDS)
-            return chat_view(s, text="", streaming=s.streaming)
-
-        send_inputs = [session, textbox, model, *params_in]
-        textbox.submit(on_send, send_inputs, chat_out)
-        send.click(on_send, send_inputs, chat_out)
-        regenerate.click(on_regenerate, [session, model, *params_in], chat_out)
-        stop.click(on_stop, [session], None, concurrency_limit=None, show_progress="hidden")
-        # the chat window's own trash icon must forget the conversation too, not just blank the window
-        for trigger in (clear.click, chatbot.clear):
-            trigger(on_clear, [session], chat_out, concurrency_limit=None)
-
-        def chat_voter(kind: str) -> Callable[..., tuple]:
-            def vote(s: ChatSession, request: gr.Request) -> tuple:
-                if s.last_answered is None:
-                    return chat_view(s, notice="Nothing to vote on yet.")
-                backend.votes.chat_vote(kind, s, client_ip(request))
-                view = chat_view(s, notice=f"Thanks, your {kind} was recorded.")
-                # one vote per answer, as in FastChat
-                return (*view[:6], *(gr.Button(interactive=False) for _ in range(3)))
-
-            return vote
-
-        for button, kind in ((upvote, "upvote"), (downvote, "downvote"), (flag, "flag")):
-            button.click(chat_voter(kind), [session], chat_out, concurrency_limit=None)
-
-        # ---------------------------------------------------------------- compare
-
-        compare_votes = [leftvote, rightvote, tievote, bothbad]
-        compare_out = [
-            chatbot_a,
-            chatbot_b,
+        compare = Tab(
+            backend,
+            size=2,
+            votes=COMPARE_VOTES,
+            record_vote=lambda kind, sessions, ip: backend.votes.compare_vote(kind, sessions[0], sessions[1], ip),
+            pick_models="Pick two models first (press ↻ if the lists are empty).",
+            thanks=lambda _kind: "Thanks, your vote was recorded.",
+        )
+        compare_widgets = TabWidgets(
+            [chatbot_a, chatbot_b],
             compare_text,
             compare_notice,
             compare_send,
             compare_stop,
             compare_regenerate,
-            *compare_votes,
-        ]
-
-        def compare_view(
-            a: ChatSession, b: ChatSession, *, text: Any = None, notice: str = "", streaming: bool = False
-        ) -> tuple:
-            votable = not streaming and a.last_answered is not None and b.last_answered is not None
-            return (
-                chatbot_value(a),
-                chatbot_value(b),
-                gr.skip() if text is None else text,
-                notice,
-                gr.Button(interactive=not streaming),
-                gr.Button(interactive=streaming),
-                gr.Button(interactive=not streaming and bool(a.turns)),
-                *(gr.Button(interactive=votable) for _ in compare_votes),
-            )
-
-        async def stream_both(a: ChatSession, b: ChatSession) -> AsyncIterator[tuple]:
-            async for _ in side_by_side(reply(a, backend.producer, timeout), reply(b, backend.producer, timeout)):
-                yield compare_view(a, b, streaming=True)
-            yield compare_view(a, b)
-
-        async def on_compare(
-            a: ChatSession,
-            b: ChatSession,
-            text: str,
-            name_a: str | None,
-            name_b: str | None,
-            sys_prompt: str | None,
-            temp: float,
-            top: float,
-            max_out: float,
-        ) -> AsyncIterator[tuple]:
-            busy = not (await a.settled() and await b.settled())
-            if busy or not text.strip():
-                yield compare_view(a, b, streaming=busy)
-                return
-            if not name_a or not name_b:
-                yield compare_view(a, b, notice="Pick two models first (press ↻ if the lists are empty).")
-                return
-            try:
-                for s in (a, b):
-                    s.check(text, max_chars=ui.max_input_chars, max_turns=ui.max_turns)
-            except InputRejected as exc:
-                yield compare_view(a, b, notice=str(exc))
-                return
-            params = params_of(temp, top, max_out)
-            for s, name in ((a, name_a), (b, name_b)):
-                s.system_prompt = sys_prompt or ""
-                s.ask(text, name, params)
-            yield compare_view(a, b, text="", streaming=True)
-            async for view in stream_both(a, b):
-                yield view
-
-        async def on_compare_regenerate(
-            a: ChatSession,
-            b: ChatSession,
-            name_a: str | None,
-            name_b: str | None,
-            sys_prompt: str | None,
-            temp: float,
-            top: float,
-            max_out: float,
-        ) -> AsyncIterator[tuple]:
-            busy = not (await a.settled() and await b.settled())
-            if busy or not name_a or not name_b or not a.turns or not b.turns:
-                yield compare_view(a, b, streaming=busy)
-                return
-            params = params_of(temp, top, max_out)
-            for s, name in ((a, name_a), (b, name_b)):
-                s.system_prompt = sys_prompt or ""
-                s.retry(name, params)
-            yield compare_view(a, b, streaming=True)
-            async for view in stream_both(a, b):
-                yield view
-
-        async def on_compare_stop(a: ChatSession, b: ChatSession) -> None:
-            a.stop()
-            b.stop()
-
-        async def on_compare_clear(a: ChatSession, b: ChatSession) -> tuple:
-            a.clear()
-            b.clear()
-            await a.settled(timeout=STOP_WAIT_SECONDS)
-            await b.settled(timeout=STOP_WAIT_SECONDS)
-            return compare_view(a, b, text="", streaming=a.streaming or b.streaming)
-
-        compare_inputs = [left, right, compare_text, model_a, model_b, *params_in]
-        compare_text.submit(on_compare, compare_inputs, compare_out)
-        compare_send.click(on_compare, compare_inputs, compare_out)
-        compare_regenerate.click(on_compare_regenerate, [left, right, model_a, model_b, *params_in], compare_out)
-        compare_stop.click(on_compare_stop, [left, right], None, concurrency_limit=None, show_progress="hidden")
-        for trigger in (compare_clear.click, chatbot_a.clear, chatbot_b.clear):
-            trigger(on_compare_clear, [left, right], compare_out, concurrency_limit=None)
-
-        def compare_voter(kind: str) -> Callable[..., tuple]:
-            def vote(a: ChatSession, b: ChatSession, request: gr.Request) -> tuple:
-                if a.last_answered is None or b.last_answered is None:
-                    return compare_view(a, b, notice="Nothing to vote on yet.")
-                backend.votes.compare_vote(kind, a, b, client_ip(request))
-                view = compare_view(a, b, notice="Thanks, your vote was recorded.")
-                return (*view[:7], *(gr.Button(interactive=False) for _ in compare_votes))
-
-            return vote
-
-        for button, kind in zip(compare_votes, ("leftvote", "rightvote", "tievote", "bothbad_vote"), strict=True):
-            button.click(compare_voter(kind), [left, right], compare_out, concurrency_limit=None)
+            [leftvote, rightvote, tievote, bothbad],
+            compare_clear,
+        )
+        compare.wire(compare_widgets, [left, right], [model_a, model_b], params_in)
 
     demo.queue(default_concurrency_limit=ui.concurrency_count, api_open=False)
     return demo

@@ -17,11 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.jobs import chat_job
-from api.schemas import ChatCompletionRequest
 from broker.errors import QueuechatError
 from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done
+from serving.requests import ChatCompletionRequest
 from webui import messages
 
 # Re-rendering a growing Markdown answer for every token would cost the browser O(n²); ten frames a second read
@@ -170,7 +169,7 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
     events: JobEvents | None = None
     pending: asyncio.Future[AnyEvent] | None = None
     try:
-        job = chat_job(request_of(session, turn), timeout)
+        job = request_of(session, turn).to_job(timeout)
         turn.job_id = job.id
         events = await producer.submit(job)
         shown_at = 0.0

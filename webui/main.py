@@ -56,8 +56,10 @@ def webui_command(
 
     configure_logging(log_level)
     settings = Settings.load(redis_url)
-    if not settings.redis_url:
-        raise typer.BadParameter("the web UI needs --redis-url (or QUEUECHAT_REDIS_URL); `queuechat up` embeds one")
+    try:
+        settings.require_redis_url("the web UI")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     ui = WebUISettings()
     overrides = {"model_list_mode": model_list_mode, "concurrency_count": concurrency_count, "log_dir": log_dir}
     ui = ui.model_copy(update={k: v for k, v in overrides.items() if v is not None})

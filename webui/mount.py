@@ -1,4 +1,8 @@
-"""Mounting the web UI into an existing FastAPI app (the API, for ``queuechat up``: one port for a laptop user)."""
+"""Mounting the web UI into an existing FastAPI app (the API, for ``queuechat up``: one port for a laptop user).
+
+What it is mounted into is the composition root's business (:mod:`queuechat.compose`); this module knows only
+that it is a FastAPI app.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +15,18 @@ import gradio as gr
 from fastapi import FastAPI
 from starlette.routing import Mount
 
-from broker.settings import Settings
 from webui.app import FOOTER_LINKS, build_blocks
 from webui.backend import Backend
-from webui.settings import WebUISettings
 
 
 def mount_webui(
     app: FastAPI,
-    settings: Settings,
-    ui: WebUISettings | None = None,
+    backend: Backend,
     path: str = "/ui",
     auth: Callable[[str, str], bool] | None = None,
 ) -> FastAPI:
-    """Serve the web UI under ``path`` of an existing app (``queuechat up`` mounts it into the API); ``auth``
-    puts Gradio's login page in front of it."""
-    backend = Backend(settings, ui or WebUISettings())
+    """Serve the web UI of ``backend`` under ``path`` of an existing app (``queuechat up`` mounts it into the
+    API); ``auth`` puts Gradio's login page in front of it."""
     gr.mount_gradio_app(app, build_blocks(backend), path=path, footer_links=FOOTER_LINKS, ssr_mode=False, auth=auth)
     (mounted,) = [r for r in app.routes if isinstance(r, Mount) and r.path == path]
     outer = app.router.lifespan_context

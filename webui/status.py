@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from broker.errors import BrokerUnavailable
-from broker.keys import CONSUMER_GROUP
 from broker.monitor import waiting_of
 from broker.producer import Producer
+from broker.records import group_info
 
 
 @dataclass(frozen=True)
@@ -42,21 +41,11 @@ async def model_loads(producer: Producer) -> list[ModelLoad]:
     for i, model in enumerate(models):
         groups, length = replies[2 * i], replies[2 * i + 1]
         length = length if isinstance(length, int) else 0
-        group = _workers_group(groups)
+        group = group_info(groups)
         running = int(group.get("pending", 0)) if group else 0
         waiting = waiting_of(group, length) if group else length
         loads.append(ModelLoad(model, len(live[model]), running, waiting))
     return loads
-
-
-def _workers_group(reply: Any) -> dict[str, Any] | None:
-    if not isinstance(reply, list):  # the stream or its group does not exist yet
-        return None
-    for group in reply:
-        name = group.get("name", b"")
-        if (name.decode() if isinstance(name, bytes) else name) == CONSUMER_GROUP:
-            return dict(group)
-    return None
 
 
 def plural(n: int, word: str) -> str:

@@ -1,4 +1,4 @@
-"""``POST /v1/messages`` (streamed or not) and ``POST /v1/messages/count_tokens``."""
+"""``POST /v1/messages`` (streamed or not) and ``POST /v1/messages/count_tokens``, on the serving layer's chat."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from sse_starlette import EventSourceResponse
 from api.anthropic.errors import anthropic_error_body
 from api.anthropic.schemas import CountTokensRequest, MessagesRequest
 from api.anthropic.translate import StreamTranslator, count_request, to_chat_request, to_message, translated_stream
-from api.chat import chat_answer, chat_stream
-from api.errors import validation_message
-from api.jobs import chat_job, merged, submit_all
-from api.schemas import ChatCompletionRequest
-from api.streaming import dumps, producer_of, prompt_tokens_of
+from api.context import observer_of, producer_of, request_id_of
 from broker.errors import InvalidRequest, QueuechatError
-from broker.producer import JobEvents
 from broker.schemas import Job, JobKind
+from serving.chat import ChatStream, chat_answer, open_chat_stream
+from serving.errors import validation_message
+from serving.jobs import close_all, merged, prompt_tokens_of, submit_all
+from serving.requests import ChatCompletionRequest
+from serving.streams import dumps
 
 router = APIRouter()
 
@@ -36,22 +36,23 @@ def _as_chat(translate: Any, body: Any) -> ChatCompletionRequest:
 
 @router.post("/v1/messages", response_model=None)
 async def create_message(body: MessagesRequest, request: Request) -> Any:
-    producer = producer_of(request)
+    producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     chat = _as_chat(to_chat_request, body)
     if not body.stream:
-        return to_message(await chat_answer(producer, chat, request.app.state.metrics))
-    job = chat_job(chat, producer.settings.request_timeout)
-    streams = await submit_all(producer, [job], request.app.state.metrics)  # errors before the first token: 4xx
-    response_id = "chatcmpl-" + job.id.removeprefix("job-")
-    translator = StreamTranslator(body.model, prompt_tokens_of(streams))
-    chunks = chat_stream(streams, chat, response_id, int(time.time()))
-    events = translated_stream(chunks, translator, response_id)
-    return EventSourceResponse(_sse(streams, events), ping=15, shutdown_grace_period=producer.settings.drain_timeout)
+        answer = await chat_answer(producer, chat, observer, request_id=request_id)
+        return to_message(answer.model_dump(mode="json"))
+    stream = await open_chat_stream(producer, chat, observer, request_id=request_id)  # errors before a token: 4xx
+    translator = StreamTranslator(body.model, prompt_tokens_of(stream.streams))
+    events = translated_stream(_chunks(stream), translator, stream.response_id)
+    return EventSourceResponse(_sse(stream, events), ping=15, shutdown_grace_period=producer.settings.drain_timeout)
 
 
-async def _sse(
-    streams: list[JobEvents], events: AsyncIterator[tuple[str, dict[str, Any]]]
-) -> AsyncIterator[dict[str, str]]:
+async def _chunks(stream: ChatStream) -> AsyncIterator[dict[str, Any]]:
+    async for chunk in stream.chunks():
+        yield chunk.model_dump(mode="json", exclude_none=True)
+
+
+async def _sse(stream: ChatStream, events: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterator[dict[str, str]]:
     """Named SSE events; a job that fails midway ends the stream with Anthropic's ``error`` event."""
     try:
         async for name, data in events:
@@ -59,8 +60,7 @@ async def _sse(
     except QueuechatError as exc:
         yield {"event": "error", "data": dumps(anthropic_error_body(exc.status, exc.message))}
     finally:
-        for s in streams:
-            s.close()
+        close_all(stream.streams)
 
 
 @router.post("/v1/messages/count_tokens")
@@ -74,12 +74,12 @@ async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, 
         messages=[m.as_template_message() for m in chat.messages],
         tools=[t.model_dump(exclude_none=True) for t in chat.tools] if chat.tools_offered() and chat.tools else None,
         deadline=time.time() + producer.settings.request_timeout,
+        request_id=request_id_of(request),
     )
     streams = await submit_all(producer, [job])
     try:
         async for _ in merged(streams):  # the rest of the job: its done event
             pass
     finally:
-        for s in streams:
-            s.close()
+        close_all(streams)
     return {"input_tokens": prompt_tokens_of(streams)}

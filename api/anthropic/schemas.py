@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.schemas import MAX_STOP_SEQUENCES
+from serving.requests import MAX_STOP_SEQUENCES
 
 BlockType = Literal[
     "text", "tool_use", "tool_result", "image", "document", "thinking", "redacted_thinking", "search_result"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.anthropic.schemas import ContentBlock, CountTokensRequest, Message, MessagesRequest
-from api.schemas import ChatCompletionRequest
+from serving.requests import ChatCompletionRequest
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -230,12 +230,12 @@ class StreamTranslator:
 
 
 async def translated_stream(
-    chunks: AsyncIterator[str], translator: StreamTranslator, response_id: str
+    chunks: AsyncIterator[dict[str, Any]], translator: StreamTranslator, response_id: str
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """The chat stream's JSON chunks as Anthropic's events, message_start first and message_stop last."""
+    """The chat stream's chunks as Anthropic's events, message_start first and message_stop last."""
     yield translator.start(response_id)
-    async for raw in chunks:
-        for event in translator.chunk(json.loads(raw)):
+    async for chunk in chunks:
+        for event in translator.chunk(chunk):
             yield event
     for event in translator.finish():
         yield event

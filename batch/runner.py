@@ -8,7 +8,7 @@ Durability: a line counts as finished once its result is fsynced into the output
 records it (``{p}:batchdone:{id}``, and the live counts). A runner that starts on a batch that was already going
 (its worker was killed, or stopped) reopens both files, drops a torn last line, and feeds only the lines whose
 custom_id is in neither file, so every line appears in the results exactly once. A lease key with a TTL names the
-runner at work; a batch worker re-queues batches whose lease expired (see :mod:`api.batch_worker`).
+runner at work; a batch worker re-queues batches whose lease expired (see :mod:`batch.worker`).
 """
 
 from __future__ import annotations
@@ -23,22 +23,27 @@ import socket
 import threading
 import time
 import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from rq import get_current_job
 
-from api.chat import chat_answer
-from api.completions import completion_answer
-from api.errors import error_body, validation_message
-from api.filestore import BatchLine, ResultFile, new_id, read_batch_lines
-from api.schemas import ChatCompletionRequest, CompletionRequest
+from batch.filestore import BatchLine, ResultFile, new_id, read_batch_lines
 from broker.batches import BatchStatus, BatchStore
-from broker.connection import async_client
+from broker.connection import async_client_like
 from broker.errors import QueuechatError
 from broker.producer import Producer
 from broker.settings import Settings
+from serving.chat import chat_answer
+from serving.completions import completion_answer
+from serving.errors import error_body, validation_message
+from serving.requests import ChatCompletionRequest, CompletionRequest
+from serving.responses import ChatCompletion, Completion
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +51,31 @@ log = logging.getLogger(__name__)
 # mid-line (503), a line that waited past its deadline behind interactive traffic (504).
 TRANSIENT = {429, 503, 504}
 WATCH_INTERVAL = 0.5
-# Set by the batch worker on SIGTERM: stop feeding, let running lines end, leave the batch for a resume.
-stop_requested = threading.Event()
+
+
+@dataclass
+class RunContext:
+    """What the batch worker running a batch hands it: its settings, and the event it sets on SIGTERM (stop
+    feeding, let running lines end, leave the batch for a resume)."""
+
+    settings: Settings
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+
+
+# Set by the batch worker around each job it performs (see :meth:`batch.worker.BatchWorker.execute_job`).
+current_run: ContextVar[RunContext] = ContextVar("current_run")
 
 
 def run_batch(key_prefix: str, batch_id: str) -> str:
-    """The rq job. Redis and the files directory come from this worker's settings, the key prefix from the job."""
-    settings = Settings.load().model_copy(update={"key_prefix": key_prefix})
-    if not settings.redis_url:
-        raise RuntimeError("the batch worker has no Redis URL (QUEUECHAT_REDIS_URL)")
-    return asyncio.run(BatchRunner(settings, batch_id).run())
+    """The rq job. Redis is the rq job's own connection; the files directory and limits come from the batch
+    worker's settings, the key prefix from the job."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_batch runs as an rq job, inside a batch worker")
+    context = current_run.get(None) or RunContext(Settings())
+    settings = context.settings.model_copy(update={"key_prefix": key_prefix})
+    runner = BatchRunner(settings, batch_id, stop_requested=context.stop_requested)
+    return asyncio.run(runner.run(async_client_like(job.connection)))
 
 
 def _result(custom_id: str, status: int, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -68,8 +88,9 @@ def _result(custom_id: str, status: int, request_id: str, body: dict[str, Any]) 
 
 
 class BatchRunner:
-    def __init__(self, settings: Settings, batch_id: str) -> None:
+    def __init__(self, settings: Settings, batch_id: str, *, stop_requested: threading.Event | None = None) -> None:
         self.settings = settings
+        self.stop_requested = stop_requested or threading.Event()
         self.batch_id = batch_id
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_ttl = settings.heartbeat_ttl
@@ -78,9 +99,8 @@ class BatchRunner:
         self.cancelled = False
         self.stop = asyncio.Event()
 
-    async def run(self) -> str:
-        assert self.settings.redis_url
-        producer = Producer(async_client(self.settings.redis_url), self.settings)
+    async def run(self, client: aredis.Redis) -> str:
+        producer = Producer(client, self.settings)
         store = BatchStore(producer.client, producer.keys)
         try:
             return await self._run(producer, store)
@@ -123,7 +143,7 @@ class BatchRunner:
             if len(pending) < len(lines):
                 log.info("batch %s: resuming, %d of %d lines left", self.batch_id, len(pending), len(lines))
             left = await self._feed(producer, store, meta["endpoint"], pending, output, errors)
-            if self.lease_lost or stop_requested.is_set():
+            if self.lease_lost or self.stop_requested.is_set():
                 log.warning("batch %s: stopped with %d lines left; it will be resumed", self.batch_id, len(left))
                 return "interrupted"
             return await self._finish(store, left, output, errors)
@@ -218,11 +238,12 @@ class BatchRunner:
         backoff = 0.5
         while True:
             try:
+                answer: ChatCompletion | Completion
                 if isinstance(body, ChatCompletionRequest):
-                    answer = await chat_answer(producer, body, low_priority=True)
+                    answer = await chat_answer(producer, body, low_priority=True, request_id=request_id)
                 else:
-                    answer = await completion_answer(producer, body, low_priority=True)
-                return _result(line.custom_id, 200, answer["id"], answer)
+                    answer = await completion_answer(producer, body, low_priority=True, request_id=request_id)
+                return _result(line.custom_id, 200, answer.id, answer.model_dump(mode="json"))
             except QueuechatError as exc:
                 if exc.status in TRANSIENT and time.monotonic() < give_up:
                     if self.stop.is_set():
@@ -255,7 +276,7 @@ class BatchRunner:
     async def _watch(self, store: BatchStore, expires_at: float) -> None:
         """Stop feeding on cancel, at the completion window's end, or when the batch worker is told to stop."""
         while not self.stop.is_set():
-            if stop_requested.is_set():
+            if self.stop_requested.is_set():
                 self.stop.set()
             elif time.time() >= expires_at:
                 self.expired = True

@@ -12,9 +12,8 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker.errors import FileTooLarge, InvalidRequest
@@ -40,11 +39,17 @@ class FileSummary:
     urls: set[str] = field(default_factory=set)
 
 
+class Upload(Protocol):
+    """What an upload is read through (Starlette's ``UploadFile`` is one)."""
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
 def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex}"
 
 
-async def save_upload(upload: UploadFile, directory: Path, file_id: str, max_bytes: int) -> tuple[Path, int]:
+async def save_upload(upload: Upload, directory: Path, file_id: str, max_bytes: int) -> tuple[Path, int]:
     """Write the upload to ``directory/file_id.jsonl``; stop at ``max_bytes`` (nothing is kept then)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{file_id}.jsonl"

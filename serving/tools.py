@@ -13,9 +13,39 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from api.schemas import ChatCompletionRequest, NamedToolChoice
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving import responses
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | None
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 TOOL_CALL_OPEN = "<tool_call>"
@@ -30,28 +60,24 @@ class ToolCall:
     def __post_init__(self) -> None:
         self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
 
-    def as_openai(self, index: int | None = None) -> dict[str, Any]:
-        call: dict[str, Any] = {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
-        if index is not None:
-            call["index"] = index
-        return call
+    def as_openai(self, index: int | None = None) -> responses.ChatCompletionMessageToolCall:
+        """The call as a response carries it; ``index`` in stream chunks only."""
+        function = responses.CalledFunction(name=self.name, arguments=self.arguments)
+        return responses.ChatCompletionMessageToolCall(id=self.id, function=function, index=index)
 
 
-def _parameters(function: Any) -> dict[str, Any]:
+def _parameters(function: FunctionDefinition) -> dict[str, Any]:
     return function.parameters or {"type": "object", "properties": {}}
 
 
-def forced_call_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
+def forced_call_schema(tools: list[ToolDefinition] | None, tool_choice: ToolChoice) -> dict[str, Any] | None:
     """The JSON schema the output must follow when the request forces a call, else None."""
-    tools = body.tools or []
-    if isinstance(body.tool_choice, NamedToolChoice):
-        chosen = next(t for t in tools if t.function.name == body.tool_choice.function.name)
+    tools = tools or []
+    if isinstance(tool_choice, NamedToolChoice):
+        name = tool_choice.function.name
+        chosen = next(t for t in tools if t.function.name == name)
         return _parameters(chosen.function)
-    if body.tool_choice == "required":
+    if tool_choice == "required":
         return {
             "anyOf": [
                 {
@@ -66,10 +92,10 @@ def forced_call_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
     return None
 
 
-def forced_calls(body: ChatCompletionRequest, text: str) -> list[ToolCall]:
+def forced_calls(tool_choice: ToolChoice, text: str) -> list[ToolCall]:
     """The call in a forced call's output (well-formed by construction, unless cut short by max_tokens)."""
-    if isinstance(body.tool_choice, NamedToolChoice):
-        return [ToolCall(body.tool_choice.function.name, text.strip())]
+    if isinstance(tool_choice, NamedToolChoice):
+        return [ToolCall(tool_choice.function.name, text.strip())]
     try:
         call = json.loads(text)
         return [ToolCall(str(call["name"]), json.dumps(call["arguments"]))]

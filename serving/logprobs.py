@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from broker.schemas import TokenLogprob
+from serving import responses
 
 
-def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": e.token,
-                "logprob": e.logprob,
-                "bytes": e.bytes,
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top_logprobs],
-            }
+def chat_logprobs(entries: list[TokenLogprob]) -> responses.ChatLogprobs:
+    return responses.ChatLogprobs(
+        content=[
+            responses.ChatCompletionTokenLogprob(
+                token=e.token,
+                logprob=e.logprob,
+                bytes=e.bytes,
+                top_logprobs=[
+                    responses.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top_logprobs
+                ],
+            )
             for e in entries
         ]
-    }
+    )
 
 
 @dataclass
@@ -50,15 +52,15 @@ class CompletionLogprobs:
             self.offset = len(self.spelled.decode("utf-8", errors="ignore"))
         return self
 
-    def as_openai(self) -> dict[str, Any]:
-        return {
-            "tokens": self.tokens,
-            "token_logprobs": self.token_logprobs,
-            "top_logprobs": self.top_logprobs,
-            "text_offset": self.text_offset,
-        }
+    def as_openai(self) -> responses.CompletionLogprobs:
+        return responses.CompletionLogprobs(
+            tokens=self.tokens,
+            token_logprobs=self.token_logprobs,
+            top_logprobs=self.top_logprobs,
+            text_offset=self.text_offset,
+        )
 
-    def take(self) -> dict[str, Any]:
+    def take(self) -> responses.CompletionLogprobs:
         """The entries added since the last take (a stream chunk's), keeping the running offset."""
         out = self.as_openai()
         self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []

@@ -13,51 +13,39 @@ finished, have no lease and have no queued run. The runner itself skips whatever
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from types import FrameType
-from typing import Annotated
 
 import redis
-import typer
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.job import Job as RqJob
-from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from api import batch_runner
-from api.batches import COMPLETION_WINDOWS, enqueue_run
-from broker.batches import TERMINAL, BatchStatus
+from batch.queue import COMPLETION_WINDOWS, WAITING, enqueue_run, run_status
+from batch.runner import RunContext, current_run
+from broker.batches import TERMINAL, BatchRecords, BatchStatus
 from broker.keys import Keys
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
-
 
 def resume_orphans(client: redis.Redis, settings: Settings) -> list[str]:
     """Re-queue unfinished batches that no batch worker runs (its lease expired) and no queued job will run."""
-    keys = Keys(settings.key_prefix)
+    records = BatchRecords(client, Keys(settings.key_prefix))
     resumed = []
-    ids: list[bytes] = client.zrevrange(keys.batches, 0, -1)  # type: ignore[assignment]
-    for raw_id in ids:
-        batch_id = raw_id.decode()
-        raw: dict[bytes, bytes] = client.hgetall(keys.batch(batch_id))  # type: ignore[assignment]
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        if not fields or BatchStatus(fields["status"]) in TERMINAL or client.exists(keys.batch_lease(batch_id)):
+    for batch_id in records.batch_ids():
+        fields = records.batch_fields(batch_id)
+        if not fields or BatchStatus(fields["status"]) in TERMINAL or records.leased(batch_id):
             continue
         run_id = fields.get("rq_job_id", "")
-        try:
-            status = RqJob.fetch(run_id, connection=client, serializer=JSONSerializer).get_status()
-        except Exception:  # gone (expired, deleted) or unreadable: it will not run
-            status = None
+        status = run_status(client, run_id)
         if status in WAITING:
             continue
         attempt = int(fields.get("runs", "1")) + 1
         new_run = f"queuechat-{batch_id}-{attempt}"
-        client.hset(keys.batch(batch_id), mapping={"rq_job_id": new_run, "runs": attempt})
+        records.set_run(batch_id, new_run, attempt)
         enqueue_run(client, settings, batch_id, new_run, COMPLETION_WINDOWS["24h"])
         log.warning("batch %s had no live runner (last run %s: %s); queued it again", batch_id, run_id, status)
         resumed.append(batch_id)
@@ -79,6 +67,7 @@ class BatchWorker(SimpleWorker):
             job_monitoring_interval=10,
         )
         self.settings = settings
+        self.run_context = RunContext(settings)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
@@ -102,36 +91,15 @@ class BatchWorker(SimpleWorker):
 
         beating = threading.Thread(target=beat, name="rq-heartbeat", daemon=True)
         beating.start()
+        handed = current_run.set(self.run_context)  # the job's settings and stop signal (see batch.runner)
         try:
             self.perform_job(job, queue, execution)
         finally:
+            current_run.reset(handed)
             done.set()
             beating.join()
         self.set_state("idle")
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        batch_runner.stop_requested.set()
+        self.run_context.stop_requested.set()
         super().request_stop(signum, frame)
-
-
-def batch_worker_command(
-    redis_url: Annotated[str | None, typer.Option(envvar="QUEUECHAT_REDIS_URL", help="Redis/Valkey URL")] = None,
-    burst: Annotated[bool, typer.Option(help="Quit when the queue is empty")] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
-) -> None:
-    """Run batches (the Batch API's rq jobs) from the batch queue."""
-    from broker.connection import sync_client
-    from broker.logs import configure_logging
-
-    configure_logging(log_level)
-    settings = Settings.load(redis_url)
-    if not settings.redis_url:
-        raise typer.BadParameter("a batch worker needs --redis-url (or QUEUECHAT_REDIS_URL)")
-    os.environ["QUEUECHAT_REDIS_URL"] = settings.redis_url  # the rq job reads its settings from the environment
-    worker = BatchWorker(settings, sync_client(settings.redis_url))
-    log.info("batch worker on queue %s, files in %s", settings.batch_queue, settings.files_dir)
-    worker.work(burst=burst, logging_level=log_level.upper())
-
-
-def main() -> None:
-    typer.run(batch_worker_command)

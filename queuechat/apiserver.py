@@ -1,4 +1,4 @@
-"""``queuechat api`` / ``python -m api``: serve the OpenAI-compatible API."""
+"""``queuechat api`` / ``python -m api``: serve the OpenAI-compatible API (with ``--webui``, the chat web UI too)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def api_command(
     """Serve the OpenAI-compatible API."""
     import uvicorn
 
-    from api.app import create_app
     from api.cors import CorsOptions, split_list
     from broker.logs import configure_logging
     from broker.settings import Settings
+    from queuechat.compose import create_app
 
     configure_logging(log_level)
     settings = Settings.load(redis_url)
@@ -42,8 +42,10 @@ def api_command(
         allowed_headers=split_list(allowed_headers),
         allow_credentials=allow_credentials,
     )
-    if not settings.redis_url:
-        raise typer.BadParameter("the API needs --redis-url (or QUEUECHAT_REDIS_URL); `queuechat up` embeds one")
+    try:
+        settings.require_redis_url("the API")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     # On SIGTERM uvicorn stops accepting at once; open streams get the drain timeout to finish (see routes).
     uvicorn.run(
         create_app(settings, cors, webui=webui),

@@ -1,0 +1,3 @@
+from batch.main import main
+
+main()

@@ -1,0 +1,171 @@
+"""Chat completions, whole or as a chunk stream, from a validated :class:`ChatCompletionRequest`.
+
+Function calling is settled here: a forced call's output is parsed whole; with ``auto`` a choice's text is held
+back while it may still turn out to be a Hermes ``<tool_call>`` and returned as a call if it is one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from broker.producer import JobEvents, Producer
+from broker.schemas import Delta, Done, Job, TokenLogprob
+from serving.jobs import ChoiceText, JobObserver, collect, merged, prompt_tokens_of, submit_all
+from serving.logprobs import chat_logprobs
+from serving.requests import ChatCompletionRequest
+from serving.responses import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatDelta,
+    ChatLogprobs,
+    CompletionUsage,
+)
+from serving.streams import data_lines
+from serving.tools import ToolCall, forced_calls, may_become_call, parse_calls
+
+
+def response_id_of(job: Job) -> str:
+    return "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
+
+
+async def chat_answer(
+    producer: Producer,
+    body: ChatCompletionRequest,
+    observer: JobObserver | None = None,
+    *,
+    low_priority: bool = False,
+    request_id: str | None = None,
+) -> ChatCompletion:
+    """A whole chat completion, as the non-streaming endpoint answers it (the Batch API runs its lines here too)."""
+    job = body.to_job(producer.settings.request_timeout, request_id=request_id)
+    streams = await submit_all(producer, [job], observer, low_priority=low_priority)
+    created = int(time.time())
+    collected = await collect(streams, body.n)
+    return ChatCompletion(
+        id=response_id_of(job),
+        created=created,
+        model=body.model,
+        choices=[_choice(body, index, choice) for index, choice in sorted(collected.choices.items())],
+        usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
+    )
+
+
+def _calls_in(body: ChatCompletionRequest, text: str) -> tuple[str | None, list[ToolCall]]:
+    """(content, tool calls) of a choice's whole text."""
+    if body.forced_tools():
+        calls = forced_calls(body.tool_choice, text)
+        return (None, calls) if calls else (text, [])
+    if body.tools_offered():
+        content, calls = parse_calls(text)
+        return (content or None, calls) if calls else (text, [])
+    return text, []
+
+
+def _logprobs(body: ChatCompletionRequest, entries: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    return chat_logprobs(entries or []) if body.logprobs else None
+
+
+def _choice(body: ChatCompletionRequest, index: int, choice: ChoiceText) -> ChatChoice:
+    content, calls = _calls_in(body, "".join(choice.text))
+    message = ChatCompletionMessage(content=content, tool_calls=[call.as_openai() for call in calls] or None)
+    finish_reason = choice.finish_reason
+    if calls:
+        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+    return ChatChoice(index=index, message=message, logprobs=_logprobs(body, choice.logprobs),
+                      finish_reason=finish_reason)  # fmt: skip
+
+
+@dataclass
+class _Held:
+    """Output of one choice kept back while it may still turn out to be a tool call."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    plain: bool = False  # shown to be ordinary text: passed through from then on
+
+
+@dataclass
+class ChatStream:
+    """A streaming chat request whose job is queued and has sent its first event: its chunks, to be relayed."""
+
+    body: ChatCompletionRequest
+    streams: list[JobEvents]
+    response_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def lines(self) -> AsyncIterator[str]:
+        """What each SSE ``data:`` line holds, ``[DONE]`` last; the job is closed however the stream ends."""
+        return data_lines(self.streams, self.chunks())
+
+    def _chunk(
+        self,
+        index: int,
+        delta: ChatDelta,
+        logprobs: ChatLogprobs | None = None,
+        finish_reason: str | None = None,
+    ) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.body.model, choices=[choice])
+
+    def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> ChatCompletionChunk:
+        return self._chunk(index, ChatDelta(content=text), _logprobs(self.body, logprobs))
+
+    async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        body, streams = self.body, self.streams
+        held: dict[int, _Held] = {}
+        completion_tokens = 0
+        for index in range(body.n):
+            yield self._chunk(index, ChatDelta(role="assistant", content=""))
+        async for position, event in merged(streams):
+            if isinstance(event, Delta):
+                # With logprobs every token is reported, also one whose text is still held back (a partial
+                # character, a possible stop string).
+                if not (event.text or (body.logprobs and event.token_ids)):
+                    continue
+                streams[position].committed = True  # from here on, a restart elsewhere would repeat output
+                kept = held.setdefault(event.index, _Held(plain=not (body.forced_tools() or body.tools_offered())))
+                if kept.plain:
+                    yield self._content(event.index, event.text, event.logprobs)
+                    continue
+                kept.text += event.text
+                kept.logprobs += event.logprobs or []
+                if body.forced_tools() or may_become_call(kept.text):
+                    continue  # a call is sent whole, once the choice is done
+                yield self._content(event.index, kept.text, kept.logprobs)
+                held[event.index] = _Held(plain=True)
+            elif isinstance(event, Done):
+                completion_tokens += event.usage.completion_tokens
+                finish_reason = event.finish_reason.value
+                kept = held.pop(event.index, _Held())
+                if kept.text:
+                    text, calls = _calls_in(body, kept.text)
+                    if calls:
+                        delta = ChatDelta(tool_calls=[c.as_openai(i) for i, c in enumerate(calls)])
+                        yield self._chunk(event.index, delta, _logprobs(body, kept.logprobs))
+                        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+                    elif text:
+                        yield self._content(event.index, text, kept.logprobs)
+                yield self._chunk(event.index, ChatDelta(), finish_reason=finish_reason)
+        if body.stream_options and body.stream_options.include_usage:
+            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
+            yield ChatCompletionChunk(
+                id=self.response_id, created=self.created, model=body.model, choices=[], usage=usage
+            )
+
+
+async def open_chat_stream(
+    producer: Producer,
+    body: ChatCompletionRequest,
+    observer: JobObserver | None = None,
+    *,
+    request_id: str | None = None,
+) -> ChatStream:
+    """Queue the request's job and wait for its first event (so an error before any token is a proper 4xx)."""
+    job = body.to_job(producer.settings.request_timeout, request_id=request_id)
+    streams = await submit_all(producer, [job], observer)
+    return ChatStream(body, streams, response_id_of(job))

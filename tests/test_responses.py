@@ -243,21 +243,62 @@ def test_json_schema_format_constrains_the_answer(client: openai.OpenAI) -> None
         assert isinstance(json.loads(as_object.output_text), dict)
 
 
+def _cancelled_jobs(settings: Settings) -> int:
+    return int(sync_client(str(settings.redis_url)).hget(Keys(settings.key_prefix).stats("tiny"), "cancelled") or 0)
+
+
+def _settled(client: openai.OpenAI, response_id: str) -> Any:
+    return wait_for(lambda: (r := client.responses.retrieve(response_id)).status not in ("queued", "in_progress") and r)
+
+
 def test_background_poll_and_cancel(client: openai.OpenAI) -> None:
     queued = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=8, background=True)
     assert queued.status in ("queued", "in_progress") and queued.background is True
-    done = wait_for(lambda: (r := client.responses.retrieve(queued.id)).status not in ("queued", "in_progress") and r)
+    done = _settled(client, queued.id)
     assert done.status == "incomplete" and done.output_text and done.usage.output_tokens == 8
-    # a long one, cancelled while it runs: it stays cancelled
-    long = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=100_000, background=True)
-    cancelled = client.responses.cancel(long.id)
-    assert cancelled.status == "cancelled"
+    # a long one (greedy: the tiny model runs on to the limit), cancelled: it stays cancelled
+    long = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=4000, temperature=0, background=True)
+    assert client.responses.cancel(long.id).status == "cancelled"
     assert client.responses.retrieve(long.id).status == "cancelled"
     # what is done cannot be cancelled any more; a response not made in the background cannot be cancelled at all
     assert client.responses.cancel(queued.id).status == "incomplete"
     plain = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(plain.id)
+
+
+def test_cancel_stops_a_running_background_job(stack: Stack, settings: Settings, client: openai.OpenAI) -> None:
+    body = {"model": "tiny", "input": QUESTION, "max_output_tokens": 4000, "temperature": 0}
+    with httpx.stream(
+        "POST", f"{stack.base_url}/v1/responses", json={**body, "stream": True, "background": True}, timeout=30
+    ) as r:
+        events = (json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:"))
+        response_id = next(events)["response"]["id"]
+        next(e for e in events if e["type"] == "response.output_text.delta")  # it runs on the worker now
+        assert client.responses.cancel(response_id).status == "cancelled"
+        rest = list(events)  # the stream ends
+    assert all(e["type"] == "response.output_text.delta" for e in rest)
+    wait_for(lambda: _cancelled_jobs(settings) == 1)  # the worker stopped the job
+    assert client.responses.retrieve(response_id).status == "cancelled"
+
+
+def test_a_background_job_that_fails_fails_its_response(client: openai.OpenAI) -> None:
+    # a prompt and output over the model's context: the worker refuses the job before any token
+    response = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=100_000, background=True)
+    failed = _settled(client, response.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "invalid_prompt" and "context" in failed.error.message
+
+
+def test_a_stream_whose_client_leaves_is_cancelled(stack: Stack, settings: Settings, client: openai.OpenAI) -> None:
+    body = {"model": "tiny", "input": QUESTION, "max_output_tokens": 4000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{stack.base_url}/v1/responses", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        created = next(json.loads(line[5:]) for line in lines if line.startswith("data:"))
+        next(line for line in lines if "response.output_text.delta" in line)
+    assert created["type"] == "response.created"
+    wait_for(lambda: _cancelled_jobs(settings) == 1)  # the worker stopped the job
+    assert _settled(client, created["response"]["id"]).status == "cancelled"
 
 
 def test_background_stream(client: openai.OpenAI) -> None:

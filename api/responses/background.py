@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 from api.metrics import ApiMetrics
@@ -120,7 +120,7 @@ class BackgroundRuns:
                 await store.set_status(response_id, "failed", allowed_from=RUNNING)
 
 
-async def relay(sink: asyncio.Queue[Event | None]) -> AsyncIterator[Event]:
+async def relay(sink: asyncio.Queue[Event | None]) -> AsyncGenerator[Event, None]:
     """A background response's events, for its streaming client, until the run ends."""
     while True:
         event = await sink.get()

@@ -8,7 +8,7 @@ import copy
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -148,7 +148,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
 
 async def _stored_at_end(
     events: AsyncIterator[Event], streams: list[JobEvents], store: ResponseStore | None, translator: StreamTranslator
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """The events; then the final response is stored. A client that goes away stops the job, and its stored
     response is ``cancelled``."""
     finished = False
@@ -167,10 +167,13 @@ async def _stored_at_end(
             _later(store.set_status(response["id"], status, allowed_from=RUNNING, response=response))
 
 
-def _event_stream(events: AsyncIterator[Event], drain_timeout: float) -> EventSourceResponse:
+def _event_stream(events: AsyncGenerator[Event, None], drain_timeout: float) -> EventSourceResponse:
     async def body() -> AsyncIterator[dict[str, str]]:
-        async for event in events:
-            yield {"event": event["type"], "data": dumps(event)}
+        try:
+            async for event in events:
+                yield {"event": event["type"], "data": dumps(event)}
+        finally:
+            await events.aclose()  # a client gone while an event was being sent: the job stops now, not at GC
 
     return EventSourceResponse(body(), ping=15, shutdown_grace_period=drain_timeout)
 

@@ -335,7 +335,8 @@ def test_stored_responses_belong_to_their_key(
 
 
 def test_an_agent_calls_its_function_tool(stack: Stack) -> None:
-    agents = pytest.importorskip("agents")
+    import agents  # the openai-agents package (test extra)
+
     agents.set_tracing_disabled(True)  # no trace export to OpenAI's servers
     calls: list[str] = []
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
@@ -67,7 +66,7 @@ class BackgroundRuns:
                 for event in translator.start():  # created (queued), then in_progress
                     sink.put_nowait(event)
                 try:
-                    streams, chunks = await open_stream(producer, chat, metrics, uuid.uuid4().hex)
+                    streams, chunks = await open_stream(producer, chat, metrics, response_id.removeprefix("resp_"))
                 except QueuechatError as exc:
                     for event in translator.fail(exc):
                         sink.put_nowait(event)

@@ -282,6 +282,27 @@ def test_cancel_stops_a_running_background_job(stack: Stack, settings: Settings,
     assert client.responses.retrieve(response_id).status == "cancelled"
 
 
+def test_a_cancel_on_another_replica_stops_the_job(
+    settings: Settings, start_worker: Callable[..., Any], start_api: Callable[..., ApiServer]
+) -> None:
+    start_worker()
+    running, other = start_api(), start_api()  # two API replicas on one Redis
+    wait_for(lambda: httpx.get(f"{running.base_url}/v1/models").json()["data"])
+    elsewhere = openai.OpenAI(base_url=f"{other.base_url}/v1", api_key="unused", max_retries=0)
+    body = {"model": "tiny", "input": QUESTION, "max_output_tokens": 4000, "temperature": 0}
+    with httpx.stream(
+        "POST", f"{running.base_url}/v1/responses", json={**body, "stream": True, "background": True}, timeout=30
+    ) as r:
+        events = (json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:"))
+        response_id = next(events)["response"]["id"]
+        next(e for e in events if e["type"] == "response.output_text.delta")
+        assert elsewhere.responses.retrieve(response_id).status == "in_progress"  # polled on the other replica
+        assert elsewhere.responses.cancel(response_id).status == "cancelled"
+        list(events)  # the running replica sees the cancel in its record and ends the run
+    wait_for(lambda: _cancelled_jobs(settings) == 1)
+    assert elsewhere.responses.retrieve(response_id).status == "cancelled"
+
+
 def test_a_background_job_that_fails_fails_its_response(client: openai.OpenAI) -> None:
     # a prompt and output over the model's context: the worker refuses the job before any token
     response = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=100_000, background=True)
@@ -456,7 +477,23 @@ def test_lookups_of_unknown_responses_are_openai_404s(stack: Stack) -> None:
     assert r.status_code == 400 and "limit" in str(openai_error(r.json()).param)
 
 
-def test_unknown_model_is_the_clients_not_found_error(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_unknown_model_is_the_clients_not_found_error(client: openai.OpenAI, stream: bool) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.responses.create(model="no-such-model", input=QUESTION)
+        client.responses.create(model="no-such-model", input=QUESTION, stream=stream)
     assert caught.value.code == "model_not_found"
+
+
+def test_the_ttl_of_stored_responses_is_configurable(
+    settings: Settings,
+    start_worker: Callable[..., Any],
+    start_api: Callable[..., ApiServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUEUECHAT_RESPONSES_TTL", "120")
+    start_worker()
+    api = start_api()
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+    r = httpx.post(f"{api.base_url}/v1/responses", json={"model": "tiny", "input": "Hi", "max_output_tokens": 2})
+    key = Keys(settings.key_prefix).response(r.json()["id"])
+    assert 0 < sync_client(str(settings.redis_url)).ttl(key) <= 120

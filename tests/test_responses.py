@@ -113,6 +113,31 @@ def test_stream_events_in_order_and_text_equal_to_the_answer(client: openai.Open
     assert helped[-1].type == "response.incomplete"  # (its get_final_response() wants response.completed)
 
 
+@pytest.mark.parametrize("tools", [False, True])
+def test_every_object_validates_against_the_sdks_own_types(stack: Stack, tools: bool) -> None:
+    """The client builds its objects without validating them; here they are validated, strictly as pydantic
+    does, against the installed SDK's types: the Response, every stream event, an input items page."""
+    from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    body: dict[str, Any] = {"model": "tiny", "input": QUESTION, "max_output_tokens": 120, "metadata": {"a": "b"}}
+    if tools:
+        body |= {"tools": [WEATHER], "tool_choice": "required"}
+    answer = httpx.post(f"{stack.base_url}/v1/responses", json=body, timeout=60).json()
+    Response.model_validate(answer)
+    assert answer["output"][0]["type"] == ("function_call" if tools else "message")
+    with httpx.stream("POST", f"{stack.base_url}/v1/responses", json={**body, "stream": True}, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data:")]
+    events = TypeAdapter(ResponseStreamEvent)
+    for line in lines:
+        events.validate_json(line[5:].strip())
+    Response.model_validate(httpx.get(f"{stack.base_url}/v1/responses/{answer['id']}").json())
+    page = httpx.get(f"{stack.base_url}/v1/responses/{answer['id']}/input_items").json()
+    items = TypeAdapter(ResponseItem)
+    for item in page["data"]:
+        items.validate_python(item)
+
+
 def test_input_items_retrieve_and_delete(client: openai.OpenAI) -> None:
     items = [
         {"role": "developer", "content": "Answer in French."},

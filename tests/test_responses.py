@@ -12,6 +12,8 @@ from typing import Any, Literal
 import httpx
 import openai
 import pytest
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from broker.connection import sync_client
 from broker.keys import Keys
@@ -117,9 +119,6 @@ def test_stream_events_in_order_and_text_equal_to_the_answer(client: openai.Open
 def test_every_object_validates_against_the_sdks_own_types(stack: Stack, tools: bool) -> None:
     """The client builds its objects without validating them; here they are validated, strictly as pydantic
     does, against the installed SDK's types: the Response, every stream event, an input items page."""
-    from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
-    from pydantic import TypeAdapter
-
     body: dict[str, Any] = {"model": "tiny", "input": QUESTION, "max_output_tokens": 120, "metadata": {"a": "b"}}
     if tools:
         body |= {"tools": [WEATHER], "tool_choice": "required"}
@@ -303,6 +302,7 @@ def test_cancel_stops_a_running_background_job(stack: Stack, settings: Settings,
         assert client.responses.cancel(response_id).status == "cancelled"
         rest = list(events)  # the stream ends
     assert all(e["type"] == "response.output_text.delta" for e in rest)
+    Response.model_validate(httpx.get(f"{stack.base_url}/v1/responses/{response_id}").json())
     wait_for(lambda: _cancelled_jobs(settings) == 1)  # the worker stopped the job
     assert client.responses.retrieve(response_id).status == "cancelled"
 
@@ -333,6 +333,7 @@ def test_a_background_job_that_fails_fails_its_response(client: openai.OpenAI) -
     response = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=100_000, background=True)
     failed = _settled(client, response.id)
     assert failed.status == "failed" and failed.error is not None
+    Response.model_validate(httpx.get(f"{client.base_url}responses/{response.id}").json())  # strictly, too
     assert failed.error.code == "invalid_prompt" and "context" in failed.error.message
 
 

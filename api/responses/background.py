@@ -37,11 +37,13 @@ class BackgroundRuns:
 
     def __init__(self) -> None:
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Event] = {}
 
     def cancel(self, response_id: str) -> None:
-        task = self.tasks.get(response_id)
-        if task is not None:
-            task.cancel()
+        """Stop the run now, if it runs here (a run elsewhere sees its record change within CANCEL_POLL)."""
+        stop = self._stops.get(response_id)
+        if stop is not None:
+            stop.set()
 
     def start(
         self,
@@ -78,13 +80,15 @@ class BackgroundRuns:
                 for s in streams:
                     s.close()
 
-        task = asyncio.create_task(self._run(store, response, generate), name=f"response-{response_id}")
+        stop = self._stops[response_id] = asyncio.Event()
+        task = asyncio.create_task(self._run(store, response, generate, stop), name=f"response-{response_id}")
         self.tasks[response_id] = task
         task.add_done_callback(lambda _: self._finished(response_id, sink))
         return sink
 
     def _finished(self, response_id: str, sink: asyncio.Queue[Event | None] | None) -> None:
         self.tasks.pop(response_id, None)
+        self._stops.pop(response_id, None)
         if sink is not None:
             sink.put_nowait(None)
 
@@ -93,16 +97,23 @@ class BackgroundRuns:
         store: ResponseStore,
         response: dict[str, Any],
         generate: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+        stop: asyncio.Event,
     ) -> None:
         response_id = response["id"]
         if not await store.set_status(response_id, "in_progress", allowed_from=("queued",)):
             return  # cancelled (or deleted) before it started
         work = asyncio.create_task(generate())
+        stopped = asyncio.create_task(stop.wait())
         try:
             while not work.done():
-                await asyncio.wait({work}, timeout=CANCEL_POLL)
-                if not work.done() and await store.status(response_id) != "in_progress":
-                    work.cancel()  # cancelled on another replica, or deleted
+                waiting = {work} if stop.is_set() else {work, stopped}
+                await asyncio.wait(waiting, timeout=CANCEL_POLL, return_when=asyncio.FIRST_COMPLETED)
+                if work.done():
+                    break
+                if stop.is_set() or await store.status(response_id) != "in_progress":
+                    # cancelled here, on another replica, or deleted. Cancelled again each round until it ends:
+                    # Python 3.11's wait_for can lose a cancel that meets an arriving event.
+                    work.cancel()
             try:
                 final = work.result()
             except QueuechatError as exc:
@@ -110,13 +121,16 @@ class BackgroundRuns:
             except asyncio.CancelledError:
                 return
             await store.set_status(response_id, final["status"], allowed_from=RUNNING, response=final)
-        except asyncio.CancelledError:  # cancelled on this replica
+        except asyncio.CancelledError:  # the API process is stopping
             work.cancel()
             raise
         except Exception:
+            work.cancel()
             log.exception("background response %s failed", response_id)
             with contextlib.suppress(Exception):
                 await store.set_status(response_id, "failed", allowed_from=RUNNING)
+        finally:
+            stopped.cancel()
 
 
 async def relay(sink: asyncio.Queue[Event | None]) -> AsyncGenerator[Event, None]:

@@ -5,6 +5,7 @@ cancel, and bad input answered in OpenAI's error shape without reaching a worker
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, Literal
@@ -381,7 +382,8 @@ def test_stored_responses_belong_to_their_key(
     assert one.responses.retrieve(response.id).id == response.id  # two's delete did nothing
 
 
-def test_an_agent_calls_its_function_tool(stack: Stack) -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_agent_calls_its_function_tool(stack: Stack, streamed: bool) -> None:
     import agents  # the openai-agents package (test extra)
 
     agents.set_tracing_disabled(True)  # no trace export to OpenAI's servers
@@ -406,13 +408,23 @@ def test_an_agent_calls_its_function_tool(stack: Stack) -> None:
         model_settings=agents.ModelSettings(tool_choice="get_weather", max_tokens=40),
         tool_use_behavior="stop_on_first_tool",
     )
-    result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=2)
+    question = "What is the weather in Paris?"
+    if streamed:  # the SDK reads the Responses stream events (run_sync asks for whole responses)
+
+        async def run() -> Any:
+            running = agents.Runner.run_streamed(agent, question, max_turns=2)
+            kinds = [event.type async for event in running.stream_events()]
+            assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
+            return running
+
+        result = asyncio.run(run())
+    else:
+        result = agents.Runner.run_sync(agent, question, max_turns=2)
     assert len(calls) == 1 and calls[0] in ("Paris", "Oslo")
     assert [item.type for item in result.new_items] == ["tool_call_item", "tool_call_output_item"]
     assert result.final_output == f"18 C and sunny in {calls[0]}"
 
 
-MESSAGE = [{"role": "user", "content": QUESTION}]
 BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("no input", {}, "input"),
     ("an empty input list", {"input": []}, "input"),

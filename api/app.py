@@ -23,6 +23,7 @@ from api.metrics import router as metrics_router
 from api.misc import package_version
 from api.misc import router as misc_router
 from api.requestid import RequestIdMiddleware
+from api.responses.routes import router as responses_router
 from api.routes import router
 from broker.connection import async_client
 from broker.keys import Keys
@@ -60,6 +61,7 @@ def create_app(
     app.include_router(misc_router)
     app.include_router(embeddings.router)
     app.include_router(anthropic_router)
+    app.include_router(responses_router)
     # The last added runs first: request ids and the request log on everything, then CORS (answers preflights,
     # and decorates 401s so browsers can read them), then the key check.
     if settings.api_keys:

@@ -15,6 +15,7 @@
 | ``{p}:batches:{id}``     | hash     | a batch: its fields, status and live counts       |
 | ``{p}:batchdone:{id}``   | hash     | custom_id -> ok/failed, for every finished line   |
 | ``{p}:batchlease:{id}``  | string   | the batch worker running the batch, with a TTL    |
+| ``{p}:responses:{id}``   | hash     | a stored Response: owner, status, object, conversation; TTL |
 """
 
 from __future__ import annotations
@@ -87,3 +88,7 @@ class Keys:
         """The job id an events channel belongs to (the inverse of :meth:`events`)."""
         text = channel.decode() if isinstance(channel, bytes) else channel
         return text[len(self.prefix) + len(":events:") :]
+
+    def response(self, response_id: str) -> str:
+        """A stored Response of the Responses API (see :mod:`broker.responses`)."""
+        return f"{self.prefix}:responses:{response_id}"

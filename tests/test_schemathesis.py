@@ -32,12 +32,14 @@ def aim_at_live_model(case: Any) -> None:
         return
     if isinstance(body.get("model"), str):
         body["model"] = "tiny"
-    for key in ("max_tokens", "max_completion_tokens"):
+    limits = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+    for key in limits:
         value = body.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):  # 4000.0 is a valid integer too
             body[key] = max(min(value, 4), -1)
-    if "model" in body and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-        body["max_tokens"] = 4  # left out or null: the model's whole context, times n
+    if "model" in body and all(body.get(key) is None for key in limits):
+        # left out or null: the model's whole context, times n (the Responses API names its limit its own way)
+        body["max_output_tokens" if case.path.startswith("/v1/responses") else "max_tokens"] = 4
     for item in body.get("prompts") or []:
         if isinstance(item, dict) and isinstance(item.get("model"), str):
             item["model"] = "tiny"

@@ -1,0 +1,244 @@
+"""``POST /v1/responses`` (streamed or not, in the background or not), ``GET``/``DELETE /v1/responses/{id}``,
+``GET /v1/responses/{id}/input_items`` and ``POST /v1/responses/{id}/cancel``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+
+from api.context import observer_of, producer_of
+from api.responses.background import BackgroundRuns, relay
+from api.responses.generate import answer, open_stream
+from api.responses.schemas import ResponsesRequest
+from api.responses.translate import (
+    Event,
+    StreamTranslator,
+    answer_response,
+    input_items,
+    response_id_of,
+    response_object,
+    to_chat_request,
+    translated_stream,
+)
+from broker.errors import InvalidRequest, NotFound
+from broker.producer import JobEvents
+from broker.responses import RUNNING, TERMINAL, ResponsesSettings, ResponseStore, StoredResponse
+from serving.errors import validation_message
+from serving.requests import ChatCompletionRequest
+from serving.streams import dumps
+
+router = APIRouter()
+
+RESUME_REFUSED = (
+    "streaming a stored response again (resuming with starting_after) is not supported: it needs a per-job event "
+    "log that every API replica can read"
+)
+_detached: set[asyncio.Task[Any]] = set()  # record updates started where awaiting is not possible
+
+
+def _store(request: Request) -> ResponseStore:
+    store: ResponseStore | None = getattr(request.app.state, "response_store", None)
+    if store is None:
+        producer = producer_of(request)
+        store = ResponseStore(producer.client, producer.keys, ResponsesSettings().responses_ttl)
+        request.app.state.response_store = store
+    return store
+
+
+def _runs(request: Request) -> BackgroundRuns:
+    runs: BackgroundRuns | None = getattr(request.app.state, "response_runs", None)
+    if runs is None:
+        runs = request.app.state.response_runs = BackgroundRuns()
+    return runs
+
+
+def owner_of(request: Request) -> str:
+    """Who a stored response belongs to: a digest of the API key the request came with (as the key check reads
+    it), or "" on a server without keys."""
+    if not request.app.state.settings.api_keys:
+        return ""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        token = request.headers.get("x-api-key", "")
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def _as_chat(body: ResponsesRequest, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:
+    try:
+        return to_chat_request(body, conversation)
+    except ValidationError as exc:  # what only the chat request checks (a tool's schema, ...)
+        message, param = validation_message(exc.errors())
+        raise InvalidRequest(message, param=param) from None
+
+
+async def _stored(request: Request, response_id: str) -> StoredResponse:
+    stored = await _store(request).get(response_id, owner_of(request))
+    if stored is None:
+        raise NotFound(f"Response with id '{response_id}' not found.")
+    return stored
+
+
+def _later(coroutine: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(coroutine)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+
+
+@router.post("/v1/responses", response_model=None)
+async def create_response(body: ResponsesRequest, request: Request) -> Any:
+    producer = producer_of(request)
+    # A background run outlives its request, so only the metrics watch it; otherwise the request's log line too.
+    metrics = request.app.state.metrics if body.background else observer_of(request, body.model)
+    store = _store(request)
+    owner = owner_of(request)
+    conversation: list[dict[str, Any]] = []
+    if body.previous_response_id:
+        previous = await store.get(body.previous_response_id, owner)
+        if previous is None:
+            raise InvalidRequest(
+                f"Previous response with id '{body.previous_response_id}' not found.", param="previous_response_id"
+            )
+        if previous.status in RUNNING:
+            raise InvalidRequest(
+                f"Previous response with id '{body.previous_response_id}' is still {previous.status}.",
+                param="previous_response_id",
+            )
+        conversation = previous.continued()
+    items = input_items(body)
+    conversation += items
+    chat = _as_chat(body, conversation)
+    created_at = time.time()
+
+    if body.background:
+        response = response_object(body, f"resp_{uuid.uuid4().hex}", created_at, "queued")
+        await store.add(response, owner, conversation, len(items))
+        sink = _runs(request).start(store, producer, metrics, body, chat, copy.deepcopy(response))
+        if sink is None:
+            return response
+        return _event_stream(relay(sink), producer.settings.drain_timeout)
+
+    if not body.stream:
+        completion = await answer(producer, chat, metrics)
+        response = answer_response(body, completion, response_id_of(completion["id"]), created_at)
+        if body.stored:
+            await store.add(response, owner, conversation, len(items))
+        return response
+
+    job_hex = uuid.uuid4().hex
+    streams, chunks = await open_stream(producer, chat, metrics, job_hex)  # errors before the first token: 4xx
+    response = response_object(body, f"resp_{job_hex}", created_at, "in_progress")
+    if body.stored:
+        try:
+            await store.add(response, owner, conversation, len(items))
+        except BaseException:
+            for s in streams:
+                s.close()
+            raise
+    translator = StreamTranslator(copy.deepcopy(response))
+    events = _stored_at_end(translated_stream(chunks, translator), streams, store if body.stored else None, translator)
+    return _event_stream(events, producer.settings.drain_timeout)
+
+
+async def _stored_at_end(
+    events: AsyncIterator[Event], streams: list[JobEvents], store: ResponseStore | None, translator: StreamTranslator
+) -> AsyncGenerator[Event, None]:
+    """The events; then the final response is stored. A client that goes away stops the job, and its stored
+    response is ``cancelled``."""
+    finished = False
+    try:
+        async for event in events:
+            yield event
+        finished = True
+    finally:
+        for s in streams:
+            s.close()
+        if store is not None:
+            response = translator.response
+            status = response["status"] if finished else "cancelled"
+            if not finished:
+                response["status"] = status
+            _later(store.set_status(response["id"], status, allowed_from=RUNNING, response=response))
+
+
+def _event_stream(events: AsyncGenerator[Event, None], drain_timeout: float) -> EventSourceResponse:
+    async def body() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for event in events:
+                yield {"event": event["type"], "data": dumps(event)}
+        finally:
+            await events.aclose()  # a client gone while an event was being sent: the job stops now, not at GC
+
+    return EventSourceResponse(body(), ping=15, shutdown_grace_period=drain_timeout)
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(
+    response_id: str,
+    request: Request,
+    stream: bool | None = None,
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
+    include: Annotated[list[str] | None, Query()] = None,
+) -> dict[str, Any]:
+    if stream or starting_after is not None:
+        raise InvalidRequest(RESUME_REFUSED, param="stream" if stream else "starting_after")
+    if include:
+        raise InvalidRequest(f"include {include[0]!r} is not supported: there is nothing to include", param="include")
+    return (await _stored(request, response_id)).response
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    await _stored(request, response_id)
+    await _store(request).delete(response_id)
+    _runs(request).cancel(response_id)  # a background run here stops; on another replica it sees the record gone
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request) -> dict[str, Any]:
+    stored = await _stored(request, response_id)
+    if not stored.response.get("background"):
+        raise InvalidRequest("Only responses created with background=true can be cancelled.", param="response_id")
+    if stored.status not in TERMINAL:
+        cancelled = {**stored.response, "status": "cancelled"}
+        await _store(request).set_status(response_id, "cancelled", allowed_from=RUNNING, response=cancelled)
+        _runs(request).cancel(response_id)
+    return (await _stored(request, response_id)).response
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    include: Annotated[list[str] | None, Query()] = None,
+) -> dict[str, Any]:
+    if include:
+        raise InvalidRequest(f"include {include[0]!r} is not supported: there is nothing to include", param="include")
+    items = (await _stored(request, response_id)).input_items
+    if order == "desc":
+        items = items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No input item with id '{after}' in this response.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > len(page),
+    }

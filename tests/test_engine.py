@@ -14,8 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from workers.attention import decode_attention
-from workers.engine import ContinuousBatchingEngine, EngineConfig, GenerationRequest
+from workers.engine import GenerationRequest
+from workers.engines.transformers import ContinuousBatchingEngine, EngineConfig
+from workers.engines.transformers.attention import decode_attention
 
 
 @pytest.fixture(scope="module")

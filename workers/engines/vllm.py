@@ -128,6 +128,9 @@ class VllmEngine:
         # In this process, not in an engine-core child: the worker process is what heartbeats and gets reclaimed,
         # and a SIGKILL of it must take the engine along.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM would pin its OpenMP threads to cores; on a machine shared with the API, Redis and other workers the
+        # torch threads the worker was given (--num-threads) are the budget instead. VLLM_CPU_OMP_THREADS_BIND wins.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from vllm.v1.engine.llm_engine import LLMEngine
 
         _check_version()
@@ -150,6 +153,7 @@ class VllmEngine:
         self._lock = threading.Lock()
         self._live: set[str] = set()  # seq ids added and not finished or cancelled
         self._top: dict[str, int] = {}  # seq id -> alternatives per token it asked for
+        self._routes: dict[str, queue.Queue[list[SeqUpdate]]] = {}  # seq id -> a view's queue (see share)
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._outputs: queue.Queue[list[SeqUpdate]] = queue.Queue()
         self._scoring: dict[str, _Scoring] = {}
@@ -186,7 +190,12 @@ class VllmEngine:
             output_kind=RequestOutputKind.DELTA,
         )
 
-    def add(self, request: GenerationRequest) -> None:
+    def share(self, slots: int) -> EngineView:
+        """A view of this engine with its own outputs, for another worker in this process (tests run many
+        workers on one loaded engine)."""
+        return EngineView(self, slots)
+
+    def add(self, request: GenerationRequest, route: queue.Queue[list[SeqUpdate]] | None = None) -> None:
         total = len(request.prompt_ids) + request.max_new_tokens
         if total > self.max_model_len:
             raise ValueError(f"{total} tokens exceed this engine's limit of {self.max_model_len}")
@@ -197,6 +206,8 @@ class VllmEngine:
             self._live.add(request.seq_id)
             if request.logprobs is not None:
                 self._top[request.seq_id] = request.logprobs
+            if route is not None:
+                self._routes[request.seq_id] = route
         self._commands.put(("add", request.seq_id, list(request.prompt_ids), params))
 
     def cancel(self, seq_id: str) -> None:
@@ -204,6 +215,7 @@ class VllmEngine:
             known = seq_id in self._live
             self._live.discard(seq_id)
             self._top.pop(seq_id, None)
+            self._routes.pop(seq_id, None)
         if known:
             self._commands.put(("abort", seq_id))
 
@@ -233,16 +245,17 @@ class VllmEngine:
             scored.append((chosen, alternatives))
         return scored
 
-    def poll(self, timeout: float) -> list[SeqUpdate]:
+    def poll(self, timeout: float, source: queue.Queue[list[SeqUpdate]] | None = None) -> list[SeqUpdate]:
         """Everything the engine produced since the last poll, waiting up to ``timeout`` for the first step's.
         Several steps of one sequence are merged, so under load one update carries several tokens."""
+        outputs = self._outputs if source is None else source
         try:
-            batches = [self._outputs.get(timeout=timeout) if timeout > 0 else self._outputs.get_nowait()]
+            batches = [outputs.get(timeout=timeout) if timeout > 0 else outputs.get_nowait()]
         except queue.Empty:
             return []
         while True:
             try:
-                batches.append(self._outputs.get_nowait())
+                batches.append(outputs.get_nowait())
             except queue.Empty:
                 break
         merged: dict[str, SeqUpdate] = {}
@@ -264,6 +277,7 @@ class VllmEngine:
             for update in merged.values():
                 if update.finished:
                     self._live.discard(update.seq_id)
+                    self._routes.pop(update.seq_id, None)
         # a cancelled sequence's last step may still arrive: it is nobody's now
         return [u for u in merged.values() if u.seq_id in live]
 
@@ -271,6 +285,10 @@ class VllmEngine:
     def running(self) -> int:
         with self._lock:
             return len(self._live)
+
+    def live(self) -> set[str]:
+        with self._lock:
+            return set(self._live)
 
     def close(self) -> None:
         self._closing.set()
@@ -299,9 +317,7 @@ class VllmEngine:
             except Exception as exc:  # the engine died: fail what it held and refuse new work
                 self._die(exc)
                 return
-            updates = [u for u in (self._update_of(o) for o in outputs) if u is not None]
-            if updates:
-                self._outputs.put(updates)
+            self._put([u for u in (self._update_of(o) for o in outputs) if u is not None])
 
     def _run_commands(self, engine: Any, *, wait: bool) -> None:
         from vllm.inputs import TokensPrompt
@@ -326,6 +342,17 @@ class VllmEngine:
             except queue.Empty:
                 return
 
+    def _put(self, updates: list[SeqUpdate]) -> None:
+        if not updates:
+            return
+        with self._lock:
+            routes = [self._routes.get(u.seq_id, self._outputs) for u in updates]
+        grouped: dict[int, tuple[queue.Queue[list[SeqUpdate]], list[SeqUpdate]]] = {}
+        for update, route in zip(updates, routes, strict=True):
+            grouped.setdefault(id(route), (route, []))[1].append(update)
+        for route, batch in grouped.values():
+            route.put(batch)
+
     def _fail_one(self, request_id: str, error: str) -> None:
         with self._lock:
             scoring = self._scoring.pop(request_id, None)
@@ -333,7 +360,7 @@ class VllmEngine:
             scoring.error = error
             scoring.done.set()
             return
-        self._outputs.put([SeqUpdate(seq_id=request_id, token_ids=[], finished=True, error=error)])
+        self._put([SeqUpdate(seq_id=request_id, token_ids=[], finished=True, error=error)])
 
     def _update_of(self, output: Any) -> SeqUpdate | None:
         request_id = output.request_id
@@ -366,8 +393,7 @@ class VllmEngine:
         self._fatal = f"{type(exc).__name__}: {exc}"
         log.error("the vLLM engine failed (%s); failing the sequences it held", self._fatal, exc_info=exc)
         with self._lock:
-            lost = list(self._live)
-            self._live.clear()
+            lost = list(self._live)  # poll reports their failure, then forgets them
             scoring = list(self._scoring.values())
             self._scoring.clear()
         for waiting in scoring:
@@ -375,7 +401,7 @@ class VllmEngine:
             waiting.done.set()
         if lost:
             failure = f"engine failure: {self._fatal}"
-            self._outputs.put([SeqUpdate(seq_id=s, token_ids=[], finished=True, error=failure) for s in lost])
+            self._put([SeqUpdate(seq_id=s, token_ids=[], finished=True, error=failure) for s in lost])
 
 
 def _token_logprobs(token: int, position: Any, top: int) -> tuple[float | None, list[tuple[int, float]]]:
@@ -387,6 +413,42 @@ def _token_logprobs(token: int, position: Any, top: int) -> tuple[float | None, 
         ((lp.rank, tid, lp.logprob) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top),
     )
     return (float(chosen.logprob) if chosen is not None else None), [(tid, float(lp)) for _, tid, lp in ranked]
+
+
+class EngineView:
+    """One worker's share of a :class:`VllmEngine`: its own slots and outputs; closing it leaves the engine up."""
+
+    def __init__(self, engine: VllmEngine, slots: int) -> None:
+        self.engine = engine
+        self.slots = slots
+        self.max_model_len = engine.max_model_len
+        self.eos_token_ids = engine.eos_token_ids
+        self.sampling_defaults = engine.sampling_defaults
+        self.tokenizer = engine.tokenizer
+        self._outputs: queue.Queue[list[SeqUpdate]] = queue.Queue()
+        self._seqs: set[str] = set()
+
+    def add(self, request: GenerationRequest) -> None:
+        self.engine.add(request, route=self._outputs)
+        self._seqs.add(request.seq_id)
+
+    @property
+    def running(self) -> int:
+        live = self.engine.live()
+        self._seqs &= live
+        return len(self._seqs)
+
+    def cancel(self, seq_id: str) -> None:
+        self.engine.cancel(seq_id)
+
+    def poll(self, timeout: float) -> list[SeqUpdate]:
+        return self.engine.poll(timeout, source=self._outputs)
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        return self.engine.prompt_logprobs(prompt_ids, top)
+
+    def close(self) -> None:
+        pass
 
 
 def lark_of(grammar: str) -> str:

@@ -157,6 +157,7 @@ class VllmEngine:
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._outputs: queue.Queue[list[SeqUpdate]] = queue.Queue()
         self._scoring: dict[str, _Scoring] = {}
+        self.tokens_after_cancel = 0  # generated for sequences already cancelled (vLLM had not aborted them yet)
         self._closing = threading.Event()
         self._fatal: str | None = None
         self._thread = threading.Thread(target=self._loop, name="queuechat-vllm", daemon=True)
@@ -279,7 +280,11 @@ class VllmEngine:
                     self._live.discard(update.seq_id)
                     self._routes.pop(update.seq_id, None)
         # a cancelled sequence's last step may still arrive: it is nobody's now
-        return [u for u in merged.values() if u.seq_id in live]
+        kept = [u for u in merged.values() if u.seq_id in live]
+        if len(kept) < len(merged):
+            dropped = sum(len(u.token_ids) for u in merged.values() if u.seq_id not in live)
+            self.tokens_after_cancel += dropped
+        return kept
 
     @property
     def running(self) -> int:

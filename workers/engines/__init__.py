@@ -120,6 +120,9 @@ def _build_vllm(model_path: str, options: EngineOptions, device: str) -> Built:
     from workers.engines.vllm import VllmConfig, VllmEngine
     from workers.loading import model_directory
 
+    if options.num_blocks is not None or options.max_gpu_memory is not None:
+        log.warning("--num-blocks and --max-gpu-memory are the transformers engine's: vLLM sizes its own cache")
+
     directory = str(model_directory(model_path))
     # vLLM on the CPU runs float32 or bfloat16; "auto" would take the checkpoint's dtype, which may be neither
     dtype = "float32" if options.dtype == "auto" and device == "cpu" else options.dtype

@@ -167,14 +167,22 @@ class VllmEngine:
 
     def sampling_params(self, request: GenerationRequest) -> Any:
         """vLLM's SamplingParams for a request; PromptError (a 400) for what vLLM cannot do."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
         if request.logprobs is not None and request.logprobs > self.max_logprobs:
             raise PromptError(
                 f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
             )
         repetition, presence, frequency = request.penalties or (1.0, 0.0, 0.0)
+        try:
+            return self._sampling_params(request, repetition, presence, frequency)
+        except PromptError:
+            raise
+        except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the parameter)
+            raise PromptError(str(exc), param=getattr(exc, "parameter", None)) from None
+
+    def _sampling_params(self, request: GenerationRequest, repetition: float, presence: float, frequency: float) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
         return SamplingParams(
             max_tokens=request.max_new_tokens,
             temperature=float(request.temperature),

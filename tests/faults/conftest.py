@@ -22,6 +22,7 @@ from broker.registry import live_workers
 from tests.conftest import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+VLLM_WORKER_FLAGS = ["--enforce-eager", "--max-model-len", "2048", "--kv-cache-gib", "0.5"]
 
 
 class Cluster:
@@ -76,8 +77,9 @@ class Cluster:
                 "--page-size", "32",
                 "--log-level", "info",
                 "--engine", self.engine,
-                # vLLM: no compilation warm-up, which on two cores takes longer than the test
-                *(["--enforce-eager", "--kv-cache-gib", "0.25"] if self.engine == "vllm" else []),
+                # vLLM: no compilation warm-up (on two cores it takes longer than the test), and a context its small
+                # KV cache holds (vLLM refuses to start when the model's whole context does not fit)
+                *(VLLM_WORKER_FLAGS if self.engine == "vllm" else []),
                 *(extra or []),
             ],
         )  # fmt: skip

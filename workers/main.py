@@ -229,7 +229,7 @@ def worker_command(
         str,
         typer.Option(
             envvar="QUEUECHAT_ENGINE",
-            help="transformers, vllm, or auto (vLLM on a CUDA GPU when installed, else transformers)",
+            help="transformers, vllm, or auto (vLLM when installed, on CPU or CUDA; else transformers)",
         ),
     ] = "transformers",
     max_model_len: Annotated[

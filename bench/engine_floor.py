@@ -42,7 +42,7 @@ def main() -> None:
 
     from bench.overhead import prompts, run_inprocess
     from workers.default_model import default_model_dir
-    from workers.engine import ContinuousBatchingEngine, EngineConfig
+    from workers.engines.transformers import ContinuousBatchingEngine, EngineConfig
     from workers.loading import load_model
 
     hf_logging.set_verbosity_error()

@@ -137,7 +137,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from workers.default_model import default_model_dir
-    from workers.engine import ContinuousBatchingEngine, EngineConfig
+    from workers.engines.transformers import ContinuousBatchingEngine, EngineConfig
     from workers.loading import load_model
 
     hf_logging.set_verbosity_error()

@@ -131,7 +131,7 @@ def start_fastchat(model_dir: Path, threads: int, dtype: str, log: Path) -> tupl
 
 
 def start_queuechat(
-    model_dir: Path, threads: int, dtype: str, redis_url: str, log: Path
+    model_dir: Path, threads: int, dtype: str, redis_url: str, log: Path, engine: str = "transformers"
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     port = free_port()
     env = {**os.environ, "QUEUECHAT_REDIS_URL": redis_url, "QUEUECHAT_KEY_PREFIX": f"vsfc{os.getpid()}"}
@@ -140,7 +140,8 @@ def start_queuechat(
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "workers", "--model-path", str(model_dir), "--model-names", MODEL_NAME,
-             "--device", "cpu", "--dtype", dtype, "--num-threads", str(threads), "--log-level", "warning"],
+             "--device", "cpu", "--dtype", dtype, "--num-threads", str(threads), "--log-level", "warning",
+             "--engine", engine],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         ),
         subprocess.Popen(
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--requests-at-1", type=int, default=4, help="requests per round at concurrency 1")
     parser.add_argument("--redis-url", default=None, help="default: an embedded Valkey of its own")
+    parser.add_argument("--engine", default="transformers", help="queuechat's engine (vllm: run from a venv with it)")
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers it started are stopped too
@@ -187,7 +189,9 @@ def main() -> None:
     logs = Path(f"/tmp/queuechat-vs-fastchat-{os.getpid()}")
     logs.mkdir(exist_ok=True)
     fc_base, fc_procs = start_fastchat(model_dir, args.threads, args.dtype, logs / "fastchat.log")
-    qc_base, qc_procs = start_queuechat(model_dir, args.threads, args.dtype, redis_url, logs / "queuechat.log")
+    qc_base, qc_procs = start_queuechat(
+        model_dir, args.threads, args.dtype, redis_url, logs / "queuechat.log", args.engine
+    )
     systems = {"FastChat": fc_base, "queuechat": qc_base}
     try:
         texts = [

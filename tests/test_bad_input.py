@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import Stack
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 from tests.openai_error import openai_error
 
 MSG = [{"role": "user", "content": "hi"}]

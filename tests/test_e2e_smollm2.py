@@ -1,5 +1,5 @@
 """The README's promise, end to end: ``queuechat up`` on its embedded defaults (Valkey from the wheel, SmolLM2)
-answers the official openai client, streaming and not, and stops cleanly."""
+answers the official openai client, streaming and not, and stops cleanly; on each engine (``--engine``)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,22 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import free_port, wait_for
+from tests.engines import ENGINE_PARAMS
 
 pytestmark = pytest.mark.e2e
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+@pytest.fixture(scope="module", params=ENGINE_PARAMS)
+def up(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     log = open(tmp_path_factory.mktemp("up") / "up.log", "w+")  # noqa: SIM115  # a file, not a pipe nobody drains
     env = {k: v for k, v in os.environ.items() if k != "QUEUECHAT_REDIS_URL"}  # embedded Valkey, as a new user
     env["QUEUECHAT_FILES_DIR"] = str(tmp_path_factory.mktemp("files"))  # batch files, not in the user's cache
     process = subprocess.Popen(
-        [sys.executable, "-m", "queuechat", "up", "--port", str(port), "--num-threads", "2"],
+        [sys.executable, "-m", "queuechat", "up", "--port", str(port), "--num-threads", "2", "--engine", request.param],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -79,6 +82,20 @@ def test_non_streaming_answer_mentions_paris(up: tuple[str, subprocess.Popen[str
     assert "Paris" in (r.choices[0].message.content or "")
     assert r.choices[0].finish_reason == "stop"  # SmolLM2 ends its answer with its EOS token
     assert r.usage is not None and r.usage.completion_tokens > 0
+
+
+def test_stream_and_non_stream_agree_at_temperature_0(up: tuple[str, subprocess.Popen[str]]) -> None:
+    base, _ = up
+    client = OpenAI(base_url=f"{base}/v1", api_key="none", timeout=120)
+    plain = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=40)
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model="smollm2", messages=QUESTION, temperature=0, max_tokens=40, stream=True
+        )
+        if chunk.choices
+    )
+    assert streamed == plain.choices[0].message.content
 
 
 def test_json_mode_answers_valid_json(up: tuple[str, subprocess.Popen[str]]) -> None:

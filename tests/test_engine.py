@@ -14,8 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from workers.attention import decode_attention
-from workers.engine import ContinuousBatchingEngine, EngineConfig, GenerationRequest
+from workers.engine import GenerationRequest
+from workers.engines.transformers import ContinuousBatchingEngine, EngineConfig
+from workers.engines.transformers.attention import decode_attention
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,37 @@ def test_prompts_sharing_a_cached_beginning_answer_as_alone(tiny: tuple[Any, Any
     finally:
         engine.close()
     assert matched[0] == 0 and min(matched[1:]) >= 32  # the later prompts were not prefilled from their start
+
+
+def test_the_cpu_decode_fast_path_runs_and_says_so(tiny: tuple[Any, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """On the CPU with sdpa, in the tested transformers range, decode steps go through the padded attention
+    (workers/engines/transformers/attention.py), and the engine's status says it is on."""
+    import workers.engines.transformers as backend
+    from workers.engines.transformers import attention
+
+    model, tokenizer = tiny
+    low, high = backend.TESTED_TRANSFORMERS
+    if not low <= backend._release(backend.transformers.__version__) < high:
+        pytest.skip(f"transformers {backend.transformers.__version__}: the fast path is off outside {low}-{high}")
+    on, why = backend.fast_path_status(model)
+    assert on, why
+    before = attention.fast_path_calls
+    engine = ContinuousBatchingEngine(model, tokenizer, EngineConfig(slots=4, num_blocks=64))
+    try:
+        assert engine.fast_path
+        for i in range(3):
+            engine.add(GenerationRequest(f"f{i}", tokenizer.encode("the queue"), max_new_tokens=8, temperature=0.0))
+        collect(engine, 3)
+    finally:
+        engine.close()
+    assert attention.fast_path_calls > before
+
+
+def test_the_fast_path_is_off_outside_the_tested_transformers_range(tiny: tuple[Any, Any]) -> None:
+    import workers.engines.transformers as backend
+
+    on, why = backend.fast_path_status(tiny[0], installed="9.0.0")
+    assert not on
+    assert "9.0.0" in why and "outside the tested range" in why
+    assert not backend.fast_path_status(tiny[0], installed="5.19.0")[0]
+    assert backend.fast_path_status(tiny[0], installed="5.24.0")[0]

@@ -14,6 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import Stack
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 
 MSG = [{"role": "user", "content": "Say something."}]
 PROMPT = "Once upon a time"

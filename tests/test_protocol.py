@@ -18,6 +18,7 @@ from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, SamplingParams, Usage
 from broker.settings import Settings
 from tests.conftest import Stack, wait_for
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 
 
 def _instant_worker(settings: Settings, model: str, stop: threading.Event) -> None:

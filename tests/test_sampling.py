@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from workers.sampling import NUCLEUS_SEARCH, RowParams, draw, row_distribution
+from workers.engines.transformers.sampling import NUCLEUS_SEARCH, RowParams, draw, row_distribution
 
 VOCAB = 5000
 

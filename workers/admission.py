@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
 from workers.engine import GenerationRequest, SamplingDefaults
-from workers.processors import json_grammar
+from workers.grammar import json_grammar
 from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
 from workers.running import seq_id
 

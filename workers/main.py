@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,12 +41,18 @@ class WorkerOptions:
     kv_cache_gib: float = 1.0
     num_blocks: int | None = None
     page_size: int = 16
-    max_batch_tokens: int = 512
+    max_batch_tokens: int | None = None
     drain_timeout: float = 30.0
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     stream_interval: int = 1
     prefix_caching: bool = True
+    engine: str = "transformers"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    quantization: str | None = None
+    enforce_eager: bool = False
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -58,15 +64,15 @@ def default_names(model_path: str | None) -> list[str]:
     return [path.stem if path.suffix == ".gguf" else path.name]
 
 
-def build_worker(options: WorkerOptions, settings: Any) -> Any:
-    """Load the model and wire engine, consumer and registration into a :class:`ModelWorker`."""
+def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> Any:
+    """Load the model and wire engine, consumer and registration into a :class:`ModelWorker`. ``engine``: one
+    already built (with its tokenizer as ``engine.tokenizer``), as tests share one engine between workers."""
     from broker.connection import sync_client
     from broker.consumer import JobConsumer
     from broker.keys import Keys
     from broker.registry import WorkerCard, WorkerRegistration, new_worker_id
     from workers.embeddings import SentenceEmbedder, is_sentence_transformers
-    from workers.engine import ContinuousBatchingEngine, Engine, EngineConfig, set_threads
-    from workers.loading import load_model
+    from workers.engines import EngineOptions, build, set_threads
     from workers.prompts import load_chat_template
     from workers.service import ModelWorker
 
@@ -81,34 +87,38 @@ def build_worker(options: WorkerOptions, settings: Any) -> Any:
 
         model_path = str(default_model_dir())
     names = options.model_names or default_names(options.model_path)
-    engine: Engine
     embedder: SentenceEmbedder | None = None
-    if is_sentence_transformers(model_path):
+    if engine is not None:
+        tokenizer, device = engine.tokenizer, getattr(engine, "device", "cpu")
+    elif is_sentence_transformers(model_path):
         # an embeddings worker: same consume loop, registration and fault tolerance, another engine
         embedder = SentenceEmbedder(model_path, device=options.device, dtype=options.dtype)
         engine, tokenizer, device = embedder, embedder.tokenizer, embedder.device
     else:
-        loaded = load_model(
+        built = build(
+            options.engine,
             model_path,
-            device=options.device,
-            dtype=options.dtype,
-            num_gpus=options.num_gpus,
-            max_gpu_memory=options.max_gpu_memory,
-        )
-        engine = ContinuousBatchingEngine(
-            loaded.model,
-            loaded.tokenizer,
-            EngineConfig(
+            EngineOptions(
                 slots=options.limit_worker_concurrency,
-                page_size=options.page_size,
-                num_blocks=options.num_blocks,
-                kv_cache_gib=options.kv_cache_gib,
-                max_batch_tokens=options.max_batch_tokens,
+                device=options.device,
+                dtype=options.dtype,
+                num_gpus=options.num_gpus,
+                max_gpu_memory=options.max_gpu_memory,
                 seed=options.seed,
+                kv_cache_gib=options.kv_cache_gib,
+                num_blocks=options.num_blocks,
+                page_size=options.page_size,
+                max_batch_tokens=options.max_batch_tokens,
                 prefix_caching=options.prefix_caching,
+                max_model_len=options.max_model_len,
+                gpu_memory_utilization=options.gpu_memory_utilization,
+                quantization=options.quantization,
+                enforce_eager=options.enforce_eager,
+                engine_args=options.engine_args,
             ),
         )
-        tokenizer, device = loaded.tokenizer, loaded.device
+        engine, tokenizer, device = built.engine, built.tokenizer, built.device
+        log.info("engine: %s on %s", built.kind, device)
     keys = Keys(settings.key_prefix)
     worker_id = new_worker_id()
     # XREADGROUP blocks up to 0.5 s, so the socket timeout must be longer than that
@@ -182,7 +192,9 @@ def worker_command(
     redis_url: Annotated[str | None, typer.Option(envvar="QUEUECHAT_REDIS_URL", help="Redis/Valkey URL")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")] = "auto",
-    num_gpus: Annotated[int, typer.Option(min=1, help="Split the model over this many GPUs")] = 1,
+    num_gpus: Annotated[
+        int, typer.Option(min=1, help="Split the model over this many GPUs (vLLM: tensor parallel size)")
+    ] = 1,
     max_gpu_memory: Annotated[str | None, typer.Option(help="Per-GPU memory cap with --num-gpus, e.g. 20GiB")] = None,
     limit_worker_concurrency: Annotated[int, typer.Option(min=1, help="Sequences run at once")] = 32,
     seed: Annotated[int | None, typer.Option(help="Seed of the worker's sampler")] = None,
@@ -193,7 +205,9 @@ def worker_command(
     kv_cache_gib: Annotated[float, typer.Option(min=0.01, help="KV cache size when --num-blocks is not set")] = 1.0,
     num_blocks: Annotated[int | None, typer.Option(min=1, help="KV cache blocks (overrides --kv-cache-gib)")] = None,
     page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 16,
-    max_batch_tokens: Annotated[int, typer.Option(min=16, help="Tokens per engine step (chunked prefill)")] = 512,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option(min=16, help="Tokens per engine step (chunked prefill; default 512, vLLM: its own)")
+    ] = None,
     drain_timeout: Annotated[
         float | None, typer.Option(min=0, help="Seconds to finish running work on SIGTERM (default 30)")
     ] = None,
@@ -211,6 +225,24 @@ def worker_command(
             help="Prompts that begin alike share the KV cache blocks of their common beginning",
         ),
     ] = True,
+    engine: Annotated[
+        str,
+        typer.Option(
+            envvar="QUEUECHAT_ENGINE",
+            help="transformers, vllm, or auto (vLLM when installed, on CPU or CUDA; else transformers)",
+        ),
+    ] = "transformers",
+    max_model_len: Annotated[
+        int | None, typer.Option(min=1, help="vLLM: context length (default: the model's)")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(min=0.01, max=1.0, help="vLLM: fraction of GPU memory for weights and KV cache")
+    ] = None,
+    quantization: Annotated[str | None, typer.Option(help="vLLM: quantization method (awq, gptq, fp8, ...)")] = None,
+    enforce_eager: Annotated[bool, typer.Option(help="vLLM: no CUDA graphs or compilation")] = False,
+    engine_arg: Annotated[
+        list[str] | None, typer.Option(help="vLLM: any other engine argument, KEY=VALUE (repeatable)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
@@ -242,8 +274,23 @@ def worker_command(
         metrics_host=metrics_host,
         stream_interval=stream_interval,
         prefix_caching=prefix_caching,
+        engine=engine,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        quantization=quantization,
+        enforce_eager=enforce_eager,
+        engine_args=_engine_args(engine_arg),
     )
     serve(options, settings)
+
+
+def _engine_args(pairs: list[str] | None) -> dict[str, Any]:
+    from workers.engines.vllm import parse_engine_args
+
+    try:
+        return parse_engine_args(pairs or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def main() -> None:

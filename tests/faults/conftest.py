@@ -22,13 +22,23 @@ from broker.registry import live_workers
 from tests.conftest import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+VLLM_WORKER_FLAGS = ["--enforce-eager", "--max-model-len", "2048", "--kv-cache-gib", "0.5"]
 
 
 class Cluster:
     """Processes of one test; everything it starts is killed at the end, whatever happened."""
 
-    def __init__(self, redis_url: str, model_dir: Path, logs: Path, model: str = "tiny", **settings: float) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        model_dir: Path,
+        logs: Path,
+        model: str = "tiny",
+        engine: str = "transformers",
+        **settings: float,
+    ) -> None:
         self.redis_url = redis_url
+        self.engine = engine
         self.model_dir = model_dir
         self.model = model
         self.logs = logs
@@ -66,6 +76,10 @@ class Cluster:
                 "--num-blocks", "512",
                 "--page-size", "32",
                 "--log-level", "info",
+                "--engine", self.engine,
+                # vLLM: no compilation warm-up (on two cores it takes longer than the test), and a context its small
+                # KV cache holds (vLLM refuses to start when the model's whole context does not fit)
+                *(VLLM_WORKER_FLAGS if self.engine == "vllm" else []),
                 *(extra or []),
             ],
         )  # fmt: skip
@@ -85,6 +99,8 @@ class Cluster:
         return [w.card.id for w in live_workers(sync_client(self.redis_url), self.keys)]
 
     def wait_workers(self, count: int, timeout: float = 90) -> list[str]:
+        if self.engine == "vllm":
+            timeout = max(timeout, 300)  # importing vLLM and building its engine takes a minute or more per worker
         return wait_for(lambda: len(self.live()) == count and self.live(), timeout=timeout)
 
     def worker_process(self, worker_id: str) -> subprocess.Popen[bytes]:
@@ -117,9 +133,13 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(redis_url: str, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster of the tiny model: fast, for faults whose outcome does not depend on the model's speed."""
-    running = Cluster(redis_url, tiny_model_dir, tmp_path)
+def cluster(
+    redis_url: str, tiny_model_dir: Path, tmp_path: Path, engine_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    """A cluster of the tiny model: fast, for faults whose outcome does not depend on the model's speed. On the
+    vLLM engine, the tiny model in the shape vLLM's CPU kernels take."""
+    model_dir = request.getfixturevalue("vllm_model_dir") if engine_kind == "vllm" else tiny_model_dir
+    running = Cluster(redis_url, model_dir, tmp_path, engine=engine_kind)
     try:
         yield running
     finally:
@@ -127,12 +147,12 @@ def cluster(redis_url: str, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Cl
 
 
 @pytest.fixture
-def smollm2_cluster(redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
+def smollm2_cluster(redis_url: str, tmp_path: Path, engine_kind: str) -> Iterator[Cluster]:
     """A cluster of SmolLM2, for faults measured in tokens: the tiny model's steps (a few ms) are too short to say
     anything about a real model's."""
     from workers.default_model import DEFAULT_MODEL_NAME, default_model_dir
 
-    running = Cluster(redis_url, default_model_dir(), tmp_path, model=DEFAULT_MODEL_NAME)
+    running = Cluster(redis_url, default_model_dir(), tmp_path, model=DEFAULT_MODEL_NAME, engine=engine_kind)
     try:
         yield running
     finally:

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import wait_for
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 from tests.faults.conftest import Cluster
 from tests.faults.load import PROMPT
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 from tests.faults.conftest import Cluster
 from tests.faults.load import Load
 

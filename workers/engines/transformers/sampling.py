@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from workers.processors import KeyedProcessor, add_to_chain
+from workers.engines.transformers.processors import KeyedProcessor, add_to_chain
 
 log = logging.getLogger(__name__)
 

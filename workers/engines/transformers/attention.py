@@ -17,7 +17,8 @@ attention through a keyword, so the two never disagree about the layout of the k
 
 Both registrations are process-wide (transformers looks attention functions up by name and the cache's update is a
 method of its class), so a worker installs them once for its CPU engine; every other call in the process still
-gets transformers' own code.
+gets transformers' own code. The attention cannot take a name of its own: the manager accepts only ``sdpa``,
+``paged|eager`` and flash implementations (transformers 5.19-5.24), so it is registered as ``sdpa``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 PADDED_MASK_KWARG = "qc_padded_mask"
 _original_update = PagedAttentionCache.update
 _last_layout: tuple[tuple[tuple[int, ...], int], tuple[torch.Tensor, torch.Tensor]] | None = None
+# decode-step attention calls that took the padded path (per layer), so a test can tell the fast path ran
+fast_path_calls = 0
 
 
 def padded_layout(cu_seq_lens_k: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +149,8 @@ def _padded_attention(
     queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scaling: float | None
 ) -> torch.Tensor:
     """One query per sequence against its padded keys; in transformers' layout [1, tokens, heads, head_dim]."""
+    global fast_path_calls
+    fast_path_calls += 1
     sequences, heads, _, head_dim = queries.shape
     out = torch.nn.functional.scaled_dot_product_attention(
         queries, keys, values, attn_mask=valid[:, None, None, :], scale=scaling, enable_gqa=heads != keys.shape[1]

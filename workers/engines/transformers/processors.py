@@ -19,8 +19,6 @@ from typing import Any
 import torch
 from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
 
-from workers.prompts import PromptError
-
 log = logging.getLogger(__name__)
 
 LOGPROBS_KWARG = "qc_logprobs"  # int: how many top alternatives (0: only the chosen token's)
@@ -243,21 +241,6 @@ class GrammarConstraint(KeyedProcessor):
     def release(self, request_id: str) -> None:
         with self._lock:
             self._constrained.pop(request_id, None)
-
-
-def json_grammar(schema: dict[str, Any]) -> str:
-    """The llguidance grammar for JSON output following ``schema`` (JSON mode is the schema ``{"type": "object"}``)."""
-    import llguidance
-
-    try:
-        # Compact JSON: with free whitespace a model can pad forever without ever closing the object.
-        grammar = str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False}))
-        problem = llguidance.LLMatcher.validate_grammar(grammar)
-    except Exception as exc:  # llguidance reports some bad schemas by raising
-        problem = str(exc)
-    if problem:
-        raise PromptError(f"the JSON schema cannot be used: {problem}", param="response_format")
-    return grammar
 
 
 @dataclass

@@ -1,0 +1,498 @@
+"""The vLLM engine: vLLM's ``LLMEngine`` driven in this process behind the worker's engine interface.
+
+The worker stays the process that reads the Redis streams and publishes events; vLLM is a library here, not a
+server. One thread owns the ``LLMEngine`` (it is not thread-safe): it takes the consume loop's commands (add,
+abort, score a prompt) between steps, steps while any request is unfinished, and hands each step's new tokens to
+:meth:`VllmEngine.poll` through a queue. Outputs are deltas (``RequestOutputKind.DELTA``) of token ids only: the
+worker detokenises and matches stop strings itself, as it does for every engine, so vLLM's detokeniser is off.
+
+What maps onto vLLM's own parameters: temperature, top-p, top-k, per-request seeds, stop token ids, logprobs with
+top alternatives (of the raw logits, as OpenAI reports them), prompt logprobs, presence, frequency and repetition
+penalties, and grammars (JSON mode, JSON schemas, forced tool calls) through vLLM's structured outputs with the
+llguidance backend. What it cannot honour is refused with a :class:`~workers.prompts.PromptError` naming the
+parameter, which the worker answers with a 400.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engine import GenerationRequest, SamplingDefaults, SeqUpdate, eos_ids_of, sampling_defaults_of
+from workers.prompts import PromptError
+
+log = logging.getLogger(__name__)
+
+# The vLLM releases this backend was tested with: [lowest, first untested). Others are used with a warning.
+TESTED_VLLM = ((0, 32), (0, 33))
+SCORE_PREFIX = "qc-score-"  # request ids of prompt-logprob requests, answered to their caller, never polled
+SCORE_TIMEOUT = 300.0
+
+
+@dataclass
+class VllmConfig:
+    slots: int = 32
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    num_gpus: int = 1  # tensor parallel size
+    quantization: str | None = None
+    enforce_eager: bool = False
+    prefix_caching: bool = True
+    seed: int | None = None
+    max_batch_tokens: int | None = None
+    kv_cache_gib: float | None = None
+    engine_args: dict[str, Any] = field(default_factory=dict)  # the rest of vLLM's EngineArgs, by name
+
+
+def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
+    """``--engine-arg KEY=VALUE`` pairs as EngineArgs keywords: dashes become underscores, and a value that reads
+    as JSON (a number, true/false, a list or object) is taken as such, else as a string."""
+    import json
+
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--engine-arg {pair!r}: expected KEY=VALUE")
+        try:
+            parsed[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip().replace("-", "_")] = value
+    return parsed
+
+
+def _engine_args(model_dir: str, config: VllmConfig) -> Any:
+    from vllm import EngineArgs
+
+    kwargs: dict[str, Any] = {
+        "model": model_dir,
+        "tokenizer": model_dir,
+        "dtype": config.dtype,
+        "max_num_seqs": config.slots,
+        "tensor_parallel_size": config.num_gpus,
+        "enforce_eager": config.enforce_eager,
+        "enable_prefix_caching": config.prefix_caching,
+        "disable_log_stats": True,
+        # JSON mode and JSON schemas arrive as llguidance grammars (workers/grammar.py), as for the other engine
+        "structured_outputs_config": {"backend": "guidance"},
+    }
+    if config.seed is not None:
+        kwargs["seed"] = config.seed
+    if config.max_model_len is not None:
+        kwargs["max_model_len"] = config.max_model_len
+    if config.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    if config.quantization is not None:
+        kwargs["quantization"] = config.quantization
+    if config.max_batch_tokens is not None:
+        kwargs["max_num_batched_tokens"] = config.max_batch_tokens
+    if config.kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
+    kwargs.update(config.engine_args)
+    return EngineArgs(**kwargs)
+
+
+def _check_version() -> None:
+    import vllm
+
+    version = vllm.__version__
+    try:
+        release = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        release = (0, 0)
+    low, high = TESTED_VLLM
+    if not low <= release < high:
+        log.warning("vLLM %s is outside the range this engine was tested with (%s.%s to %s.%s)", version, *low, *high)
+
+
+class _Scoring:
+    """A prompt-logprobs request waiting for its one output."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.output: Any = None
+        self.error: str | None = None
+
+
+class VllmEngine:
+    """vLLM's ``LLMEngine`` in a thread of the worker's process."""
+
+    def __init__(self, model_dir: str, tokenizer: Any, config: VllmConfig) -> None:
+        # In this process, not in an engine-core child: the worker process is what heartbeats and gets reclaimed,
+        # and a SIGKILL of it must take the engine along.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM would pin its OpenMP threads to cores; on a machine shared with the API, Redis and other workers the
+        # torch threads the worker was given (--num-threads) are the budget instead. VLLM_CPU_OMP_THREADS_BIND wins.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        _check_version()
+        self.config = config
+        self.tokenizer = tokenizer
+        started = time.monotonic()
+        self._engine = LLMEngine.from_engine_args(_engine_args(model_dir, config))
+        model_config = self._engine.model_config
+        self.max_model_len = int(model_config.max_model_len)
+        self.max_logprobs = int(model_config.max_logprobs)
+        self.slots = config.slots
+        self.vocab_size = int(model_config.get_vocab_size())
+        generation_config = _generation_config(model_dir)
+        self.eos_token_ids = eos_ids_of(generation_config, model_config.hf_config, tokenizer)
+        self.sampling_defaults: SamplingDefaults = sampling_defaults_of(_Holder(generation_config))
+        log.info(
+            "vLLM engine ready in %.1fs: max_model_len=%d, %d sequences",
+            time.monotonic() - started, self.max_model_len, self.slots,
+        )  # fmt: skip
+        self._lock = threading.Lock()
+        self._live: set[str] = set()  # seq ids added and not finished or cancelled
+        self._top: dict[str, int] = {}  # seq id -> alternatives per token it asked for
+        self._routes: dict[str, queue.Queue[list[SeqUpdate]]] = {}  # seq id -> a view's queue (see share)
+        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._outputs: queue.Queue[list[SeqUpdate]] = queue.Queue()
+        self._scoring: dict[str, _Scoring] = {}
+        self.tokens_after_cancel = 0  # generated for sequences already cancelled (vLLM had not aborted them yet)
+        self._closing = threading.Event()
+        self._fatal: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="queuechat-vllm", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the consume loop's side
+
+    def sampling_params(self, request: GenerationRequest) -> Any:
+        """vLLM's SamplingParams for a request; PromptError (a 400) for what vLLM cannot do."""
+        if request.logprobs is not None and request.logprobs > self.max_logprobs:
+            raise PromptError(
+                f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
+            )
+        repetition, presence, frequency = request.penalties or (1.0, 0.0, 0.0)
+        try:
+            return self._sampling_params(request, repetition, presence, frequency)
+        except PromptError:
+            raise
+        except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the parameter)
+            raise PromptError(str(exc), param=getattr(exc, "parameter", None)) from None
+
+    def _sampling_params(self, request: GenerationRequest, repetition: float, presence: float, frequency: float) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        return SamplingParams(
+            max_tokens=request.max_new_tokens,
+            temperature=float(request.temperature),
+            top_p=float(request.top_p),
+            top_k=int(request.top_k or 0),
+            seed=request.seed,
+            stop_token_ids=list(request.stop_token_ids) or None,
+            logprobs=request.logprobs,
+            repetition_penalty=float(repetition),
+            presence_penalty=float(presence),
+            frequency_penalty=float(frequency),
+            structured_outputs=StructuredOutputsParams(grammar=lark_of(request.grammar)) if request.grammar else None,
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def share(self, slots: int) -> EngineView:
+        """A view of this engine with its own outputs, for another worker in this process (tests run many
+        workers on one loaded engine)."""
+        return EngineView(self, slots)
+
+    def add(self, request: GenerationRequest, route: queue.Queue[list[SeqUpdate]] | None = None) -> None:
+        total = len(request.prompt_ids) + request.max_new_tokens
+        if total > self.max_model_len:
+            raise ValueError(f"{total} tokens exceed this engine's limit of {self.max_model_len}")
+        if self._fatal is not None:
+            raise RuntimeError(f"the vLLM engine stopped: {self._fatal}")
+        params = self.sampling_params(request)
+        with self._lock:
+            self._live.add(request.seq_id)
+            if request.logprobs is not None:
+                self._top[request.seq_id] = request.logprobs
+            if route is not None:
+                self._routes[request.seq_id] = route
+        self._commands.put(("add", request.seq_id, list(request.prompt_ids), params))
+
+    def cancel(self, seq_id: str) -> None:
+        with self._lock:
+            known = seq_id in self._live
+            self._live.discard(seq_id)
+            self._top.pop(seq_id, None)
+            self._routes.pop(seq_id, None)
+        if known:
+            self._commands.put(("abort", seq_id))
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        """Each prompt token's logprob given the tokens before it, with the ``top`` likeliest alternatives (the
+        first has none): a one-token request with vLLM's prompt logprobs, waited for here."""
+        from vllm import SamplingParams
+
+        if top > self.max_logprobs:
+            raise PromptError(
+                f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
+            )
+        request_id = f"{SCORE_PREFIX}{uuid.uuid4().hex}"
+        scoring = _Scoring()
+        with self._lock:
+            self._scoring[request_id] = scoring
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top, detokenize=False)
+        self._commands.put(("add", request_id, list(prompt_ids), params))
+        if not scoring.done.wait(SCORE_TIMEOUT):
+            self._commands.put(("abort", request_id))
+            raise RuntimeError("scoring the prompt timed out")
+        if scoring.error is not None:
+            raise RuntimeError(scoring.error)
+        scored: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
+        for token, position in zip(prompt_ids[1:], (scoring.output.prompt_logprobs or [None])[1:], strict=False):
+            chosen, alternatives = _token_logprobs(token, position, top)
+            scored.append((chosen, alternatives))
+        return scored
+
+    def poll(self, timeout: float, source: queue.Queue[list[SeqUpdate]] | None = None) -> list[SeqUpdate]:
+        """Everything the engine produced since the last poll, waiting up to ``timeout`` for the first step's.
+        Several steps of one sequence are merged, so under load one update carries several tokens."""
+        outputs = self._outputs if source is None else source
+        try:
+            batches = [outputs.get(timeout=timeout) if timeout > 0 else outputs.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                batches.append(outputs.get_nowait())
+            except queue.Empty:
+                break
+        merged: dict[str, SeqUpdate] = {}
+        for batch in batches:
+            for update in batch:
+                previous = merged.get(update.seq_id)
+                if previous is None:
+                    merged[update.seq_id] = update
+                    continue
+                previous.token_ids += update.token_ids
+                if previous.logprobs is not None and update.logprobs is not None:
+                    previous.logprobs += update.logprobs
+                if previous.top_logprobs is not None and update.top_logprobs is not None:
+                    previous.top_logprobs += update.top_logprobs
+                previous.finished = previous.finished or update.finished
+                previous.error = previous.error or update.error
+        with self._lock:
+            live = set(self._live)
+            for update in merged.values():
+                if update.finished:
+                    self._live.discard(update.seq_id)
+                    self._routes.pop(update.seq_id, None)
+        # a cancelled sequence's last step may still arrive: it is nobody's now
+        kept = [u for u in merged.values() if u.seq_id in live]
+        if len(kept) < len(merged):
+            dropped = sum(len(u.token_ids) for u in merged.values() if u.seq_id not in live)
+            self.tokens_after_cancel += dropped
+        return kept
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def live(self) -> set[str]:
+        with self._lock:
+            return set(self._live)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._commands.put(("wake",))
+        self._thread.join(30)
+        engine, self._engine = self._engine, None
+        del engine
+        try:
+            import gc
+
+            gc.collect()
+        except Exception:  # shutting down: nothing useful to do with an error here
+            log.exception("error while stopping the engine")
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _loop(self) -> None:
+        engine = self._engine
+        while not self._closing.is_set():
+            try:
+                busy = engine.has_unfinished_requests()
+                self._run_commands(engine, wait=not busy)
+                if not engine.has_unfinished_requests():
+                    continue
+                outputs = engine.step()
+            except Exception as exc:  # the engine died: fail what it held and refuse new work
+                self._die(exc)
+                return
+            self._put([u for u in (self._update_of(o) for o in outputs) if u is not None])
+
+    def _run_commands(self, engine: Any, *, wait: bool) -> None:
+        from vllm.inputs import TokensPrompt
+
+        try:
+            command = self._commands.get(timeout=0.5) if wait else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind = command[0]
+            if kind == "add":
+                _, request_id, prompt_ids, params = command
+                try:
+                    engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+                except Exception as exc:  # this request's own problem (vLLM validates it here)
+                    log.warning("vLLM refused request %s: %s", request_id, exc)
+                    self._fail_one(request_id, f"{type(exc).__name__}: {exc}")
+            elif kind == "abort":
+                engine.abort_request([command[1]])
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _put(self, updates: list[SeqUpdate]) -> None:
+        if not updates:
+            return
+        with self._lock:
+            routes = [self._routes.get(u.seq_id, self._outputs) for u in updates]
+        grouped: dict[int, tuple[queue.Queue[list[SeqUpdate]], list[SeqUpdate]]] = {}
+        for update, route in zip(updates, routes, strict=True):
+            grouped.setdefault(id(route), (route, []))[1].append(update)
+        for route, batch in grouped.values():
+            route.put(batch)
+
+    def _fail_one(self, request_id: str, error: str) -> None:
+        with self._lock:
+            scoring = self._scoring.pop(request_id, None)
+        if scoring is not None:
+            scoring.error = error
+            scoring.done.set()
+            return
+        self._put([SeqUpdate(seq_id=request_id, token_ids=[], finished=True, error=error)])
+
+    def _update_of(self, output: Any) -> SeqUpdate | None:
+        request_id = output.request_id
+        if request_id.startswith(SCORE_PREFIX):
+            if output.finished:
+                with self._lock:
+                    scoring = self._scoring.pop(request_id, None)
+                if scoring is not None:
+                    scoring.output = output
+                    scoring.done.set()
+            return None
+        completion = output.outputs[0]
+        tokens = list(completion.token_ids)
+        logprobs: list[float] | None = None
+        top: list[list[tuple[int, float]]] | None = None
+        if completion.logprobs is not None:
+            with self._lock:
+                wanted = self._top.get(request_id, 0)
+            pairs = [_token_logprobs(t, p, wanted) for t, p in zip(tokens, completion.logprobs, strict=False)]
+            logprobs = [chosen if chosen is not None else float("nan") for chosen, _ in pairs]
+            top = [alternatives for _, alternatives in pairs]
+        if output.finished:
+            with self._lock:
+                self._top.pop(request_id, None)
+        return SeqUpdate(
+            seq_id=request_id, token_ids=tokens, logprobs=logprobs, top_logprobs=top, finished=output.finished
+        )
+
+    def _die(self, exc: BaseException) -> None:
+        self._fatal = f"{type(exc).__name__}: {exc}"
+        log.error("the vLLM engine failed (%s); failing the sequences it held", self._fatal, exc_info=exc)
+        with self._lock:
+            lost = list(self._live)  # poll reports their failure, then forgets them
+            scoring = list(self._scoring.values())
+            self._scoring.clear()
+        for waiting in scoring:
+            waiting.error = f"engine failure: {self._fatal}"
+            waiting.done.set()
+        if lost:
+            failure = f"engine failure: {self._fatal}"
+            self._put([SeqUpdate(seq_id=s, token_ids=[], finished=True, error=failure) for s in lost])
+
+
+def _token_logprobs(token: int, position: Any, top: int) -> tuple[float | None, list[tuple[int, float]]]:
+    """(the token's logprob, the ``top`` likeliest alternatives best first) from vLLM's {token id: Logprob}."""
+    if not position:
+        return None, []
+    chosen = position.get(token)
+    ranked = sorted(
+        ((lp.rank, tid, lp.logprob) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top),
+    )
+    return (float(chosen.logprob) if chosen is not None else None), [(tid, float(lp)) for _, tid, lp in ranked]
+
+
+class EngineView:
+    """One worker's share of a :class:`VllmEngine`: its own slots and outputs; closing it leaves the engine up."""
+
+    def __init__(self, engine: VllmEngine, slots: int) -> None:
+        self.engine = engine
+        self.slots = slots
+        self.max_model_len = engine.max_model_len
+        self.eos_token_ids = engine.eos_token_ids
+        self.sampling_defaults = engine.sampling_defaults
+        self.tokenizer = engine.tokenizer
+        self._outputs: queue.Queue[list[SeqUpdate]] = queue.Queue()
+        self._seqs: set[str] = set()
+
+    def add(self, request: GenerationRequest) -> None:
+        self.engine.add(request, route=self._outputs)
+        self._seqs.add(request.seq_id)
+
+    @property
+    def running(self) -> int:
+        live = self.engine.live()
+        self._seqs &= live
+        return len(self._seqs)
+
+    def cancel(self, seq_id: str) -> None:
+        self.engine.cancel(seq_id)
+
+    def poll(self, timeout: float) -> list[SeqUpdate]:
+        return self.engine.poll(timeout, source=self._outputs)
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        return self.engine.prompt_logprobs(prompt_ids, top)
+
+    def close(self) -> None:
+        pass
+
+
+def lark_of(grammar: str) -> str:
+    """An llguidance grammar (the JSON form workers/grammar.py makes) as the Lark text vLLM's ``grammar`` takes:
+    vLLM reads a grammar string as Lark or GBNF only, and llguidance's Lark embeds a JSON schema as ``%json``."""
+    import json
+
+    try:
+        spec = json.loads(grammar)
+    except json.JSONDecodeError:
+        return grammar  # Lark or GBNF already
+    parts = spec.get("grammars") if isinstance(spec, dict) else None
+    if not isinstance(parts, list) or len(parts) != 1:
+        raise PromptError("this grammar cannot be used with the vLLM engine", param="response_format")
+    part = parts[0]
+    if part.get("json_schema") is not None:
+        return "start: %json " + json.dumps(part["json_schema"])
+    if part.get("lark_grammar"):
+        return str(part["lark_grammar"])
+    raise PromptError("this grammar cannot be used with the vLLM engine", param="response_format")
+
+
+class _Holder:
+    def __init__(self, generation_config: Any) -> None:
+        self.generation_config = generation_config
+
+
+def _generation_config(model_dir: str) -> Any:
+    try:
+        from transformers import GenerationConfig
+
+        return GenerationConfig.from_pretrained(model_dir)
+    except Exception:  # a model without generation_config.json: OpenAI's defaults, the config's own EOS
+        return None

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import batches, chat, completions, files
+from api import batches, chat, completions, files, resume
 from api.auth import ApiKeyMiddleware, api_key_login
 from api.cors import CorsOptions, install_cors
 from api.embeddings import router as embeddings_router
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, cors: CorsOptions | None = None
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(chat.router)
+    app.include_router(resume.router)
     app.include_router(completions.router)
     app.include_router(files.router)
     app.include_router(batches.router)

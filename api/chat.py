@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from api.jobs import ChoiceText, Collected, chat_job, merged, submit_all
 from api.logprobs import chat_logprobs
 from api.metrics import ApiMetrics
+from api.resume import resume_record
 from api.schemas import ChatCompletionRequest
 from api.streaming import dumps, producer_of, prompt_tokens_of, sse_body, stream_response, usage
 from api.tools import ToolCall, forced_calls, may_become_call, parse_calls
@@ -27,9 +28,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     if not body.stream:
         return await chat_answer(producer, body, request.app.state.metrics)
     job = chat_job(body, producer.settings.request_timeout)
-    streams = await submit_all(producer, [job], request.app.state.metrics)
-    response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
     created = int(time.time())
+    resume = resume_record(request, body, created)  # so the client can resume the stream (api/resume.py)
+    streams = await submit_all(producer, [job], request.app.state.metrics, resume=resume)
+    response_id = "chatcmpl-" + job.id.removeprefix("job-")  # the job id: findable in worker logs
     return stream_response(sse_body(streams, _chat_stream(streams, body, response_id, created)), producer)
 
 

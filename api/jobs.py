@@ -70,7 +70,12 @@ def completion_jobs(body: CompletionRequest, timeout: float) -> list[Job]:
 
 
 async def submit_all(
-    producer: Producer, jobs: Sequence[Job], metrics: ApiMetrics | None = None, *, low_priority: bool = False
+    producer: Producer,
+    jobs: Sequence[Job],
+    metrics: ApiMetrics | None = None,
+    *,
+    low_priority: bool = False,
+    resume: dict[str, Any] | None = None,
 ) -> list[JobEvents]:
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
     4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
@@ -78,7 +83,7 @@ async def submit_all(
     try:
         for job in jobs:
             arrived = time.monotonic()
-            submitted.append(await producer.submit(job, low_priority=low_priority))
+            submitted.append(await producer.submit(job, low_priority=low_priority, resume=resume))
             if metrics is not None:
                 metrics.track(submitted[-1], arrived)
         firsts = await asyncio.gather(*(e.next_event() for e in submitted))

@@ -10,6 +10,7 @@ from fastapi import Request
 from sse_starlette import EventSourceResponse
 
 from api.errors import error_body
+from api.eventids import EventIds, format_id
 from broker.errors import QueuechatError
 from broker.producer import JobEvents, Producer
 from broker.schemas import Accepted
@@ -24,21 +25,27 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-async def sse_body(streams: list[JobEvents], chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The SSE body: the chunks, an OpenAI-shaped error chunk if the job fails midway, then ``[DONE]``.
+async def sse_body(
+    streams: list[JobEvents], chunks: AsyncIterator[str], after: tuple[int, int] | None = None
+) -> AsyncIterator[dict[str, str]]:
+    """The SSE body: the chunks, an OpenAI-shaped error chunk if the job fails midway, then ``[DONE]``, each
+    with an ``id:`` (api/eventids.py); with ``after`` (a resumed stream) only the chunks past that id.
     The jobs are closed however the stream ends, a client disconnect included."""
+    ids = EventIds(streams)
     try:
         async for chunk in chunks:
-            yield chunk
+            event_id = ids.next()
+            if after is None or event_id > after:
+                yield {"id": format_id(event_id), "data": chunk}
     except QueuechatError as exc:
-        yield dumps(error_body(exc.message, exc.type, exc.code, exc.param))
+        yield {"id": format_id(ids.next()), "data": dumps(error_body(exc.message, exc.type, exc.code, exc.param))}
     finally:
         for s in streams:
             s.close()
-    yield "[DONE]"
+    yield {"id": format_id(ids.next()), "data": "[DONE]"}
 
 
-def stream_response(body: AsyncIterator[str], producer: Producer) -> EventSourceResponse:
+def stream_response(body: AsyncIterator[dict[str, str]], producer: Producer) -> EventSourceResponse:
     """An SSE response that, when the server is told to stop, gets the drain timeout to finish instead of being
     cut at once (sse-starlette's default)."""
     return EventSourceResponse(body, ping=15, shutdown_grace_period=producer.settings.drain_timeout)

@@ -32,7 +32,7 @@ ROLES: dict[str, Role] = {
         keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers", "~{p}:log:*", "~{p}:cancel:*"),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load xadd xlen exists hgetall hdel mget subscribe unsubscribe "
-        "time scan xinfo|groups xrange pexpire set",
+        "time scan xinfo|groups xrange pexpire set pubsub|numsub",
     ),
     # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
     # dead worker's jobs, dead-letter

@@ -578,7 +578,14 @@ class Producer:
         task.add_done_callback(self._background.discard)
 
     async def _mark_cancelled(self, job_id: str) -> None:
+        """After ``hangup_grace`` seconds, unless the client came back for its stream by then (on any replica)."""
         try:
+            grace = self.settings.hangup_grace
+            if grace > 0:
+                await asyncio.sleep(grace)
+                listening = await self.client.pubsub_numsub(self.keys.events(job_id))
+                if listening and int(listening[0][1]) > 0:
+                    return
             await self.client.set(self.keys.cancel(job_id), b"1", ex=CANCEL_MARK_SECONDS)
         except (RedisError, OSError) as exc:
             log.debug("could not mark job %s cancelled: %s", job_id, exc)

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="Seconds a worker keeps generating a job nobody listens to (its front server died) so that its "
         "client can resume it on another front server; a client that hung up is cancelled at once.",
     )
+    hangup_grace: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds a front server waits after a client hung up mid-stream before it has the job cancelled, "
+        "so that the client can resume the stream after a dropped connection (0: cancel at once).",
+    )
     files_dir: Path = Field(
         default_factory=_default_files_dir,
         description="Where uploaded batch files and batch results are stored; shared by the API and batch workers.",

@@ -260,7 +260,8 @@ class JobEvents:
         self._closed = False
         self._backlog: deque[AnyEvent] = deque()  # read from the log, to be taken before the channel
         self._catch_up = False  # the log must be read before the next event from the channel
-        self._lost_at: float | None = None  # the connection to Redis was lost then, and is not back yet
+        self._lost_at: float | None = None  # the event connection was lost then, and is not back yet
+        self._failing_since: float | None = None  # commands to Redis have failed since then
         self.queued = False  # the job is in its stream (so it has a log)
         self.pending_first: AnyEvent | None = None  # the first event, once a front server has waited for it
         self.worker: str | None = None  # the worker running the job, from its ``accepted``
@@ -335,10 +336,19 @@ class JobEvents:
         return self._take(event)
 
     def _outage(self) -> None:
-        grace = self._producer.settings.outage_grace
+        """The event connection is down: fine for up to ``outage_grace`` seconds."""
         if self._lost_at is None:
             self._lost_at = time.monotonic()
-        if time.monotonic() - self._lost_at >= grace:
+        self._within_grace(self._lost_at)
+
+    def _failing(self) -> None:
+        """A command to Redis failed: fine for up to ``outage_grace`` seconds of failures in a row."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._within_grace(self._failing_since)
+
+    def _within_grace(self, since: float) -> None:
+        if time.monotonic() - since >= self._producer.settings.outage_grace:
             raise BrokerUnavailable(f"the connection to the broker was lost while job {self.job.id} was running")
 
     def _take(self, event: AnyEvent) -> AnyEvent | None:
@@ -378,9 +388,10 @@ class JobEvents:
             pipe.xrange(key, min=log_entry_id(self._next_seq))
             exists, entries = await pipe.execute()
         except (RedisError, OSError):
-            self._outage()
+            self._failing()
             await asyncio.sleep(0.2)
             return
+        self._failing_since = None
         self._catch_up = False
         read = eventlog.parse_entries(entries)
         if not exists:
@@ -429,8 +440,9 @@ class JobEvents:
         except (RedisError, OSError) as exc:
             if producer.settings.outage_grace <= 0:
                 raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
-            self._outage()
+            self._failing()
             return
+        self._failing_since = None
         if self.job.model not in live:
             raise NoWorkerAvailable(f"no worker is serving model {self.job.model!r} any more")
         # Otherwise a live worker will take the job over (or start it, if it is still queued): keep waiting.

@@ -78,6 +78,9 @@ class ModelWorker:
         self.stream_interval = StreamInterval(stream_interval)
         self.orphan_grace = orphan_grace
         self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
+        # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
+        self._unsent: list[tuple[str, AnyEvent]] = []
+        self._unsent_ended: set[str] = set()
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
@@ -355,7 +358,7 @@ class ModelWorker:
 
     def _relay(self, updates: list[SeqUpdate]) -> None:
         updates = self.stream_interval.ready(updates, self._started)
-        if not updates:
+        if not updates and not self._unsent:
             return
         events: list[tuple[str, AnyEvent]] = []
         late: Counter[str] = Counter()
@@ -415,12 +418,26 @@ class ModelWorker:
                 )
         self.token_rate.add(sum(len(u.token_ids) for u in updates), now)
         ended = {job_id for job_id, _ in events if job_id in self.jobs and self.jobs[job_id].finished}
-        receivers = self.consumer.publish(events, ended=ended)
+        events, receivers = self._publish(events, ended)
         heard = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n > 0}
         gone = {job_id for job_id, _ in events} - heard
         for job_id in heard:
             self._orphaned.pop(job_id, None)
         self._finish(self._to_cancel(gone), late)
+
+    def _publish(
+        self, events: list[tuple[str, AnyEvent]], ended: set[str]
+    ) -> tuple[list[tuple[str, AnyEvent]], list[int]]:
+        """Publish a step's events after any an outage held back; when the broker fails they are kept for the next
+        try (a repeated append is refused by the log, a repeated event dropped by front servers)."""
+        events, ended = self._unsent + events, self._unsent_ended | ended
+        try:
+            receivers = self.consumer.publish(events, ended=ended)
+        except RedisError:
+            self._unsent, self._unsent_ended = events, ended
+            raise
+        self._unsent, self._unsent_ended = [], set()
+        return events, receivers
 
     def _to_cancel(self, unheard: set[str]) -> set[str]:
         """Of the running jobs nobody heard this step, those to cancel: the ones whose client hung up (its front

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
 from broker.keys import Keys
+from broker.monitor import snapshot
 from broker.producer import JobEvents, Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus, live_workers
 from broker.schemas import Accepted, Delta, Done, Job, JobKind, SamplingParams
@@ -110,6 +111,8 @@ async def test_a_job_taken_over_mid_stream_continues_where_it_stopped(
     assert seeded_a[1][:5] == seeded_reference[1][:5]
     stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats("tiny")).items()}
     assert stats["continued"] == len(plan) and stats["reclaimed"] == len(plan)
+    (queue,) = snapshot(client, keys, ["tiny"]).queues  # what queuechat info and /metrics show
+    assert queue.continued == len(plan)
 
 
 def test_a_continued_accepted_is_not_a_restart() -> None:

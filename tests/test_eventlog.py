@@ -162,3 +162,17 @@ async def test_a_hung_up_client_marks_its_job_cancelled(settings: Settings, prod
     assert consumer.cancelled([events.job.id]) == set()
     events.close()  # before the job's end
     await asyncio.to_thread(wait_for, lambda: consumer.cancelled([events.job.id]), 5)
+
+
+async def test_info_and_metrics_show_the_logs(stack: Stack, settings: Settings) -> None:
+    from broker.monitor import snapshot
+    from queuechat.info import render_raw
+
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4}
+    assert httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=30).status_code == 200
+    snap = snapshot(sync_client(settings.redis_url or ""), Keys(settings.key_prefix), with_logs=True)
+    assert snap.event_logs >= 1 and snap.event_log_bytes > 0
+    assert "1 event logs" in render_raw(snap) or f"{snap.event_logs} event logs" in render_raw(snap)
+    metrics = httpx.get(f"{stack.base_url}/metrics", timeout=30).text
+    assert 'queuechat:jobs_total{model_name="tiny",outcome="continued"}' in metrics
+    assert "queuechat:event_log_bytes" in metrics

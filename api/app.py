@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import batches, chat, completions, embeddings, files
+from api import batches, chat, completions, embeddings, files, resume
 from api.anthropic.routes import router as anthropic_router
 from api.auth import ApiKeyMiddleware
 from api.cors import CorsOptions, install_cors
@@ -54,6 +54,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(chat.router)
+    app.include_router(resume.router)
     app.include_router(completions.router)
     app.include_router(files.router)
     app.include_router(batches.router)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from api.context import observer_of, producer_of, request_id_of
+from api.context import observer_of, producer_of, request_id_of, resume_record
 from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
-from api.streaming import stream_response
+from api.streaming import sse_events, stream_response
 from broker.producer import JobEvents, Producer
 from serving import chat as serving_chat
 from serving.chat import ChatStream, open_chat_stream
@@ -25,8 +26,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     if not body.stream:
         return await serving_chat.chat_answer(producer, body, observer, request_id=request_id)
-    stream = await open_chat_stream(producer, body, observer, request_id=request_id)
-    return stream_response(stream.lines(), producer)
+    created = int(time.time())
+    resume = resume_record(request, body, created)  # so the client can resume the stream (api/resume.py)
+    stream = await open_chat_stream(producer, body, observer, request_id=request_id, resume=resume, created=created)
+    return stream_response(sse_events(stream.streams, stream.lines()), producer)
 
 
 # For code written against the earlier interface (answers as dicts, chunks as JSON text); new code uses

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of
 from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
-from api.streaming import stream_response
+from api.streaming import sse_events, stream_response
 from serving.completions import completion_answer, open_completion_stream
 from serving.requests import CompletionRequest
 from serving.responses import Completion
@@ -22,4 +22,4 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if not body.stream:
         return await completion_answer(producer, body, observer, request_id=request_id)
     stream = await open_completion_stream(producer, body, observer, request_id=request_id)
-    return stream_response(stream.lines(), producer)
+    return stream_response(sse_events(stream.streams, stream.lines()), producer)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from fastapi import Request
 
 from api.requestid import record_of
 from api.requestid import request_id_of as _request_id_of
 from broker.producer import Producer
 from serving.jobs import JobObserver, Observers
+from serving.requests import ChatCompletionRequest
 
 
 def producer_of(request: Request) -> Producer:
@@ -30,3 +34,21 @@ def request_log_of(request: Request, model: str | None = None) -> JobObserver | 
 def observer_of(request: Request, model: str | None = None) -> JobObserver:
     """The metrics and the request's log line, which watch a generation request's jobs."""
     return Observers(request.app.state.metrics, request_log_of(request, model))
+
+
+def owner_of(request: Request) -> str:
+    """Who a stream or a stored response belongs to: a digest of the API key the request came with, read as the
+    key check reads it (``Authorization: Bearer`` or ``x-api-key``), never the key itself; "" without keys."""
+    if not request.app.state.settings.api_keys:
+        return ""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        token = request.headers.get("x-api-key", "")
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def resume_record(request: Request, body: ChatCompletionRequest, created: int) -> dict[str, Any]:
+    """What a streamed job's log keeps for resuming its stream (api/resume.py): the owner and the request's options
+    (not its messages, which were the worker's business only)."""
+    options = body.model_dump(mode="json", exclude={"messages"}, exclude_unset=True)
+    return {"owner": owner_of(request), "created": created, "request": options}

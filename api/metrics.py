@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from broker.connection import sync_client
 from broker.keys import Keys
-from broker.monitor import STAT_FIELDS, known_models, snapshot
+from broker.monitor import STAT_FIELDS, known_models, log_memory, snapshot
 from broker.producer import AnyEvent, JobEvents
 from broker.schemas import Accepted, Delta, Done
 
@@ -168,10 +168,12 @@ class BrokerCollector(Collector):
         self.keys = keys
         self._models: list[str] = []
         self._scanned = -MODEL_SCAN_SECONDS
+        self._logs: tuple[int, int] = (0, 0)
 
     def _known_models(self) -> list[str]:
         if time.monotonic() - self._scanned >= MODEL_SCAN_SECONDS:
             self._models = known_models(self.client, self.keys)
+            self._logs = log_memory(self.client, self.keys)  # a SCAN too: as seldom
             self._scanned = time.monotonic()
         return self._models
 
@@ -212,7 +214,11 @@ class BrokerCollector(Collector):
             for outcome in STAT_FIELDS:
                 if not outcome.endswith("_tokens"):
                     jobs.add_metric([q.model, outcome], getattr(q, outcome))
-        yield from (waiting, running, oldest, workers, slots, jobs)
+        logs = GaugeMetricFamily(PREFIX + "event_logs", "Jobs' event logs in Redis (read at most every 30 s).")
+        logs.add_metric([], self._logs[0])
+        log_bytes = GaugeMetricFamily(PREFIX + "event_log_bytes", "Memory of the jobs' event logs (MEMORY USAGE).")
+        log_bytes.add_metric([], self._logs[1])
+        yield from (waiting, running, oldest, workers, slots, jobs, logs, log_bytes)
 
 
 @router.get("/metrics", include_in_schema=False)

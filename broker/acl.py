@@ -25,13 +25,14 @@ class Role:
 
 
 ROLES: dict[str, Role] = {
-    # submit jobs (a Lua script checks the backlog and adds the job in one step), listen to their events, read the
-    # registry (and prune expired cards), and serve /metrics
+    # submit jobs (a Lua script checks the backlog, adds the job and begins its event log in one step), listen to
+    # their events (and read their logs), mark jobs whose client left, read the registry (and prune expired cards),
+    # and serve /metrics
     "front": Role(
-        keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers"),
+        keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers", "~{p}:log:*", "~{p}:cancel:*"),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load xadd xlen exists hgetall hdel mget subscribe unsubscribe "
-        "time scan xinfo|groups xrange",
+        "time scan xinfo|groups xrange pexpire set pubsub|numsub",
     ),
     # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
     # dead worker's jobs, dead-letter
@@ -41,13 +42,13 @@ ROLES: dict[str, Role] = {
         commands=f"{_CONNECTION} evalsha script|load "
         "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
-        "hincrby hset hdel hgetall set get del mget exists time",
+        "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec",
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(
         keys=("%R~{p}:*",),
         channels=(),
-        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange zrevrange exists",
+        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange zrevrange exists memory|usage",
     ),
 }
 

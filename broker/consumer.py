@@ -1,7 +1,8 @@
 """The workers' side of the protocol: read jobs from the model streams, publish events, acknowledge.
 
 All methods are synchronous and batch their commands: a worker makes one round trip to read, one per engine
-step to publish every running job's events, and one to acknowledge what finished.
+step to publish every running job's events (and append them to the jobs' logs, see broker/eventlog.py), and one to
+acknowledge what finished.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import redis
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
-from broker.keys import CONSUMER_GROUP, Keys
+from broker import eventlog
+from broker.eventlog import JobLog
+from broker.keys import CONSUMER_GROUP, LOG_META_ID, Keys
 from broker.schemas import Accepted, Delta, Done, Error, Job
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,9 @@ class JobConsumer:
         *,
         max_deliveries: int = 3,
         claim_min_idle: float = 1.0,
+        event_log: bool = True,
+        event_log_ttl: float = 300.0,
+        event_log_maxlen: int = 100_000,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -94,6 +100,9 @@ class JobConsumer:
         self.max_deliveries = max_deliveries
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
         self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
+        self.event_log = event_log
+        self.event_log_ttl = event_log_ttl
+        self.event_log_maxlen = event_log_maxlen
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as
@@ -215,14 +224,11 @@ class JobConsumer:
             maxlen=10_000,
             approximate=True,
         )
-        pipe.publish(
-            self.keys.events(job.id),
-            Error(seq=0, code="worker_lost", message=message, status=503).model_dump_json(exclude_none=True),
-        )
+        self._send(pipe, job.id, Error(seq=0, code="worker_lost", message=message, status=503), ended=True)
         pipe.xack(delivery.stream, CONSUMER_GROUP, delivery.entry_id)
         pipe.xdel(delivery.stream, delivery.entry_id)
         pipe.hincrby(self.keys.stats(job.model), "dead", 1)
-        pipe.execute()
+        pipe.execute(raise_on_error=False)
 
     @staticmethod
     def _decode(stream: str, entry_id: str, fields: dict[bytes, bytes], attempt: int = 1) -> Delivery | Malformed:
@@ -246,14 +252,71 @@ class JobConsumer:
         counts = dict(self.client.pubsub_numsub(*channels))
         return [int(counts.get(c.encode(), counts.get(c, 0))) for c in channels]
 
-    def publish(self, events: Sequence[tuple[str, AnyEvent]]) -> list[int]:
-        """Publish (job id, event) pairs in one round trip; returns the receiver count of each."""
+    def publish(self, events: Sequence[tuple[str, AnyEvent]], ended: Iterable[str] = ()) -> list[int]:
+        """Publish (job id, event) pairs in one round trip, each appended to its job's log first; returns the
+        receiver count of each. The logs of the ``ended`` jobs (their last event is among these) get their
+        retention time.
+
+        An append that Redis refuses (an id already there: the job's events were written by another worker too)
+        is logged and skipped; the live event still goes out, and front servers drop what they have seen."""
         if not events:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for job_id, event in events:
-            pipe.publish(self.keys.events(job_id), event.model_dump_json(exclude_none=True))
-        return [int(n) for n in pipe.execute()]
+        last = {job_id: i for i, (job_id, _) in enumerate(events)}
+        ended = set(ended)
+        positions: list[int] = []
+        for i, (job_id, event) in enumerate(events):
+            positions.append(self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended))
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                log.warning("an event log append failed: %s", reply)
+        return [int(replies[p]) if not isinstance(replies[p], Exception) else 0 for p in positions]
+
+    def _send(self, pipe: Any, job_id: str, event: AnyEvent, *, ended: bool) -> int:
+        """Queue one event's log append and PUBLISH on ``pipe``; returns the PUBLISH's position in the reply."""
+        payload = event.model_dump_json(exclude_none=True)
+        if self.event_log:
+            pipe.xadd(
+                self.keys.log(job_id),
+                {eventlog.EVENT_FIELD: payload},
+                id=eventlog.entry_id_of(event),
+                maxlen=self.event_log_maxlen,
+                approximate=True,
+            )
+        position = len(pipe.command_stack)
+        pipe.publish(self.keys.events(job_id), payload)
+        if self.event_log and ended:
+            pipe.expire(self.keys.log(job_id), max(int(self.event_log_ttl), 1))
+        return position
+
+    def read_logs(self, job_ids: Sequence[str]) -> dict[str, JobLog]:
+        """The event logs of these jobs, in one round trip (for a worker continuing them)."""
+        if not job_ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.xrange(self.keys.log(job_id))
+        return {j: eventlog.parse_entries(r) for j, r in zip(job_ids, pipe.execute(), strict=True)}
+
+    def restart_log(self, job_id: str, old: JobLog) -> None:
+        """Start a job's log over, keeping what its front server recorded: the job runs again from its first token
+        (so its ``seq`` starts at 0 again)."""
+        key = self.keys.log(job_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        if old.meta is not None:
+            pipe.xadd(key, {eventlog.META_FIELD: json.dumps(old.meta)}, id=LOG_META_ID)
+            deadline = float(old.meta.get("deadline") or time.time())
+            pipe.pexpire(key, eventlog.submission_ttl_ms(deadline, self.event_log_ttl))
+        pipe.execute()
+
+    def cancelled(self, job_ids: Sequence[str]) -> set[str]:
+        """The jobs whose front server said their client hung up (as opposed to a front server that died)."""
+        if not job_ids:
+            return set()
+        marks = self.client.mget([self.keys.cancel(j) for j in job_ids])
+        return {j for j, mark in zip(job_ids, marks, strict=True) if mark is not None}
 
     def ack(
         self, items: Sequence[Delivery | Malformed], counters: Mapping[str, Mapping[str, int]] | None = None

@@ -47,8 +47,11 @@ def valkey_binary() -> Path:
 class EmbeddedValkey:
     """A private Valkey on a free loopback port. ``with EmbeddedValkey() as server: server.url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, data_dir: Path | None = None, *, aof: bool = False
+    ) -> None:
         self.host = host
+        self.aof = aof  # keep an append-only file in data_dir, so a restart keeps the data (as compose runs it)
         self.port = port or _free_port(host)
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="queuechat-valkey-"))
@@ -66,7 +69,7 @@ class EmbeddedValkey:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.aof else "no",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "valkey.log"),
         ]  # fmt: skip

@@ -4,6 +4,8 @@
 |--------------------------|----------|---------------------------------------------------|
 | ``{p}:jobs:{model}``     | stream   | queued and running jobs, consumer group ``workers`` |
 | ``{p}:events:{job_id}``  | pub/sub  | a job's events, for the front server that sent it |
+| ``{p}:log:{job_id}``     | stream   | the same events, kept to catch up and to resume   |
+| ``{p}:cancel:{job_id}``  | string   | set by a front server whose client left (short TTL) |
 | ``{p}:workers``          | hash     | worker id -> JSON card                            |
 | ``{p}:worker:{id}``      | string   | heartbeat with TTL; value = live stats JSON       |
 | ``{p}:stats:{model}``    | hash     | counters (completed, failed, tokens, ...)         |
@@ -23,6 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONSUMER_GROUP = "workers"
+# The entry of a job's event log that holds what the front server recorded at submission (owner, request).
+LOG_META_ID = "0-1"
+
+
+def log_entry_id(seq: int) -> str:
+    """The id of event ``seq`` in a job's log: ids grow with ``seq`` and no two events share one."""
+    return f"{seq + 1}-0"
+
+
+def seq_of_log_id(entry_id: str | bytes) -> int:
+    """The ``seq`` an event log entry id stands for (the inverse of :func:`log_entry_id`)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0]) - 1
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,20 @@ class Keys:
 
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:events:{job_id}"
+
+    def log(self, job_id: str) -> str:
+        """A job's event log: entry ``0-1`` is what the front server recorded at submission (see
+        :data:`LOG_META_ID`), then event ``seq`` N is entry ``{N + 1}-0``; an error outside ``seq`` takes an
+        automatic id (later than any). Capped, and expiring a while after the job ends."""
+        return f"{self.prefix}:log:{job_id}"
+
+    def cancel(self, job_id: str) -> str:
+        """Set when a job's client hung up, so its worker cancels it at once rather than waiting for a resume."""
+        return f"{self.prefix}:cancel:{job_id}"
+
+    def logs_pattern(self) -> str:
+        """A SCAN pattern that matches every event log."""
+        return f"{self.prefix}:log:*"
 
     @property
     def workers(self) -> str:

@@ -9,6 +9,7 @@ clock does not matter; heartbeat ages compare the worker's clock with Redis' and
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,19 @@ from broker.records import group_info, text
 from broker.registry import LiveWorker, split_registry
 
 # The fields of {p}:stats:{model} shown per model; a field nobody has counted yet reads as 0.
-STAT_FIELDS = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed", "prompt_tokens", "output_tokens")
+STAT_FIELDS = (
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+    "dead",
+    "reclaimed",
+    "continued",
+    "prompt_tokens",
+    "output_tokens",
+)
+# Event logs whose memory is read one by one; past this many, the total is estimated from a sample of this size.
+LOG_MEMORY_SAMPLE = 500
 
 
 class QueueInfo(BaseModel):
@@ -37,6 +50,7 @@ class QueueInfo(BaseModel):
     expired: int = 0
     dead: int = 0  # dead-lettered: the larger of the counter and the dead-letter stream's length
     reclaimed: int = 0
+    continued: int = 0  # taken over from a dead or stopped worker and continued mid-stream
     prompt_tokens: int = 0
     output_tokens: int = 0
     oldest_waiting_s: float | None = None  # age of the oldest undelivered job; None when nothing waits
@@ -67,6 +81,8 @@ class Snapshot(BaseModel):
     queues: list[QueueInfo]
     workers: list[WorkerInfo]
     batches: list[BatchProgress] = Field(default_factory=list)  # the newest batches of the Batch API
+    event_logs: int = 0  # jobs' event logs in Redis now (running jobs, and ended ones within their retention)
+    event_log_bytes: int = 0  # their memory, by MEMORY USAGE (estimated from a sample when there are many)
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented way to serialise a property
     @property
@@ -122,6 +138,7 @@ def snapshot(
     *,
     with_queues: bool = True,
     with_batches: bool = False,
+    with_logs: bool = False,
     known: Sequence[str] | None = None,
 ) -> Snapshot:
     """Queues and workers as they are now. ``models`` limits both to those models (a named model that does not
@@ -146,7 +163,25 @@ def snapshot(
         workers = [w for w in workers if set(w.models) & set(names)]
     queues = _queues(client, keys, names, workers, now) if with_queues else []
     batches = batch_progress(client, keys, limit=10) if with_batches and not models else []
-    return Snapshot(updated=time.time(), queues=queues, workers=workers, batches=batches)
+    logs, log_bytes = log_memory(client, keys) if with_logs and not models else (0, 0)
+    return Snapshot(
+        updated=time.time(), queues=queues, workers=workers, batches=batches, event_logs=logs, event_log_bytes=log_bytes
+    )
+
+
+def log_memory(client: redis.Redis, keys: Keys, sample: int = LOG_MEMORY_SAMPLE) -> tuple[int, int]:
+    """How many event logs there are and the memory they take (MEMORY USAGE of each, or of a sample)."""
+    names = list(client.scan_iter(match=keys.logs_pattern(), count=1000))
+    if not names:
+        return 0, 0
+    measured = names if len(names) <= sample else random.sample(names, sample)
+    pipe = client.pipeline(transaction=False)
+    for name in measured:
+        pipe.memory_usage(name)
+    sizes = [int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int)]
+    if not sizes:
+        return len(names), 0
+    return len(names), round(sum(sizes) / len(sizes) * len(names))
 
 
 def _queues(

@@ -3,6 +3,10 @@
 One pub/sub connection per process carries the events of every in-flight job: :class:`EventRouter` reads it in
 one task and hands each message to the queue of the job it belongs to. A job's channel is subscribed, and the
 subscription confirmed by Redis, before the job is added to its stream, so no event can be published unheard.
+
+Pub/sub is at most once: what is published while the connection is down never arrives. Every event is also in the
+job's log (broker/eventlog.py), so after a gap in ``seq`` or a reconnect :class:`JobEvents` reads what it missed
+from there; only a log that is gone (Redis restarted empty) still fails the job.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
+from broker import eventlog
 from broker.errors import (
     BrokerUnavailable,
     JobFailed,
@@ -27,9 +33,9 @@ from broker.errors import (
     QueueFull,
     RequestTimedOut,
 )
-from broker.keys import Keys
+from broker.keys import Keys, log_entry_id
 from broker.registry import LiveWorker, alive_workers, models_of
-from broker.schemas import Accepted, Delta, Done, Error, Job, parse_event
+from broker.schemas import Accepted, Delta, Done, Error, Job, JobKind, SamplingParams, parse_event
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +51,12 @@ LIVE_CACHE_SECONDS = 1.0
 # renews it, so a steady trickle of requests (one a second: every one would find the cache just expired) never
 # waits for the registry; older than this, the lookup is made before answering.
 LIVE_CACHE_STALE_SECONDS = 5.0
-# Put in every job's queue when the event connection drops (never a valid event: events are JSON objects).
+# Put in every job's queue when the event connection drops, and once Redis confirmed its channel again after a
+# reconnect (never valid events: events are JSON objects).
 CONNECTION_LOST = b""
+RECONNECTED = b"\x00"
+# A hung-up client's mark for its job's worker lives this long (the worker looks at it within a step).
+CANCEL_MARK_SECONDS = 60
 
 # Check the backlog and queue the job in one step, so concurrent requests cannot overfill a queue between the
 # check and the XADD. Returns the backlog it saw, negative (-backlog - 1) when the job was refused.
@@ -56,6 +66,10 @@ if backlog >= tonumber(ARGV[1]) then
   return -backlog - 1
 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'job', ARGV[3])
+if KEYS[2] then  -- the job's event log, begun with what the front server records (broker/eventlog.py)
+  redis.call('XADD', KEYS[2], '0-1', 'meta', ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
 return backlog
 """
 
@@ -90,6 +104,8 @@ class EventRouter:
         self._commands: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._down = False  # the last connection attempt failed: refuse new subscriptions at once
+        self._lost = False  # the connection dropped since it was last up: channels subscribed again get RECONNECTED
+        self._resubscribing: set[bytes] = set()
 
     @property
     def connected(self) -> bool:
@@ -137,7 +153,10 @@ class EventRouter:
         conn = self._connection_class(**self._connection_kwargs)
         await conn.connect()
         if self._queues:
+            if self._lost:
+                self._resubscribing = set(self._queues)
             await conn.send_command(b"SUBSCRIBE", *self._queues)
+        self._lost = False
         self._conn = conn
         self._down = False
         self._connected.set()
@@ -153,6 +172,7 @@ class EventRouter:
             except (RedisError, OSError) as exc:
                 self._connected.clear()
                 self._down = True
+                self._lost = True
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         await self._conn.disconnect()
@@ -160,8 +180,8 @@ class EventRouter:
                 for fut in self._confirmations.values():
                     if not fut.done():
                         fut.set_exception(BrokerUnavailable(f"the broker is unreachable: {exc}"))
-                # Events published while the connection was down are lost, so no job in flight can be finished
-                # faithfully: each is told now, rather than waiting for a gap in seq or for its deadline.
+                # Events published while the connection is down never arrive here: each job in flight is told, and
+                # reads them from its log once its channel is subscribed again (RECONNECTED).
                 for queue in self._queues.values():
                     queue.put_nowait(CONNECTION_LOST)
                 await asyncio.sleep(backoff)
@@ -194,6 +214,11 @@ class EventRouter:
             confirmed = self._confirmations.get(channel)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
+            if channel in self._resubscribing:
+                self._resubscribing.discard(channel)
+                queue = self._queues.get(channel)
+                if queue is not None:
+                    queue.put_nowait(RECONNECTED)
 
     @property
     def channels(self) -> int:
@@ -212,13 +237,18 @@ class EventRouter:
 
 class JobEvents:
     """The events of one submitted job, in order. Iteration ends after ``done`` for every choice, or raises
-    :class:`JobFailed` on an ``error`` event or a gap in ``seq``. Always :meth:`close` (or use ``async with``).
+    :class:`JobFailed` on an ``error`` event. Always :meth:`close` (or use ``async with``).
 
-    When the job's worker dies, another worker runs the job again and its events start over with an ``accepted``
-    of a higher attempt. That restart is passed through (the caller drops what it gathered so far) unless the
-    caller has marked the job :attr:`committed` (a stream that already sent text to its client): then it is a
-    ``worker_lost`` error. While no event arrives, the job's worker is checked every ``watch_interval`` seconds, so
-    a client learns of a dead worker (or of no worker left at all) in seconds, not at the deadline.
+    Events arrive on the job's channel; an event seen twice (a catch-up overlapping the live channel) is dropped,
+    and a gap in ``seq`` or a lost connection is filled from the job's log, so only a log that is gone fails the
+    job (``events_lost``). While the connection to Redis is down the job waits up to ``outage_grace`` seconds.
+
+    When the job's worker dies, another worker continues the job from the tokens already sent: its ``accepted``
+    carries the next ``seq`` (and a higher attempt) and is passed over, and the stream goes on. A worker that
+    cannot continue it (its log was lost) runs it again from the start: an ``accepted`` with ``seq`` 0, passed
+    through (the caller drops what it gathered so far) unless the caller has marked the job :attr:`committed` (a
+    stream that already sent text to its client): then it is a ``worker_lost`` error. While no event arrives the
+    job's model is checked every ``watch_interval`` seconds, so a client learns of no worker left in seconds.
     """
 
     def __init__(self, producer: Producer, job: Job, queue: asyncio.Queue[bytes]) -> None:
@@ -228,9 +258,16 @@ class JobEvents:
         self._next_seq = 0
         self._open_choices = job.params.n
         self._closed = False
+        self._backlog: deque[AnyEvent] = deque()  # read from the log, to be taken before the channel
+        self._catch_up = False  # the log must be read before the next event from the channel
+        self._lost_at: float | None = None  # the event connection was lost then, and is not back yet
+        self._failing_since: float | None = None  # commands to Redis have failed since then
+        self.queued = False  # the job is in its stream (so it has a log)
         self.pending_first: AnyEvent | None = None  # the first event, once a front server has waited for it
         self.worker: str | None = None  # the worker running the job, from its ``accepted``
         self.attempt = 0
+        self.continued = 0  # times another worker continued the job mid-stream
+        self.caught_up = 0  # events read from the log because the channel missed them
         self.committed = False  # set by the caller once output has reached the client
 
     async def __aenter__(self) -> JobEvents:
@@ -242,49 +279,137 @@ class JobEvents:
     def __aiter__(self) -> AsyncIterator[AnyEvent]:
         return self._iterate()
 
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last event taken (-1 before the first)."""
+        return self._next_seq - 1
+
+    def catch_up_from_start(self) -> None:
+        """Read the whole log before anything else: for a front server attaching to a job it did not submit."""
+        self.queued = True
+        self._catch_up = True
+
     async def next_event(self) -> AnyEvent:
         """The next event; raises :class:`JobFailed` for an error event, :class:`RequestTimedOut` at the deadline,
-        :class:`BrokerUnavailable` when the connection to the broker was lost."""
+        :class:`BrokerUnavailable` when the broker stayed unreachable past the outage grace."""
         while True:
+            if self._backlog:
+                event = self._take(self._backlog.popleft())
+                if event is not None:
+                    return event
+                continue
             remaining = self.job.deadline - time.time()
             if remaining <= 0:
                 raise RequestTimedOut(f"job {self.job.id} passed its deadline")
-            if not self._queue.empty():  # under load the event is often there already: no timer to arm
-                return self._accept(self._queue.get_nowait())
-            try:
-                wait = min(remaining, self._producer.settings.heartbeat_interval)
-                raw = await asyncio.wait_for(self._queue.get(), timeout=wait)
-            except TimeoutError:
-                await self._check_worker()
+            if self._catch_up and self._lost_at is None:
+                await self._read_log()
                 continue
-            return self._accept(raw)
+            if not self._queue.empty():  # under load the event is often there already: no timer to arm
+                raw = self._queue.get_nowait()
+            else:
+                try:
+                    wait = min(remaining, self._producer.settings.heartbeat_interval)
+                    raw = await asyncio.wait_for(self._queue.get(), timeout=wait)
+                except TimeoutError:
+                    await self._check_worker()
+                    continue
+            event = self._arrived(raw)
+            if event is not None:
+                return event
 
-    def _accept(self, raw: bytes) -> AnyEvent:
+    def _arrived(self, raw: bytes) -> AnyEvent | None:
         if raw == CONNECTION_LOST:
-            raise BrokerUnavailable(f"the connection to the broker was lost while job {self.job.id} was running")
+            self._outage()
+            return None
+        if raw == RECONNECTED:
+            self._lost_at = None
+            self._catch_up = True
+            return None
         try:
             event = parse_event(raw)
         except ValueError as exc:  # a worker of another version, or a bug: fail this job, never the server
             raise JobFailed(
                 f"job {self.job.id} got an event it cannot read: {exc}", status=502, code="bad_event"
             ) from exc
+        if self._catch_up and not isinstance(event, Error):
+            return None  # the log read next has it too, in order
+        return self._take(event)
+
+    def _outage(self) -> None:
+        """The event connection is down: fine for up to ``outage_grace`` seconds."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self._within_grace(self._lost_at)
+
+    def _failing(self) -> None:
+        """A command to Redis failed: fine for up to ``outage_grace`` seconds of failures in a row."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._within_grace(self._failing_since)
+
+    def _within_grace(self, since: float) -> None:
+        if time.monotonic() - since >= self._producer.settings.outage_grace:
+            raise BrokerUnavailable(f"the connection to the broker was lost while job {self.job.id} was running")
+
+    def _take(self, event: AnyEvent) -> AnyEvent | None:
+        """Apply one event in ``seq`` order: the event to hand on, or None for one that is not (a duplicate, the
+        ``accepted`` of a continuation, an event past a gap that the log fills)."""
         if isinstance(event, Error):  # ends the job whoever sent it (a dead-letter notice has no place in seq)
             raise JobFailed(event.message, status=event.status, code=event.code, param=event.param)
         if isinstance(event, Accepted) and event.seq == 0 and self._next_seq > 0:
+            if (event.worker, event.attempt) == (self.worker, self.attempt):
+                return None  # the first accepted again
             self._restart(event)
             return event
-        if event.seq != self._next_seq:
-            raise JobFailed(
-                f"events of job {self.job.id} arrived out of order (expected {self._next_seq}, got {event.seq})",
-                status=502,
-                code="event_gap",
-            )
+        if event.seq < self._next_seq:
+            return None  # seen already
+        if event.seq > self._next_seq:
+            self._catch_up = True  # missed some: the log has them
+            return None
         self._next_seq += 1
         if isinstance(event, Accepted):
+            if event.seq > 0:  # another worker continues the job where the last one stopped
+                log.info("job %s continued by worker %s (attempt %d)", self.job.id, event.worker, event.attempt)
+                self.worker, self.attempt = event.worker, event.attempt
+                self.continued += 1
+                return None
             self.worker, self.attempt = event.worker, event.attempt
         elif isinstance(event, Done):
             self._open_choices -= 1
         return event
+
+    async def _read_log(self) -> None:
+        """Put the events from ``_next_seq`` on, as the job's log has them, before anything from the channel."""
+        producer = self._producer
+        key = producer.keys.log(self.job.id)
+        try:
+            pipe = producer.client.pipeline(transaction=False)
+            pipe.exists(key)
+            pipe.xrange(key, min=log_entry_id(self._next_seq))
+            exists, entries = await pipe.execute()
+        except (RedisError, OSError):
+            self._failing()
+            await asyncio.sleep(0.2)
+            return
+        self._failing_since = None
+        self._catch_up = False
+        read = eventlog.parse_entries(entries)
+        if not exists:
+            if self._next_seq == 0 and not self.queued:
+                return  # nothing sent yet (a reconnect while the job was being submitted)
+            raise self._events_lost()
+        ordered = [e for e in read.events if not isinstance(e, Error)]
+        if ordered and ordered[0].seq != self._next_seq:
+            raise self._events_lost()
+        self.caught_up += len(read.events)
+        self._backlog.extend(read.events)
+
+    def _events_lost(self) -> JobFailed:
+        return JobFailed(
+            f"events of job {self.job.id} were lost (the broker lost the job's event log); retry the request",
+            status=503,
+            code="events_lost",
+        )
 
     def _restart(self, event: Accepted) -> None:
         if self.committed:
@@ -296,22 +421,28 @@ class JobEvents:
 
     def _worker_lost(self) -> JobFailed:
         return JobFailed(
-            f"the worker running job {self.job.id} was lost after part of the answer had been sent; retry the request",
+            f"the worker running job {self.job.id} was lost after part of the answer had been sent, and the job "
+            "could not be continued; retry the request",
             status=503,
             code="worker_lost",
         )
 
     async def _check_worker(self) -> None:
         """Called when no event came for a while: fail now if the job can no longer finish."""
+        if self._lost_at is not None:
+            self._outage()
+            return
         producer = self._producer
         try:
             if self.worker is not None and await producer.client.exists(producer.keys.heartbeat(self.worker)):
                 return
-            if self.worker is not None and self.committed:
-                raise self._worker_lost()
             live = await producer._live_models_cached(self.job.model)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+            if producer.settings.outage_grace <= 0:
+                raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+            self._failing()
+            return
+        self._failing_since = None
         if self.job.model not in live:
             raise NoWorkerAvailable(f"no worker is serving model {self.job.model!r} any more")
         # Otherwise a live worker will take the job over (or start it, if it is still queued): keep waiting.
@@ -325,10 +456,13 @@ class JobEvents:
             yield await self.next_event()
 
     def close(self) -> None:
-        """Stop listening. Synchronous, so it is safe in a ``finally`` of a cancelled request."""
+        """Stop listening. Synchronous, so it is safe in a ``finally`` of a cancelled request. A job left before
+        its end is marked cancelled, so its worker stops it at once (not only after the orphan grace)."""
         if not self._closed:
             self._closed = True
             self._producer.router.unsubscribe(self._producer.keys.events(self.job.id))
+            if self.queued and not self.finished:
+                self._producer.mark_cancelled(self.job.id)
 
 
 class Producer:
@@ -342,6 +476,7 @@ class Producer:
         self._admit = client.register_script(ADMIT_SCRIPT)
         self._live_cache: tuple[float, dict[str, list[LiveWorker]]] = (0.0, {})
         self._live_refresh: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def live_workers(self) -> list[LiveWorker]:
         try:
@@ -390,22 +525,28 @@ class Producer:
             raise NoWorkerAvailable(f"no worker is serving model {model!r} right now")
         raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
 
-    async def submit(self, job: Job, *, low_priority: bool = False) -> JobEvents:
-        """Check the model, subscribe to the job's channel, then queue the job. Returns its event iterator.
+    async def submit(self, job: Job, *, low_priority: bool = False, resume: dict[str, Any] | None = None) -> JobEvents:
+        """Check the model, subscribe to the job's channel, then queue the job (and begin its event log, in the
+        same script). Returns its event iterator.
 
         ``low_priority`` queues it on the model's batch stream, which workers read only when no interactive job
-        is waiting (the Batch API's lines)."""
+        is waiting (the Batch API's lines). ``resume`` is kept in the log for a front server that resumes the
+        job's stream for its client (see :meth:`attach`): who may, and how the stream was asked for."""
         await self.check_model(job.model)
         channel = self.keys.events(job.id)
         queue = await self.router.subscribe(channel)
         events = JobEvents(self, job, queue)
+        stream = self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)
+        args: list[Any] = [self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()]
+        keys = [stream]
+        if self.settings.event_log:
+            keys.append(self.keys.log(job.id))
+            args += [
+                eventlog.meta_json(job.model, job.params.n, job.deadline, resume),
+                eventlog.submission_ttl_ms(job.deadline, self.settings.event_log_ttl),
+            ]
         try:
-            backlog = int(
-                await self._admit(
-                    keys=[self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)],
-                    args=[self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()],
-                )
-            )
+            backlog = int(await self._admit(keys=keys, args=args))
         except BaseException as exc:
             events.close()
             if isinstance(exc, RedisError | OSError):
@@ -414,7 +555,52 @@ class Producer:
         if backlog < 0:
             events.close()
             raise self._queue_full(job.model, -backlog - 1)
+        events.queued = True
         return events
+
+    async def job_log(self, job_id: str) -> eventlog.JobLog:
+        """A job's event log as it is now (empty when it is gone)."""
+        try:
+            return eventlog.parse_entries(await self.client.xrange(self.keys.log(job_id)))
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+
+    async def attach(self, job_id: str, meta: dict[str, Any]) -> JobEvents:
+        """The events of a job another front server submitted, from its first (read back from its log) to its
+        last (live): for a client resuming its stream here. ``meta`` is the log's record of the job."""
+        job = Job(
+            id=job_id,
+            kind=JobKind.CHAT,
+            model=str(meta.get("model", "")),
+            params=SamplingParams(n=int(meta.get("n", 1))),
+            deadline=float(meta.get("deadline", time.time())),
+        )
+        queue = await self.router.subscribe(self.keys.events(job_id))
+        events = JobEvents(self, job, queue)
+        events.catch_up_from_start()  # after the subscription: nothing published from now on is missed
+        return events
+
+    def mark_cancelled(self, job_id: str) -> None:
+        """Tell a job's worker its client hung up (in the background: called from synchronous cleanup)."""
+        try:
+            task = asyncio.get_running_loop().create_task(self._mark_cancelled(job_id))
+        except RuntimeError:  # no loop: the process is ending, and the orphan grace stops the job
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _mark_cancelled(self, job_id: str) -> None:
+        """After ``hangup_grace`` seconds, unless the client came back for its stream by then (on any replica)."""
+        try:
+            grace = self.settings.hangup_grace
+            if grace > 0:
+                await asyncio.sleep(grace)
+                listening = await self.client.pubsub_numsub(self.keys.events(job_id))
+                if listening and int(listening[0][1]) > 0:
+                    return
+            await self.client.set(self.keys.cancel(job_id), b"1", ex=CANCEL_MARK_SECONDS)
+        except (RedisError, OSError) as exc:
+            log.debug("could not mark job %s cancelled: %s", job_id, exc)
 
     def _queue_full(self, model: str, backlog: int) -> QueueFull:
         """A 429 whose Retry-After is the time for the backlog to drain one slot-full at a time (at least 1 s)."""

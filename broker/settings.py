@@ -48,6 +48,33 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         default=30.0, ge=0, description="Seconds a worker or API gets on SIGTERM to finish running work."
     )
+    event_log: bool = Field(
+        default=True,
+        description="Keep every job's events in a capped per-job stream beside the pub/sub channel, so a front "
+        "server catches up after a gap, a client resumes its stream and another worker continues a job mid-stream.",
+    )
+    event_log_ttl: float = Field(
+        default=300.0, gt=0, description="Seconds a job's event log is kept after the job ends (the resume window)."
+    )
+    event_log_maxlen: int = Field(default=100_000, gt=0, description="Approximate cap of one job's event log.")
+    outage_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a running request waits for a lost broker connection to come back (then catches up "
+        "from the log) before it fails with 503.",
+    )
+    orphan_grace: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds a worker keeps generating a job nobody listens to (its front server died) so that its "
+        "client can resume it on another front server; a client that hung up is cancelled at once.",
+    )
+    hangup_grace: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds a front server waits after a client hung up mid-stream before it has the job cancelled, "
+        "so that the client can resume the stream after a dropped connection (0: cancel at once).",
+    )
     files_dir: Path = Field(
         default_factory=_default_files_dir,
         description="Where uploaded batch files and batch results are stored; shared by the API and batch workers.",

@@ -64,6 +64,11 @@ def summary_line(snap: Snapshot) -> str:
     return f"{len(snap.queues)} models, {snap.waiting} jobs waiting"
 
 
+def logs_line(snap: Snapshot) -> str:
+    """The jobs' event logs (what a stream resumes and a continued job is read from) and their memory."""
+    return f"{snap.event_logs} event logs, {snap.event_log_bytes / 2**20:.1f} MiB"
+
+
 def workers_line(snap: Snapshot) -> str:
     return f"{len(snap.workers)} workers, {sum(w.running for w in snap.workers)} jobs running"
 
@@ -75,7 +80,7 @@ def _queue_raw(q: QueueInfo) -> str:
     oldest = "-" if q.oldest_waiting_s is None else f"{q.oldest_waiting_s:.3f}"
     return (
         f"queue {q.model} waiting={q.waiting} running={q.running} completed={q.completed} failed={q.failed} "
-        f"cancelled={q.cancelled} expired={q.expired} dead={q.dead} reclaimed={q.reclaimed} "
+        f"cancelled={q.cancelled} expired={q.expired} dead={q.dead} reclaimed={q.reclaimed} continued={q.continued} "
         f"oldest_waiting_s={oldest} tokens_per_s={q.tokens_per_s:.2f} workers={q.workers} slots={q.slots}"
     )
 
@@ -100,6 +105,8 @@ def render_raw(snap: Snapshot, *, queues: bool = True, workers: bool = True, by_
     if queues:
         lines += [_queue_raw(q) for q in snap.queues]
         lines.append(summary_line(snap))
+        if snap.event_logs:
+            lines.append(logs_line(snap))
         lines += [_batch_raw(b) for b in snap.batches]
     if workers:
         if by_model:
@@ -208,7 +215,8 @@ def render_rich(
 ) -> RenderableType:
     parts: list[RenderableType] = []
     if queues:
-        parts += [queues_table(snap, width), Text(summary_line(snap)), Text("")]
+        parts += [queues_table(snap, width), Text(summary_line(snap))]
+        parts += [Text(logs_line(snap)), Text("")] if snap.event_logs else [Text("")]
         if snap.batches:
             parts += [batches_table(snap), Text("")]
     if workers:
@@ -262,7 +270,14 @@ def info_command(
     console = Console(highlight=False)
 
     def take() -> Snapshot:
-        return snapshot(client, keys, models or (), with_queues=show["queues"] or by_model, with_batches=show["queues"])
+        return snapshot(
+            client,
+            keys,
+            models or (),
+            with_queues=show["queues"] or by_model,
+            with_batches=show["queues"],
+            with_logs=show["queues"],
+        )
 
     def emit(snap: Snapshot) -> None:
         if as_json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker.producer import JobEvents, Producer
 from broker.schemas import Delta, Done, Job, TokenLogprob
@@ -164,8 +165,11 @@ async def open_chat_stream(
     observer: JobObserver | None = None,
     *,
     request_id: str | None = None,
+    resume: dict[str, Any] | None = None,
+    created: int | None = None,
 ) -> ChatStream:
-    """Queue the request's job and wait for its first event (so an error before any token is a proper 4xx)."""
+    """Queue the request's job and wait for its first event (so an error before any token is a proper 4xx).
+    ``resume`` goes into the job's event log, for a client that resumes the stream elsewhere."""
     job = body.to_job(producer.settings.request_timeout, request_id=request_id)
-    streams = await submit_all(producer, [job], observer)
-    return ChatStream(body, streams, response_id_of(job))
+    streams = await submit_all(producer, [job], observer, resume=resume)
+    return ChatStream(body, streams, response_id_of(job), created or int(time.time()))

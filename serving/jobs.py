@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done, Job, TokenLogprob
@@ -55,15 +55,21 @@ def _seen(events: JobEvents, event: AnyEvent) -> None:
 
 
 async def submit_all(
-    producer: Producer, jobs: Sequence[Job], observer: JobObserver | None = None, *, low_priority: bool = False
+    producer: Producer,
+    jobs: Sequence[Job],
+    observer: JobObserver | None = None,
+    *,
+    low_priority: bool = False,
+    resume: dict[str, Any] | None = None,
 ) -> list[JobEvents]:
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
-    4xx. On any failure the jobs already submitted are closed (their workers then cancel them)."""
+    4xx. On any failure the jobs already submitted are closed (their workers then cancel them). ``resume`` is
+    kept in each job's event log for a front server that resumes the stream (see the producer's ``submit``)."""
     submitted: list[JobEvents] = []
     try:
         for job in jobs:
             arrived = time.monotonic()
-            submitted.append(await producer.submit(job, low_priority=low_priority))
+            submitted.append(await producer.submit(job, low_priority=low_priority, resume=resume))
             if observer is not None:
                 _observers[submitted[-1]] = observer
                 observer.job_submitted(submitted[-1], arrived)

@@ -43,8 +43,8 @@ def describe(exc: QueuechatError, model: str) -> str:
                 f"The conversation no longer fits in {model}'s context. "
                 "Press Clear to start a new one, or lower the maximum output tokens."
             )
-        if exc.code == "event_gap":
-            return "Part of the answer was lost on the way (the broker connection dropped). Press Regenerate."
+        if exc.code in ("event_gap", "events_lost"):
+            return "Part of the answer was lost on the way (the broker lost it). Press Regenerate."
         return f"{model} could not answer: {exc.message}"
     return exc.message
 

@@ -21,6 +21,9 @@ AnyEvent = Accepted | Delta | Done | Error
 ANSWERED_AT_ADMISSION = frozenset({JobKind.TOKENIZE, JobKind.EMBEDDING})
 # Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
 MAX_PROMPT_LOGPROBS_TOKENS = 4096
+# A continued choice's seed moves on by this much per token already sent (2**64 / golden ratio: consecutive
+# counts land far apart), modulo 2**64.
+CONTINUATION_SEED_STEP = 0x9E3779B97F4A7C15
 
 
 class Embedder(Protocol):
@@ -87,6 +90,15 @@ def generation_requests(
         )
         for index in range(params.n)
     ]
+
+
+def continuation_seed(seed: int | None, sent: int) -> int | None:
+    """The seed of a choice continued by another worker after ``sent`` tokens: ``(seed + sent * STEP) mod 2**64``,
+    where ``seed`` is the choice's own (the request's seed plus the choice's index). The same seed continued after
+    the same number of tokens draws the same tokens; unseeded choices stay unseeded."""
+    if seed is None or sent == 0:
+        return seed
+    return (seed + sent * CONTINUATION_SEED_STEP) % 2**64
 
 
 def answer_now(

@@ -147,6 +147,9 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
             worker_id,
             max_deliveries=settings.max_deliveries,
             claim_min_idle=settings.claim_min_idle,
+            event_log=settings.event_log,
+            event_log_ttl=settings.event_log_ttl,
+            event_log_maxlen=settings.event_log_maxlen,
         ),
         WorkerRegistration(client, keys, card, settings.heartbeat_ttl),
         heartbeat_interval=settings.heartbeat_interval,
@@ -155,6 +158,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         drain_timeout=options.drain_timeout,
         embedder=embedder,
         stream_interval=options.stream_interval,
+        orphan_grace=settings.orphan_grace,
     )
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics

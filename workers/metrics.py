@@ -22,7 +22,7 @@ from broker.monitor import snapshot
 log = logging.getLogger(__name__)
 
 PREFIX = "queuechat:"
-OUTCOMES = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed")
+OUTCOMES = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed", "continued")
 
 
 class Serving(Protocol):

@@ -4,6 +4,12 @@ One thread runs the loop: read jobs up to the free slots, admit them into the en
 after each engine step publish one event per running job in one pipelined round trip. PUBLISH returning 0 means
 the client left, and that job's sequences are cancelled at once. A second thread heartbeats, so a long prefill
 never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface.
+
+Every event also goes to the job's log (broker/eventlog.py). A job taken over from a dead (or stopped) worker is
+continued from that log: its prompt plus the tokens already sent, the same sampling parameters, the remaining
+``max_tokens``, ``seq`` going on where it stopped, so its client sees neither an error nor repeated text. A job
+nobody listens to any more is cancelled at once when its front server says its client hung up, and after
+``orphan_grace`` seconds otherwise (its front server died: the client may resume the stream elsewhere).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
+from broker.eventlog import JobLog
 from broker.registry import WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, TokenLogprob, Usage
 from workers.admission import (
@@ -26,6 +33,7 @@ from workers.admission import (
     AnyEvent,
     Embedder,
     answer_now,
+    continuation_seed,
     engine_error,
     generation_requests,
     max_new_tokens,
@@ -56,6 +64,7 @@ class ModelWorker:
         drain_timeout: float = 30.0,
         embedder: Embedder | None = None,
         stream_interval: int = 1,
+        orphan_grace: float = 10.0,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -67,6 +76,11 @@ class ModelWorker:
         self.drain_timeout = drain_timeout
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.stream_interval = StreamInterval(stream_interval)
+        self.orphan_grace = orphan_grace
+        self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
+        # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
+        self._unsent: list[tuple[str, AnyEvent]] = []
+        self._unsent_ended: set[str] = set()
         self.vocab_size = len(tokenizer)
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
@@ -170,15 +184,18 @@ class ModelWorker:
             running.expired = True
             message = "the request passed its deadline while it was running"
             events.append((running.job.id, Error(seq=running.next_seq(), code="timeout", message=message, status=504)))
-        self.consumer.publish(events)
+        self.consumer.publish(events, ended=[r.job.id for r in overdue])
         self._finish(set())
 
     def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False) -> None:
         events: list[tuple[str, AnyEvent]] = []
+        ended: set[str] = set()
         finished: list[Delivery | Malformed] = []
         counters: dict[str, Counter[str]] = defaultdict(Counter)
         deliveries = [i for i in items if isinstance(i, Delivery)]
         listeners = self.consumer.subscribers(d.job.id for d in deliveries)
+        taken_over = [d.job.id for d in deliveries if d.job.attempt > 1]
+        pasts = self.consumer.read_logs(taken_over) if self.consumer.event_log else {}
         now = time.time()
         for item in items:
             if isinstance(item, Malformed):
@@ -187,39 +204,58 @@ class ModelWorker:
                 counters[self.consumer.keys.model_of_jobs(item.stream)]["failed"] += 1
                 if item.job_id:
                     events.append((item.job_id, Error(seq=0, code="invalid_job", message=item.reason, status=400)))
+                    ended.add(item.job_id)
         for delivery, listening in zip(deliveries, listeners, strict=True):
             job = delivery.job
+            past = pasts.get(job.id)
+            first_seq = past.next_seq if past is not None and past.whole else 0
+            if past is not None and (past.error is not None or self._all_done(job, past)):
+                finished.append(delivery)  # its worker published its end, then died before acknowledging it
+                counters[job.model]["failed" if past.error is not None else "completed"] += 1
+                continue
             if job.deadline < now:
                 finished.append(delivery)
                 counters[job.model]["expired"] += 1
-                events.append((job.id, Error(seq=0, code="timeout", message="the job's deadline passed", status=504)))
+                message = "the job's deadline passed"
+                events.append((job.id, Error(seq=first_seq, code="timeout", message=message, status=504)))
+                ended.add(job.id)
                 continue
             if not listening:
                 finished.append(delivery)  # the client left before the job started
                 counters[job.model]["cancelled"] += 1
+                message = "no client was listening to the job when a worker took it"
+                events.append((job.id, Error(seq=first_seq, code="cancelled", message=message, status=409)))
+                ended.add(job.id)
                 continue
             try:
                 if job.kind in ANSWERED_AT_ADMISSION or self.embedder is not None:
                     events.extend((job.id, e) for e in self._answer_now(job))
+                    ended.add(job.id)
                     finished.append(delivery)
                     counters[job.model]["completed"] += 1
                     self.totals["completed"] += 1
                     continue
-                running = self._start(delivery)
+                running = self._start(delivery, past)
             except PromptError as exc:
                 finished.append(delivery)
                 counters[job.model]["failed"] += 1
-                events.append((job.id, Error(seq=0, code=exc.code, message=str(exc), status=400, param=exc.param)))
+                error = Error(seq=first_seq, code=exc.code, message=str(exc), status=400, param=exc.param)
+                events.append((job.id, error))
+                ended.add(job.id)
                 continue
             except Exception as exc:  # one bad job never takes the worker down
                 log.exception("job %s could not start", job.id)
                 finished.append(delivery)
                 counters[job.model]["failed"] += 1
-                events.append((job.id, engine_error(seq=0, exc=exc)))
+                events.append((job.id, engine_error(seq=first_seq, exc=exc)))
+                ended.add(job.id)
                 continue
             self.jobs[job.id] = running
             if reclaimed:
                 counters[job.model]["reclaimed"] += 1
+            if running.continued:
+                counters[job.model]["continued"] += 1
+                self.totals["continued"] += 1
             events.append(
                 (
                     job.id,
@@ -228,21 +264,32 @@ class ModelWorker:
                         worker=self.consumer.consumer,
                         attempt=job.attempt,
                         prompt_tokens=running.prompt_tokens,
-                        prompt_logprobs=running.prompt_logprobs,
+                        prompt_logprobs=None if running.continued else running.prompt_logprobs,
                     ),
                 )
             )
-        self.consumer.publish(events)
+            for index in running.ended_at_admission:
+                events.extend((job.id, e) for e in self._choice_end(running, index))
+        self.consumer.publish(events, ended=ended)
         if self.metrics is not None:
             self.metrics.count(counters)
         self.consumer.ack(finished, counters)
         self.totals["failed"] += sum(c["failed"] for c in counters.values())
+        if any(r.ended_at_admission for r in self.jobs.values()):
+            self._finish(set())
+
+    @staticmethod
+    def _all_done(job: Job, past: JobLog) -> bool:
+        return past.whole and all(past.done(i) is not None for i in range(job.params.n))
 
     def _answer_now(self, job: Job) -> list[AnyEvent]:
         worker = self.consumer.consumer
         return answer_now(job, worker, self.tokenizer, self.chat_template, self.vocab_size, self.embedder)
 
-    def _start(self, delivery: Delivery) -> RunningJob:
+    def _start(self, delivery: Delivery, past: JobLog | None = None) -> RunningJob:
+        """Put a job's sequences into the engine. With ``past`` (the log of a job taken over from another worker)
+        each choice goes on from the tokens its client has: the prompt plus those tokens, the remaining
+        ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
         job = delivery.job
         prompt_ids = prompt_ids_of(job, self.tokenizer, self.chat_template, self.vocab_size)
         max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len)
@@ -250,11 +297,51 @@ class ModelWorker:
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
-        if params.prompt_logprobs:
+        requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
+        if past is not None and past.exists:
+            if past.whole and params.json_schema is None:
+                running.continued = True
+                running.seq = past.next_seq
+            else:
+                # A grammar's matcher cannot be replayed here, and a log without its beginning is not the whole
+                # story: run the job again from the start (a stream that already showed text then fails).
+                log.warning("job %s runs again from its start (its log cannot be continued)", job.id)
+                self.consumer.restart_log(job.id, past)
+        if params.prompt_logprobs and not running.continued:
             running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
-        for request in generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults):
+        for index, (choice, request) in enumerate(zip(choices, requests, strict=True)):
+            if running.continued and past is not None:
+                done = past.done(index)
+                if done is not None:
+                    choice.done, choice.tokens = True, done.usage.completion_tokens
+                    continue
+                sent = past.tokens(index)
+                choice.text.feed(sent)  # the text the client has, and what is held back of it
+                choice.tokens = len(sent)
+                request.prompt_ids = prompt_ids + sent
+                request.max_new_tokens = max_new - len(sent)
+                request.seed = continuation_seed(request.seed, len(sent))
+                if request.max_new_tokens <= 0 or choice.text.stopped or choice.text.ended_by_token:
+                    running.ended_at_admission.append(index)
+                    continue
             self.engine.add(request)
+        if running.continued:
+            log.info("job %s continued from seq %d (attempt %d)", job.id, running.seq, job.attempt)
         return running
+
+    def _choice_end(self, running: RunningJob, index: int) -> list[AnyEvent]:
+        """The last events of a choice a continuation found complete: the text held back, then ``done``."""
+        choice = running.choices[index]
+        choice.done = True
+        out: list[AnyEvent] = []
+        text = choice.text.flush()
+        if text:
+            out.append(Delta(seq=running.next_seq(), index=index, text=text, token_ids=[]))
+        stopped = choice.text.stopped or choice.text.ended_by_token
+        usage = Usage(prompt_tokens=running.prompt_tokens, completion_tokens=choice.tokens)
+        reason = FinishReason.STOP if stopped else FinishReason.LENGTH
+        out.append(Done(seq=running.next_seq(), index=index, finish_reason=reason, usage=usage))
+        return out
 
     def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
         if len(prompt_ids) > MAX_PROMPT_LOGPROBS_TOKENS:
@@ -271,7 +358,7 @@ class ModelWorker:
 
     def _relay(self, updates: list[SeqUpdate]) -> None:
         updates = self.stream_interval.ready(updates, self._started)
-        if not updates:
+        if not updates and not self._unsent:
             return
         events: list[tuple[str, AnyEvent]] = []
         late: Counter[str] = Counter()
@@ -330,9 +417,42 @@ class ModelWorker:
                     )
                 )
         self.token_rate.add(sum(len(u.token_ids) for u in updates), now)
-        receivers = self.consumer.publish(events)
-        gone = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == 0}
-        self._finish(gone, late)
+        ended = {job_id for job_id, _ in events if job_id in self.jobs and self.jobs[job_id].finished}
+        events, receivers = self._publish(events, ended)
+        heard = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n > 0}
+        gone = {job_id for job_id, _ in events} - heard
+        for job_id in heard:
+            self._orphaned.pop(job_id, None)
+        self._finish(self._to_cancel(gone), late)
+
+    def _publish(
+        self, events: list[tuple[str, AnyEvent]], ended: set[str]
+    ) -> tuple[list[tuple[str, AnyEvent]], list[int]]:
+        """Publish a step's events after any an outage held back; when the broker fails they are kept for the next
+        try (a repeated append is refused by the log, a repeated event dropped by front servers)."""
+        events, ended = self._unsent + events, self._unsent_ended | ended
+        try:
+            receivers = self.consumer.publish(events, ended=ended)
+        except RedisError:
+            self._unsent, self._unsent_ended = events, ended
+            raise
+        self._unsent, self._unsent_ended = [], set()
+        return events, receivers
+
+    def _to_cancel(self, unheard: set[str]) -> set[str]:
+        """Of the running jobs nobody heard this step, those to cancel: the ones whose client hung up (its front
+        server marked them), and the ones nobody has listened to for ``orphan_grace`` seconds (their front server
+        died; until then the client may resume the stream on another one)."""
+        unheard = {j for j in unheard if j in self.jobs and not self.jobs[j].finished}
+        if not unheard:
+            return set()
+        if self.orphan_grace <= 0 or not self.consumer.event_log:
+            return unheard
+        now = time.monotonic()
+        for job_id in unheard:
+            self._orphaned.setdefault(job_id, now)
+        marked = self.consumer.cancelled(sorted(unheard))
+        return {j for j in unheard if j in marked or now - self._orphaned[j] >= self.orphan_grace}
 
     def _finish(self, gone: set[str], late: Counter[str] | None = None) -> None:
         finished: list[Delivery | Malformed] = []
@@ -340,16 +460,21 @@ class ModelWorker:
         for model, n in (late or {}).items():
             counters[model]["output_tokens"] += n
             counters[model]["tokens_after_cancel"] += n
+        notices: list[tuple[str, AnyEvent]] = []
         for job_id in list(self.jobs):
             running = self.jobs[job_id]
             if job_id in gone and not running.finished:
                 self._cancel_all(running)
                 outcome = "cancelled"
+                # for a client that comes back to resume it: the stream ends here
+                message = "the job was cancelled: its client hung up, or nobody resumed its stream in time"
+                notices.append((job_id, Error(seq=running.next_seq(), code="cancelled", message=message, status=409)))
             elif running.finished:
                 outcome = "expired" if running.expired else "failed" if running.failed else "completed"
             else:
                 continue
             del self.jobs[job_id]
+            self._orphaned.pop(job_id, None)
             self._ended[job_id] = running
             while len(self._ended) > 256:
                 self._ended.popitem(last=False)
@@ -370,6 +495,8 @@ class ModelWorker:
                 running.completion_tokens,
                 time.time() - running.started,
             )
+        if notices:
+            self.consumer.publish(notices, ended=[j for j, _ in notices])
         if self.metrics is not None:
             self.metrics.count(counters)
         self.consumer.ack(finished, counters)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from api.context import observer_of, producer_of
+from api.context import observer_of, owner_of, producer_of
 from api.responses.background import BackgroundRuns, relay
 from api.responses.generate import answer, open_stream
 from api.responses.schemas import ResponsesRequest
@@ -59,17 +58,6 @@ def _runs(request: Request) -> BackgroundRuns:
     if runs is None:
         runs = request.app.state.response_runs = BackgroundRuns()
     return runs
-
-
-def owner_of(request: Request) -> str:
-    """Who a stored response belongs to: a digest of the API key the request came with (as the key check reads
-    it), or "" on a server without keys."""
-    if not request.app.state.settings.api_keys:
-        return ""
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        token = request.headers.get("x-api-key", "")
-    return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
 def _as_chat(body: ResponsesRequest, conversation: list[dict[str, Any]]) -> ChatCompletionRequest:

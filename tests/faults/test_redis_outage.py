@@ -1,5 +1,6 @@
-"""Redis goes away for 10 s under load and comes back empty: requests in the gap get a 503 (never a hang), and the
-same worker and API processes serve again by themselves."""
+"""Redis goes away for 10 s under load and comes back empty: requests sent in the gap get a 503 at once (never a
+hang), requests in flight when it went away wait for it and then end with an answer or a 503 (their event logs are
+gone), and the same worker and API processes serve again by themselves."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ async def test_redis_outage_then_recovery(tiny_model_dir: Path, tmp_path: Path) 
             await asyncio.sleep(2)
             down_at = time.monotonic()
             server.stop()
+            # the askers' requests in flight now wait for Redis (up to the outage grace): these ask anew meanwhile
+            askers += [asyncio.create_task(_keep_asking(client, calls, stop)) for _ in range(2)]
             await asyncio.sleep(OUTAGE_SECONDS)
             server = EmbeddedValkey(port=server.port, data_dir=tmp_path / "valkey")
             server.start()

@@ -1,5 +1,5 @@
-"""A worker SIGKILLed under load loses no request: each one ends with a full answer or an explicit error, and
-every non-streaming one completes (another worker runs it again)."""
+"""A worker SIGKILLed under load loses no request: another worker takes its jobs over, continuing the streams that
+already sent text, so every request, streaming or not, completes."""
 
 from __future__ import annotations
 
@@ -37,6 +37,6 @@ async def test_sigkill_one_of_two_workers_under_load(cluster: Cluster) -> None:
     )
     assert silent == []
     assert plain_failed == []
-    assert {o.error for o in lost_streams} <= {"worker_lost"}
+    assert lost_streams == []
     assert stats.get("reclaimed", 0) >= 1, "the killed worker held no job: the fault tested nothing"
     assert len(cluster.live()) == 1

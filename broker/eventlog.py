@@ -1,0 +1,112 @@
+"""A job's event log: every event a worker publishes on a job's channel is also appended, in the same pipeline, to a
+capped Redis stream of the job (``{prefix}:log:{job_id}``, see :meth:`broker.keys.Keys.log`).
+
+PUBLISH stays the live path. The log is read only to catch up: by a front server after a gap in ``seq`` or a lost
+pub/sub connection, by a front server resuming a client's stream (``Last-Event-ID``), and by a worker taking over
+a dead worker's job, which continues it from the tokens already sent.
+
+Layout of the stream:
+
+- entry ``0-1`` (:data:`~broker.keys.LOG_META_ID`): written by the front server in the same script that queues the
+  job, field ``meta``: JSON ``{"model", "n", "deadline", "resume"?}``. Its presence says the log is whole from the
+  start (a log without it was lost, e.g. Redis restarted empty, and is not trusted).
+- event ``seq`` N: entry ``{N + 1}-0``, field ``event``: the event's JSON, as published. Explicit ids make a
+  duplicate append (two workers believing they own one job) fail instead of forking the log.
+- an ``error`` outside ``seq`` (a dead-letter notice, sent with ``seq`` 0 by a worker that never ran the job): an
+  automatic id, later than every ``seq`` id.
+
+The log expires ``event_log_ttl`` seconds after the job ends (set by the worker with its last event); until then
+it expires at the job's deadline plus that time (set at submission), so an abandoned job's log cannot stay.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.keys import LOG_META_ID, log_entry_id
+from broker.schemas import Accepted, Delta, Done, Error, parse_event
+
+AnyEvent = Accepted | Delta | Done | Error
+EVENT_FIELD = "event"
+META_FIELD = "meta"
+
+
+def entry_id_of(event: AnyEvent) -> str:
+    """Where an event goes in its job's log."""
+    if isinstance(event, Error):
+        return "*"
+    return log_entry_id(event.seq)
+
+
+def meta_json(model: str, n: int, deadline: float, resume: dict[str, Any] | None) -> str:
+    meta: dict[str, Any] = {"model": model, "n": n, "deadline": deadline}
+    if resume is not None:
+        meta["resume"] = resume
+    return json.dumps(meta, separators=(",", ":"))
+
+
+def submission_ttl_ms(deadline: float, ttl: float) -> int:
+    """The life a log gets at submission: up to the job's deadline, plus the time kept after a job's end."""
+    return max(int((deadline - time.time() + ttl) * 1000), 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class JobLog:
+    """A job's log as read back: what the front server recorded, and the events in order."""
+
+    meta: dict[str, Any] | None
+    events: list[AnyEvent] = field(default_factory=list)
+
+    @property
+    def exists(self) -> bool:
+        return self.meta is not None or bool(self.events)
+
+    @property
+    def whole(self) -> bool:
+        """Written from the job's submission on, so its events are every event of the job."""
+        return self.meta is not None
+
+    @property
+    def next_seq(self) -> int:
+        seqs = [e.seq for e in self.events if not isinstance(e, Error)]
+        return max(seqs) + 1 if seqs else 0
+
+    @property
+    def error(self) -> Error | None:
+        return next((e for e in self.events if isinstance(e, Error)), None)
+
+    def tokens(self, index: int) -> list[int]:
+        """The token ids choice ``index`` has sent so far."""
+        return [t for e in self.events if isinstance(e, Delta) and e.index == index for t in e.token_ids]
+
+    def done(self, index: int) -> Done | None:
+        return next((e for e in self.events if isinstance(e, Done) and e.index == index), None)
+
+
+def parse_entries(entries: Sequence[Any] | None) -> JobLog:
+    """A :class:`JobLog` from an XRANGE reply; entries that do not parse are skipped (never fatal)."""
+    out = JobLog(meta=None)
+    for entry_id, fields in entries or []:
+        values = {_text(k): v for k, v in (fields or {}).items()}
+        if _text(entry_id) == LOG_META_ID:
+            try:
+                out.meta = json.loads(values.get(META_FIELD, b"{}"))
+            except ValueError:
+                out.meta = {}
+            continue
+        raw = values.get(EVENT_FIELD)
+        if raw is None:
+            continue
+        try:
+            out.events.append(parse_event(raw))
+        except ValueError:
+            continue
+    return out

@@ -1,5 +1,6 @@
 """What the API makes of event sequences a real model seldom produces, from a scripted worker: a ``seq`` gap that the
-job's event log cannot fill either is an error (never silently corrupted text), and a streamed ``auto`` tool call is held back, then returned as a call."""
+job's event log cannot fill either is an error (never silently corrupted text), and a streamed ``auto`` tool call is
+held back, then returned as a call."""
 
 from __future__ import annotations
 

@@ -20,13 +20,14 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 
 from api.context import owner_of, producer_of
+from api.errors import ERROR_RESPONSES
 from api.eventids import parse_id
 from api.streaming import sse_events, stream_response
 from broker.errors import InvalidRequest, NotFound
 from serving.chat import ChatStream
 from serving.requests import ChatCompletionRequest
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 COMPLETION_ID = re.compile(r"^chatcmpl-[0-9a-f]{32}$")
 # The resumed request is rebuilt from the recorded options; its messages were the worker's business only.

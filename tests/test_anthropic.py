@@ -192,6 +192,27 @@ def test_bad_input_is_400_in_anthropic_shape_and_reaches_no_worker(
     assert ok.status_code == 200, ok.text
 
 
+COUNT_TOKENS_BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("no messages", {"model": "tiny"}, 400, "invalid_request_error"),
+    ("an image block", {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image"}]}]}, 400,
+     "invalid_request_error"),
+    ("max_tokens, which counting has not", {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}, 400,
+     "invalid_request_error"),
+    ("an unknown model", {"model": "nope", "messages": MESSAGES}, 404, "not_found_error"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "status", "kind"), COUNT_TOKENS_BAD_REQUESTS, ids=[c for c, *_ in COUNT_TOKENS_BAD_REQUESTS]
+)
+def test_bad_count_tokens_requests_are_anthropic_errors(
+    stack: Stack, case: str, body: dict[str, Any], status: int, kind: str
+) -> None:
+    r = httpx.post(f"{stack.base_url}/v1/messages/count_tokens", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == kind
+
+
 def test_unknown_model_is_the_clients_not_found_error(claude: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
         claude.messages.create(model="no-such-model", max_tokens=4, messages=MESSAGES)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from api.context import observer_of, owner_of, producer_of
+from api.errors import ERROR_RESPONSES
 from api.responses.background import BackgroundRuns, relay
 from api.responses.generate import answer, open_stream
 from api.responses.schemas import ResponsesRequest
@@ -35,7 +36,7 @@ from serving.errors import validation_message
 from serving.requests import ChatCompletionRequest
 from serving.streams import dumps
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 RESUME_REFUSED = (
     "streaming a stored response again (resuming with starting_after) is not supported: it needs a per-job event "

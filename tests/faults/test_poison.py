@@ -11,9 +11,10 @@ from broker.connection import async_client, sync_client
 from broker.errors import JobFailed
 from broker.keys import Keys
 from broker.producer import Producer
+from broker.registry import live_workers
 from broker.schemas import Delta, Job, JobKind, SamplingParams
 from broker.settings import Settings
-from tests.conftest import RunningWorker
+from tests.conftest import RunningWorker, wait_for
 
 
 def _job(**params: object) -> Job:
@@ -39,6 +40,8 @@ async def _outcome(producer: Producer, job: Job) -> str:
 async def test_poison_jobs_fail_alone(settings: Settings, start_worker: Callable[..., RunningWorker]) -> None:
     running = start_worker()
     assert settings.redis_url
+    keys = Keys(settings.key_prefix)
+    wait_for(lambda: live_workers(sync_client(str(settings.redis_url)), keys))  # registered: the model is served
     producer = Producer(async_client(settings.redis_url), settings)
     try:
         # Not JSON at all, and JSON that is not a job: acknowledged and counted, never run.

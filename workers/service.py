@@ -194,6 +194,13 @@ class ModelWorker:
         counters: dict[str, Counter[str]] = defaultdict(Counter)
         deliveries = [i for i in items if isinstance(i, Delivery)]
         listeners = self.consumer.subscribers(d.job.id for d in deliveries)
+        # A job nobody listens to is skipped if its front server marked its client gone. Unmarked, its front server
+        # may only be re-subscribing (a Redis failover loses every subscription), so it is started, and cancelled
+        # after orphan_grace if still nobody listens (see _to_cancel).
+        unheard = [d.job.id for d, listening in zip(deliveries, listeners, strict=True) if not listening]
+        skipped = set(unheard)
+        if unheard and self.orphan_grace > 0 and self.consumer.event_log:
+            skipped = self.consumer.cancelled(unheard)
         taken_over = [d.job.id for d in deliveries if d.job.attempt > 1]
         pasts = self.consumer.read_logs(taken_over) if self.consumer.event_log else {}
         now = time.time()
@@ -205,7 +212,7 @@ class ModelWorker:
                 if item.job_id:
                     events.append((item.job_id, Error(seq=0, code="invalid_job", message=item.reason, status=400)))
                     ended.add(item.job_id)
-        for delivery, listening in zip(deliveries, listeners, strict=True):
+        for delivery in deliveries:
             job = delivery.job
             past = pasts.get(job.id)
             first_seq = past.next_seq if past is not None and past.whole else 0
@@ -220,7 +227,7 @@ class ModelWorker:
                 events.append((job.id, Error(seq=first_seq, code="timeout", message=message, status=504)))
                 ended.add(job.id)
                 continue
-            if not listening:
+            if job.id in skipped:
                 finished.append(delivery)  # the client left before the job started
                 counters[job.model]["cancelled"] += 1
                 message = "no client was listening to the job when a worker took it"

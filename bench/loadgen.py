@@ -7,7 +7,9 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -60,19 +62,18 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q * 100) - 1))]
 
 
-async def one_stream(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int) -> RequestResult:
-    result = RequestResult()
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+async def stream_into(
+    result: RequestResult,
+    http: httpx.AsyncClient,
+    path: str,
+    body: dict[str, Any],
+    text_of: Callable[[dict[str, Any]], str | None],
+) -> RequestResult:
+    """POST a streaming request and record into ``result`` its TTFT, chunk times, text (``text_of`` a chunk) and
+    the usage's completion tokens, or the error that ended it."""
     start = time.perf_counter()
     try:
-        async with http.stream("POST", "/v1/completions", json=body) as r:
+        async with http.stream("POST", path, json=body) as r:
             if r.status_code != 200:
                 result.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
                 return result
@@ -87,17 +88,35 @@ async def one_stream(http: httpx.AsyncClient, model: str, prompt: str, max_token
                     result.error = str(chunk["error"])
                     break
                 now = time.perf_counter()
-                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                text = text_of(chunk)
+                if text:
                     if result.ttft is None:
                         result.ttft = now - start
                     result.chunk_times.append(now)
-                    result.text.append(chunk["choices"][0]["text"])
+                    result.text.append(text)
                 if chunk.get("usage"):
                     result.tokens = chunk["usage"]["completion_tokens"]
     except (httpx.HTTPError, ValueError) as exc:
         result.error = repr(exc)
     result.latency = time.perf_counter() - start
     return result
+
+
+def completion_text(chunk: dict[str, Any]) -> str | None:
+    choices = chunk.get("choices")
+    return choices[0].get("text") if choices else None
+
+
+async def one_stream(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int) -> RequestResult:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return await stream_into(RequestResult(), http, "/v1/completions", body, completion_text)
 
 
 async def run_load(

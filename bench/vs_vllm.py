@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -28,14 +27,18 @@ from typing import Any
 import httpx
 
 from bench.common import redis_or_embedded, wait_serving
-from bench.loadgen import RequestResult, RunResult, one_stream
+from bench.loadgen import RequestResult, RunResult, one_stream, stream_into
 from bench.vs_fastchat import QUESTIONS, count_tokens, free_port, time_per_output_token
 
 MODEL_NAME = "smollm2"
 
 
+def chat_text(chunk: dict[str, Any]) -> str | None:
+    choices = chunk.get("choices")
+    return choices[0].get("delta", {}).get("content") if choices else None
+
+
 async def one_chat_stream(http: httpx.AsyncClient, model: str, question: str, max_tokens: int) -> RequestResult:
-    result = RequestResult()
     body = {
         "model": model,
         "messages": [{"role": "user", "content": question}],
@@ -43,33 +46,7 @@ async def one_chat_stream(http: httpx.AsyncClient, model: str, question: str, ma
         "temperature": 0,
         "stream": True,
     }
-    start = time.perf_counter()
-    try:
-        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                result.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return result
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    result.error = str(chunk["error"])
-                    break
-                now = time.perf_counter()
-                content = chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content")
-                if content:
-                    if result.ttft is None:
-                        result.ttft = now - start
-                    result.chunk_times.append(now)
-                    result.text.append(content)
-    except (httpx.HTTPError, ValueError) as exc:
-        result.error = repr(exc)
-    result.latency = time.perf_counter() - start
-    return result
+    return await stream_into(RequestResult(), http, "/v1/chat/completions", body, chat_text)
 
 
 async def run(base: str, endpoint: str, inputs: list[str], concurrency: int, max_tokens: int) -> RunResult:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import batches, chat, completions, embeddings, files, resume
+from api import batches, chat, completions, embeddings, files, resume, tokenize
 from api.anthropic.routes import router as anthropic_router
 from api.auth import ApiKeyMiddleware
 from api.cors import CorsOptions, install_cors
@@ -63,6 +63,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(anthropic_router)
     app.include_router(responses_router)
+    app.include_router(tokenize.router)
     # The last added runs first: request ids and the request log on everything, then CORS (answers preflights,
     # and decorates 401s so browsers can read them), then the key check.
     if settings.api_keys:

@@ -20,6 +20,8 @@ class JobKind(StrEnum):
     - ``chat``, ``completion``: generation; ``accepted``, ``delta``s, one ``done`` per choice.
     - ``tokenize``: count the tokens of ``prompt`` (a string or token ids) or ``messages`` with the model's
       tokenizer and chat template; the count is ``accepted.prompt_tokens`` (and ``done.usage.prompt_tokens``).
+      With ``token_options`` the ids themselves (and their token strings, if asked) come in ``done.token_ids``.
+    - ``detokenize``: the text of the token ids in ``prompt``, in ``done.text``.
     - ``embedding``: embed every item of ``inputs`` in one job (not one job per item); the vectors come in
       ``done.embeddings``. Only embeddings workers serve it; a generation worker answers it with a 400 error event.
     """
@@ -27,6 +29,7 @@ class JobKind(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
     EMBEDDING = "embedding"
 
 
@@ -58,6 +61,16 @@ class SamplingParams(BaseModel):
     json_schema: dict[str, Any] | None = None  # the output must be JSON that follows this schema
 
 
+class TokenOptions(BaseModel):
+    """How a ``tokenize`` job that wants the ids themselves tokenizes (vLLM's ``/tokenize`` options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add_special_tokens: bool = True  # a prompt's BOS and the like; a chat template writes its own
+    add_generation_prompt: bool = True  # messages end with the assistant's turn opened
+    token_strs: bool = False  # also each id's token string
+
+
 class Job(BaseModel):
     """One generation request, as it travels on ``{prefix}:jobs:{model}``."""
 
@@ -72,6 +85,7 @@ class Job(BaseModel):
     params: SamplingParams = Field(default_factory=SamplingParams)
     inputs: list[str] | list[list[int]] | None = None  # embedding jobs: texts or token id lists
     dimensions: int | None = None  # embedding jobs: the size the client asked for, checked by the worker
+    token_options: TokenOptions | None = None  # tokenize jobs that want the ids, not only their count
     created: float = Field(default_factory=time.time)
     deadline: float
     attempt: int = 1
@@ -141,6 +155,10 @@ class Done(_Event):
     # embedding jobs only: one vector per input, in input order, each base64 of little-endian float32 (OpenAI's
     # ``encoding_format=base64``): a third of the size of JSON floats, and exact
     embeddings: list[str] | None = None
+    # tokenize jobs with ``token_options``: the prompt's ids, and their token strings if asked
+    token_ids: list[int] | None = None
+    token_strs: list[str] | None = None
+    text: str | None = None  # detokenize jobs: the text of the ids
 
 
 class Error(_Event):

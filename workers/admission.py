@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
 # job kinds every worker answers while admitting them, without the engine
-ANSWERED_AT_ADMISSION = frozenset({JobKind.TOKENIZE, JobKind.EMBEDDING})
+ANSWERED_AT_ADMISSION = frozenset({JobKind.TOKENIZE, JobKind.DETOKENIZE, JobKind.EMBEDDING})
 # Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
 MAX_PROMPT_LOGPROBS_TOKENS = 4096
 # A continued choice's seed moves on by this much per token already sent (2**64 / golden ratio: consecutive
@@ -101,31 +101,60 @@ def continuation_seed(seed: int | None, sent: int) -> int | None:
     return (seed + sent * CONTINUATION_SEED_STEP) % 2**64
 
 
+def tokenized(job: Job, tokenizer: Any, chat_template: str | None, vocab_size: int) -> Done:
+    """A tokenize job's answer: the count, and with ``token_options`` the ids (and their token strings)."""
+    options = job.token_options
+    if job.messages is not None:
+        opens_turn = options.add_generation_prompt if options else True
+        ids = chat_prompt_ids(tokenizer, job.messages, chat_template, job.tools, add_generation_prompt=opens_turn)
+    else:
+        specials = options.add_special_tokens if options else True
+        ids = completion_prompt_ids(tokenizer, job.prompt or "", vocab_size, add_special_tokens=specials)
+    done = Done(seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=len(ids)))
+    if options is not None:
+        done.token_ids = ids
+        if options.token_strs:
+            done.token_strs = [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
+    return done
+
+
+def detokenized(job: Job, tokenizer: Any, vocab_size: int) -> Done:
+    """A detokenize job's answer: the text of its ids, special tokens included as the tokenizer writes them."""
+    ids = job.prompt if isinstance(job.prompt, list) else []
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise PromptError(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})", param="tokens")
+    text = str(tokenizer.decode(ids))
+    return Done(seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=len(ids)), text=text)
+
+
 def answer_now(
     job: Job, worker: str, tokenizer: Any, chat_template: str | None, vocab_size: int, embedder: Embedder | None
 ) -> list[AnyEvent]:
-    """Jobs that need no engine step: a token count, or the embeddings of an embeddings worker. Their events are
-    ``accepted`` then ``done``, published with the rest of the admission round trip."""
+    """Jobs that need no engine step: a token count or the tokens themselves, a detokenization, or the embeddings
+    of an embeddings worker. Their events are ``accepted`` then ``done``, published with the rest of the admission
+    round trip."""
     started = time.time()
-    vectors: list[str] | None = None
     if job.kind == JobKind.TOKENIZE:
-        if job.messages is not None:
-            prompt_tokens = len(chat_prompt_ids(tokenizer, job.messages, chat_template, job.tools))
-        else:
-            prompt_tokens = len(completion_prompt_ids(tokenizer, job.prompt or "", vocab_size))
+        done = tokenized(job, tokenizer, chat_template, vocab_size)
+    elif job.kind == JobKind.DETOKENIZE:
+        done = detokenized(job, tokenizer, vocab_size)
     elif job.kind == JobKind.EMBEDDING:
         if embedder is None:
             raise PromptError(f"model {job.model!r} generates text and does not serve embeddings", param="model")
         vectors, prompt_tokens = embedder.embed(job.inputs or [], job.dimensions)
+        done = Done(
+            seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=prompt_tokens), embeddings=vectors
+        )
     else:
         raise PromptError(
             f"model {job.model!r} is an embeddings model: it serves /v1/embeddings, not text generation",
             param="model",
         )
+    prompt_tokens = done.usage.prompt_tokens
     log.info(
         "job %s model=%s %s wait=%.3fs tokens=%d duration=%.3fs",
         job.id, job.model, job.kind.value, started - job.created, prompt_tokens, time.time() - started,
     )  # fmt: skip
     accepted = Accepted(seq=0, worker=worker, attempt=job.attempt, prompt_tokens=prompt_tokens)
-    usage = Usage(prompt_tokens=prompt_tokens)
-    return [accepted, Done(seq=1, finish_reason=FinishReason.STOP, usage=usage, embeddings=vectors)]
+    return [accepted, done]

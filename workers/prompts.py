@@ -79,6 +79,8 @@ def chat_prompt_ids(
     messages: list[dict[str, Any]],
     chat_template: str | None = None,
     tools: list[dict[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = True,
 ) -> list[int]:
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
@@ -96,7 +98,7 @@ def chat_prompt_ids(
             messages = with_tools_prompt(messages, tools)
     try:
         encoded = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, chat_template=chat_template, **extra
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, chat_template=chat_template, **extra
         )
     except Exception as exc:  # jinja raises whatever the template author chose
         raise PromptError(f"the chat template rejected these messages: {exc}") from exc
@@ -104,9 +106,11 @@ def chat_prompt_ids(
     return [int(i) for i in ids]
 
 
-def completion_prompt_ids(tokenizer: Any, prompt: str | list[int], vocab_size: int) -> list[int]:
+def completion_prompt_ids(
+    tokenizer: Any, prompt: str | list[int], vocab_size: int, *, add_special_tokens: bool = True
+) -> list[int]:
     if isinstance(prompt, str):
-        return [int(i) for i in tokenizer.encode(prompt)]
+        return [int(i) for i in tokenizer.encode(prompt, add_special_tokens=add_special_tokens)]
     bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise PromptError(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})")

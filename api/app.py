@@ -25,6 +25,8 @@ from api.misc import router as misc_router
 from api.requestid import RequestIdMiddleware
 from api.responses.routes import router as responses_router
 from api.routes import router
+from api.tracing import RelaySpans, instrument
+from broker import tracing
 from broker.connection import async_client
 from broker.keys import Keys
 from broker.producer import Producer
@@ -51,6 +53,9 @@ def create_app(
     _document(app)
     app.state.settings = settings
     app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
+    app.state.relay_spans = RelaySpans()
+    if tracing.enabled():
+        instrument(app)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(chat.router)

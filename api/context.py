@@ -32,8 +32,8 @@ def request_log_of(request: Request, model: str | None = None) -> JobObserver | 
 
 
 def observer_of(request: Request, model: str | None = None) -> JobObserver:
-    """The metrics and the request's log line, which watch a generation request's jobs."""
-    return Observers(request.app.state.metrics, request_log_of(request, model))
+    """The metrics, the request's log line and its relay spans, which watch a generation request's jobs."""
+    return Observers(request.app.state.metrics, request_log_of(request, model), request.app.state.relay_spans)
 
 
 def owner_of(request: Request) -> str:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from broker import tracing
+
 
 class JobKind(StrEnum):
     """What a job asks for. Generation kinds run in the engine; the others are answered when the worker admits
@@ -91,6 +93,9 @@ class Job(BaseModel):
     attempt: int = 1
     # the client's X-Request-Id (or the one the API made), so a worker's log line names the request it served
     request_id: str | None = Field(default=None, max_length=128)
+    # the W3C trace context of the span the job was made in (the front server's request), so the worker's spans
+    # join the request's trace; None with tracing off (see broker/tracing.py)
+    trace_context: dict[str, str] | None = Field(default_factory=tracing.current_context)
 
 
 class EventType(StrEnum):

@@ -28,11 +28,13 @@ def api_command(
     import uvicorn
 
     from api.cors import CorsOptions, split_list
+    from broker import tracing
     from broker.logs import configure_logging
     from broker.settings import Settings
     from queuechat.compose import create_app
 
     configure_logging(log_level)
+    tracing.configure("queuechat-api")
     settings = Settings.load(redis_url)
     if api_keys:
         settings.api_keys = split_list(api_keys)

@@ -250,10 +250,12 @@ def worker_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
+    from broker import tracing
     from broker.logs import configure_logging
     from broker.settings import Settings
 
     configure_logging(log_level)
+    tracing.configure("queuechat-worker")
     settings = Settings.load(redis_url)
     threads = num_threads or (
         int(os.environ["QUEUECHAT_NUM_THREADS"]) if "QUEUECHAT_NUM_THREADS" in os.environ else None

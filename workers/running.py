@@ -26,6 +26,7 @@ class RunningJob:
     prompt_tokens: int
     choices: list[Choice]
     started: float = field(default_factory=time.time)
+    admitted_at: float | None = None  # its sequences put into the engine
     seq: int = 0
     first_token_at: float | None = None
     failed: bool = False

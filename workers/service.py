@@ -46,6 +46,7 @@ from workers.prompts import PromptError
 from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
 from workers.token_text import TokenLogprobs
+from workers.tracing import record_job
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +335,7 @@ class ModelWorker:
             self.engine.add(request)
         if running.continued:
             log.info("job %s continued from seq %d (attempt %d)", job.id, running.seq, job.attempt)
+        running.admitted_at = time.time()
         return running
 
     def _choice_end(self, running: RunningJob, index: int) -> list[AnyEvent]:
@@ -502,6 +504,7 @@ class ModelWorker:
                 running.completion_tokens,
                 time.time() - running.started,
             )
+            record_job(running, outcome, self.consumer.consumer)
         if notices:
             self.consumer.publish(notices, ended=[j for j, _ in notices])
         if self.metrics is not None:

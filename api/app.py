@@ -25,6 +25,7 @@ from api.misc import router as misc_router
 from api.requestid import RequestIdMiddleware
 from api.responses.routes import router as responses_router
 from api.routes import router
+from api.tenants import TenantGate
 from api.tracing import RelaySpans, instrument
 from broker import tracing
 from broker.connection import async_client
@@ -47,6 +48,7 @@ def create_app(
             yield
         finally:
             await app.state.producer.close()
+            await app.state.tenants.close()
             app.state.metrics.close()
 
     app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
@@ -71,8 +73,13 @@ def create_app(
     app.include_router(tokenize.router)
     # The last added runs first: request ids and the request log on everything, then CORS (answers preflights,
     # and decorates 401s so browsers can read them), then the key check.
-    if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, exempt_prefixes=tuple(open_prefixes))
+    app.state.tenants = TenantGate(async_client(redis_url), Keys(settings.key_prefix))
+    app.add_middleware(
+        ApiKeyMiddleware,
+        api_keys=settings.api_keys,
+        exempt_prefixes=tuple(open_prefixes),
+        tenants=app.state.tenants,
+    )
     install_cors(app, cors)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -10,6 +10,7 @@ from fastapi import Request
 from api.requestid import record_of
 from api.requestid import request_id_of as _request_id_of
 from broker.producer import Producer
+from broker.tenants import current_tenant
 from serving.jobs import JobObserver, Observers
 from serving.requests import ChatCompletionRequest
 
@@ -32,14 +33,16 @@ def request_log_of(request: Request, model: str | None = None) -> JobObserver | 
 
 
 def observer_of(request: Request, model: str | None = None) -> JobObserver:
-    """The metrics, the request's log line and its relay spans, which watch a generation request's jobs."""
-    return Observers(request.app.state.metrics, request_log_of(request, model), request.app.state.relay_spans)
+    """The metrics, the request's log line, its relay spans and its tenant's token charges, which watch a
+    generation request's jobs."""
+    state = request.app.state
+    return Observers(state.metrics, request_log_of(request, model), state.relay_spans, state.tenants)
 
 
 def owner_of(request: Request) -> str:
     """Who a stream or a stored response belongs to: a digest of the API key the request came with, read as the
     key check reads it (``Authorization: Bearer`` or ``x-api-key``), never the key itself; "" without keys."""
-    if not request.app.state.settings.api_keys:
+    if not request.app.state.settings.api_keys and current_tenant.get() is None:
         return ""
     scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -37,6 +37,7 @@ from broker.keys import Keys, log_entry_id
 from broker.registry import LiveWorker, alive_workers, models_of
 from broker.schemas import Accepted, Delta, Done, Error, Job, JobKind, SamplingParams, parse_event
 from broker.settings import Settings
+from broker.tenants import current_tenant
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +514,10 @@ class Producer:
 
     async def check_model(self, model: str) -> None:
         """Raise unless a live worker serves ``model``. (Whether its queue has room is checked as the job is
-        added, in the same script.)"""
+        added, in the same script.) A tenant's key limited to some models sees the others as absent."""
+        tenant = current_tenant.get()
+        if tenant is not None and not tenant.allows(model):
+            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         live = await self._live_models_cached(model)
         if model in live:
             return

@@ -7,6 +7,7 @@ import typer
 from batch.main import batch_worker_command
 from queuechat.apiserver import api_command
 from queuechat.info import info_command
+from queuechat.keys import app as keys_app
 from queuechat.probe import probe_command
 from queuechat.up import up_command
 from webui.main import webui_command
@@ -24,3 +25,4 @@ app.command("batch-worker")(batch_worker_command)
 app.command("info")(info_command)
 app.command("webui")(webui_command)
 app.command("probe")(probe_command)
+app.add_typer(keys_app, name="keys")

@@ -16,6 +16,10 @@ MAX_STOP_SEQUENCES = 4
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limits
 MAX_COMPLETION_LOGPROBS = 5
+# What /v1/completions generates without max_tokens: OpenAI's legacy endpoint and vLLM default to 16. (A chat
+# completion without one may fill the rest of the context, as in vLLM; a worker's QUEUECHAT_MAX_TOKENS_CAP bounds
+# that.)
+DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 
 class _Request(BaseModel):
@@ -211,7 +215,7 @@ class CompletionRequest(_Request):
     def sampling_params(self) -> SamplingParams:
         # best_of: generate that many, answer with the n of highest cumulative logprob (so logprobs are needed)
         return SamplingParams(
-            max_tokens=self.max_tokens,
+            max_tokens=DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
             logprobs=self.logprobs is not None or (self.best_of or self.n) > self.n,
             top_logprobs=self.logprobs or 0,
             prompt_logprobs=self.echo and self.logprobs is not None,

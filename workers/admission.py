@@ -52,8 +52,10 @@ def prompt_ids_of(job: Job, tokenizer: Any, chat_template: str | None, vocab_siz
     return prompt_ids
 
 
-def max_new_tokens(job: Job, prompt_tokens: int, limit: int) -> int:
-    """How many tokens the job may generate within the engine's ``limit``; OpenAI's error when it asks for more."""
+def max_new_tokens(job: Job, prompt_tokens: int, limit: int, cap: int | None = None) -> int:
+    """How many tokens the job may generate within the engine's ``limit``: what it asked for, else the rest of the
+    context, at most ``cap`` (QUEUECHAT_MAX_TOKENS_CAP). OpenAI's errors when it asks for more than either: the
+    client asked for something it will not get, and a silently shortened answer would look like the model's own."""
     room = limit - prompt_tokens
     wanted = job.params.max_tokens
     if room < 1 or (wanted is not None and wanted > room):
@@ -64,7 +66,14 @@ def max_new_tokens(job: Job, prompt_tokens: int, limit: int) -> int:
             code="context_length_exceeded",
             param="messages" if job.kind == JobKind.CHAT else "prompt",
         )
-    return wanted or room
+    if cap is not None and wanted is not None and wanted > cap:
+        raise PromptError(
+            f"max_tokens is too large: {wanted}. This server generates at most {cap} tokens per choice.",
+            param="max_tokens",
+        )
+    if wanted is not None:
+        return wanted
+    return room if cap is None else min(room, cap)
 
 
 def generation_requests(

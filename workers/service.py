@@ -65,6 +65,7 @@ class ModelWorker:
         embedder: Embedder | None = None,
         stream_interval: int = 1,
         orphan_grace: float = 10.0,
+        max_tokens_cap: int | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -77,6 +78,7 @@ class ModelWorker:
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.stream_interval = StreamInterval(stream_interval)
         self.orphan_grace = orphan_grace
+        self.max_tokens_cap = max_tokens_cap
         self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
         # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
         self._unsent: list[tuple[str, AnyEvent]] = []
@@ -299,7 +301,7 @@ class ModelWorker:
         ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
         job = delivery.job
         prompt_ids = prompt_ids_of(job, self.tokenizer, self.chat_template, self.vocab_size)
-        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len)
+        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from broker.schemas import Job, JobKind, SamplingParams
 from serving.messages import ChatMessage, reject_media
 from serving.tools import NamedToolChoice, ToolChoice, ToolDefinition, forced_call_schema
+from serving.wellformed import check_wellformed
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
@@ -40,6 +41,13 @@ class _Request(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)  # Hugging Face's, as vLLM accepts it
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _wellformed(cls, value: Any, info: ValidationInfo) -> Any:
+        # every parameter, before anything else reads it: a lone surrogate or a 300-deep schema is a 400 naming it
+        check_wellformed(value, info.field_name or "body")
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api import batches, chat, completions, embeddings, files, resume
 from api.anthropic.routes import router as anthropic_router
 from api.auth import ApiKeyMiddleware
+from api.bodylimit import BodyLimitMiddleware
 from api.cors import CorsOptions, install_cors
 from api.errors import CHUNK_MODELS, install_error_handlers
 from api.metrics import ApiMetrics
@@ -63,11 +64,12 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(anthropic_router)
     app.include_router(responses_router)
-    # The last added runs first: request ids and the request log on everything, then CORS (answers preflights,
-    # and decorates 401s so browsers can read them), then the key check.
+    # The last added runs first: request ids and the request log on everything, then the body size cap, then CORS
+    # (answers preflights, and decorates 401s so browsers can read them), then the key check.
     if settings.api_keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, exempt_prefixes=tuple(open_prefixes))
     install_cors(app, cors)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

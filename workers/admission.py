@@ -9,9 +9,10 @@ import time
 from typing import Any, Protocol
 
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
+from serving.prompt_size import text_chars
 from workers.engine import GenerationRequest, SamplingDefaults
 from workers.grammar import json_grammar
-from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
+from workers.prompts import PromptError, chat_prompt_ids, check_prompt_chars, completion_prompt_ids
 from workers.running import seq_id
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,22 @@ def engine_error(seq: int, exc: BaseException | None = None, message: str | None
     return Error(seq=seq, code="engine_error", message=text, status=500)
 
 
-def prompt_ids_of(job: Job, tokenizer: Any, chat_template: str | None, vocab_size: int) -> list[int]:
-    """The token ids a generation job's prompt (or messages, through the chat template) comes to."""
+def check_prompt_bound(job: Job, max_chars: int | None, limit: int) -> None:
+    """Refuse a prompt too long to fit before tokenising any of it (``max_chars``: see ``longest_token_chars``)."""
+    if not max_chars:
+        return
+    if job.messages is not None:
+        check_prompt_chars(text_chars(job.messages) + text_chars(job.tools), max_chars, limit, "messages")
+    elif isinstance(job.prompt, str):
+        check_prompt_chars(len(job.prompt), max_chars, limit, "prompt")
+
+
+def prompt_ids_of(
+    job: Job, tokenizer: Any, chat_template: str | None, vocab_size: int, max_chars: int | None = None, limit: int = 0
+) -> list[int]:
+    """The token ids a generation job's prompt (or messages, through the chat template) comes to; a prompt over
+    ``max_chars`` characters is refused untokenised."""
+    check_prompt_bound(job, max_chars, limit)
     if job.kind == JobKind.CHAT:
         prompt_ids = chat_prompt_ids(tokenizer, job.messages or [], chat_template, job.tools)
     else:
@@ -111,13 +126,21 @@ def continuation_seed(seed: int | None, sent: int) -> int | None:
 
 
 def answer_now(
-    job: Job, worker: str, tokenizer: Any, chat_template: str | None, vocab_size: int, embedder: Embedder | None
+    job: Job,
+    worker: str,
+    tokenizer: Any,
+    chat_template: str | None,
+    vocab_size: int,
+    embedder: Embedder | None,
+    max_chars: int | None = None,
+    limit: int = 0,
 ) -> list[AnyEvent]:
     """Jobs that need no engine step: a token count, or the embeddings of an embeddings worker. Their events are
     ``accepted`` then ``done``, published with the rest of the admission round trip."""
     started = time.time()
     vectors: list[str] | None = None
     if job.kind == JobKind.TOKENIZE:
+        check_prompt_bound(job, max_chars, limit)
         if job.messages is not None:
             prompt_tokens = len(chat_prompt_ids(tokenizer, job.messages, chat_template, job.tools))
         else:

@@ -42,7 +42,7 @@ from workers.admission import (
 from workers.engine import Engine, SeqUpdate
 from workers.metrics import WorkerMetrics
 from workers.pacing import StreamInterval, TokenRate
-from workers.prompts import PromptError
+from workers.prompts import PromptError, longest_token_chars
 from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
 from workers.token_text import TokenLogprobs
@@ -84,6 +84,9 @@ class ModelWorker:
         self._unsent: list[tuple[str, AnyEvent]] = []
         self._unsent_ended: set[str] = set()
         self.vocab_size = len(tokenizer)
+        # A prompt longer than this cannot fit the context: refused before it is tokenised (see longest_token_chars)
+        context = int(getattr(engine, "max_model_len", 0) or 0)
+        self.max_prompt_chars = context * longest_token_chars(tokenizer) or None
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
@@ -293,14 +296,18 @@ class ModelWorker:
 
     def _answer_now(self, job: Job) -> list[AnyEvent]:
         worker = self.consumer.consumer
-        return answer_now(job, worker, self.tokenizer, self.chat_template, self.vocab_size, self.embedder)
+        limit = int(getattr(self.engine, "max_model_len", 0) or 0)
+        tokenizer, template, bound = self.tokenizer, self.chat_template, self.max_prompt_chars
+        return answer_now(job, worker, tokenizer, template, self.vocab_size, self.embedder, bound, limit)
 
     def _start(self, delivery: Delivery, past: JobLog | None = None) -> RunningJob:
         """Put a job's sequences into the engine. With ``past`` (the log of a job taken over from another worker)
         each choice goes on from the tokens its client has: the prompt plus those tokens, the remaining
         ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
         job = delivery.job
-        prompt_ids = prompt_ids_of(job, self.tokenizer, self.chat_template, self.vocab_size)
+        prompt_ids = prompt_ids_of(
+            job, self.tokenizer, self.chat_template, self.vocab_size, self.max_prompt_chars, self.engine.max_model_len
+        )
         max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)

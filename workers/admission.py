@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
@@ -114,6 +115,40 @@ def generation_requests(
         )
         for index in range(params.n)
     ]
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one job may hold of its engine at once: at most ``sequences`` sequences reserving at most ``tokens``
+    (each prompt plus its max_new_tokens), its first sequence always. The rest of its choices wait in the worker and
+    enter as its own earlier ones finish, so a job of many long choices (n=16 at full context) leaves room for the
+    jobs that come after it instead of filling the engine's queue ahead of them until its deadline."""
+
+    sequences: int
+    tokens: int
+
+    @classmethod
+    def of(cls, engine: Any) -> Share:
+        """Half of the engine's sequences and of its KV cache (``cache_tokens`` where the engine tells it, else a
+        full context per sequence), at least one sequence of a whole context."""
+        slots = max(1, int(engine.slots))
+        limit = int(engine.max_model_len)
+        cache = int(getattr(engine, "cache_tokens", 0) or limit * slots)
+        return cls(sequences=max(1, slots // 2), tokens=max(limit, cache // 2))
+
+    def split(
+        self, requests: list[GenerationRequest], held: int = 0, reserved: int = 0
+    ) -> tuple[list[GenerationRequest], list[GenerationRequest]]:
+        """(what may enter the engine now, what waits) of a job's ``requests``, given that it already holds
+        ``held`` sequences reserving ``reserved`` tokens."""
+        now: list[GenerationRequest] = []
+        for index, request in enumerate(requests):
+            cost = len(request.prompt_ids) + request.max_new_tokens
+            if held and (held >= self.sequences or reserved + cost > self.tokens):
+                return now, requests[index:]
+            now.append(request)
+            held, reserved = held + 1, reserved + cost
+        return now, []
 
 
 def continuation_seed(seed: int | None, sent: int) -> int | None:

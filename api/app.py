@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api import batches, chat, completions, embeddings, files, resume, tokenize
 from api.anthropic.routes import router as anthropic_router
 from api.auth import ApiKeyMiddleware
+from api.bodylimit import BodyLimitMiddleware
 from api.cors import CorsOptions, install_cors
 from api.errors import CHUNK_MODELS, install_error_handlers
 from api.metrics import ApiMetrics
@@ -71,8 +72,8 @@ def create_app(
     app.include_router(anthropic_router)
     app.include_router(responses_router)
     app.include_router(tokenize.router)
-    # The last added runs first: request ids and the request log on everything, then CORS (answers preflights,
-    # and decorates 401s so browsers can read them), then the key check.
+    # The last added runs first: request ids and the request log on everything, then the body size cap, then CORS
+    # (answers preflights, and decorates 401s so browsers can read them), then the key check.
     app.state.tenants = TenantGate(async_client(redis_url), Keys(settings.key_prefix))
     app.add_middleware(
         ApiKeyMiddleware,
@@ -81,6 +82,7 @@ def create_app(
         tenants=app.state.tenants,
     )
     install_cors(app, cors)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

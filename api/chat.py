@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of, resume_record
+from api.disconnect import unless_client_leaves
 from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
 from api.streaming import sse_events, stream_response
 from broker.producer import JobEvents, Producer
@@ -23,6 +24,11 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    # A client that hangs up before its answer (or its stream's first event) is ready has its job cancelled.
+    return await unless_client_leaves(request, _chat_completions(body, request))
+
+
+async def _chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     if not body.stream:
         return await serving_chat.chat_answer(producer, body, observer, request_id=request_id)

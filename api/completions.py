@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.context import observer_of, producer_of, request_id_of
+from api.disconnect import unless_client_leaves
 from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
 from api.streaming import sse_events, stream_response
 from serving.completions import completion_answer, open_completion_stream
@@ -18,6 +19,11 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 @router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)
 async def completions(body: CompletionRequest, request: Request) -> Any:
+    # A client that hangs up before its answer (or its stream's first events) is ready has its jobs cancelled.
+    return await unless_client_leaves(request, _completions(body, request))
+
+
+async def _completions(body: CompletionRequest, request: Request) -> Any:
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     if not body.stream:
         return await completion_answer(producer, body, observer, request_id=request_id)

@@ -529,6 +529,12 @@ class Producer:
             raise NoWorkerAvailable(f"no worker is serving model {model!r} right now")
         raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
 
+    async def max_model_len(self, model: str) -> int | None:
+        """The longest context a live worker of ``model`` advertises (None when none says), from the cached view."""
+        live = await self._live_models_cached(model)
+        lengths = [w.card.max_model_len for w in live.get(model, []) if w.card.max_model_len]
+        return max(lengths) if lengths else None
+
     async def submit(self, job: Job, *, low_priority: bool = False, resume: dict[str, Any] | None = None) -> JobEvents:
         """Check the model, subscribe to the job's channel, then queue the job (and begin its event log, in the
         same script). Returns its event iterator.

@@ -75,6 +75,18 @@ class Settings(BaseSettings):
         description="Seconds a front server waits after a client hung up mid-stream before it has the job cancelled, "
         "so that the client can resume the stream after a dropped connection (0: cancel at once).",
     )
+    max_tokens_cap: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most tokens a worker generates for one choice: a request without max_tokens gets at most this "
+        "many (a chat completion's default is otherwise the rest of the context); one asking for more is refused "
+        "with 400. None: the model's context is the only bound.",
+    )
+    max_request_bytes: int = Field(
+        default=32 * 2**20,
+        gt=0,
+        description="Largest request body the API reads (413 above it); file uploads have files_max_bytes instead.",
+    )
     files_dir: Path = Field(
         default_factory=_default_files_dir,
         description="Where uploaded batch files and batch results are stored; shared by the API and batch workers.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from broker.errors import QueuechatError
+from broker.errors import InvalidRequest, QueuechatError
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -58,3 +58,16 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
         return f"Missing required parameter: '{param}'.", param
     detail = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {detail}" if param else f"Invalid request: {detail}"), param
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """A prompt the model's context cannot hold, refused before a worker tokenises it (the worker's own refusal,
+    after tokenising, has the same code)."""
+
+    code = "context_length_exceeded"
+
+
+class RequestTooLarge(QueuechatError):
+    status = 413
+    code = "request_too_large"
+    type = "invalid_request_error"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done, Job, TokenLogprob
+from serving.prompt_size import check_prompt_sizes
 
 
 class JobObserver(Protocol):
@@ -65,6 +66,7 @@ async def submit_all(
     """Submit every job and wait for each first event, so an error before the first token becomes a proper
     4xx. On any failure the jobs already submitted are closed (their workers then cancel them). ``resume`` is
     kept in each job's event log for a front server that resumes the stream (see the producer's ``submit``)."""
+    await check_prompt_sizes(producer, jobs)  # before anything is queued
     submitted: list[JobEvents] = []
     try:
         for job in jobs:

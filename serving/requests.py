@@ -11,11 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from broker.schemas import Job, JobKind, SamplingParams
 from serving.messages import ChatMessage, reject_media
 from serving.tools import NamedToolChoice, ToolChoice, ToolDefinition, forced_call_schema
+from serving.wellformed import check_wellformed
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limits
 MAX_COMPLETION_LOGPROBS = 5
+# What /v1/completions generates without max_tokens: OpenAI's legacy endpoint and vLLM default to 16. (A chat
+# completion without one may fill the rest of the context, as in vLLM; a worker's QUEUECHAT_MAX_TOKENS_CAP bounds
+# that.)
+DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 
 class _Request(BaseModel):
@@ -36,6 +41,13 @@ class _Request(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)  # Hugging Face's, as vLLM accepts it
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _wellformed(cls, value: Any, info: ValidationInfo) -> Any:
+        # every parameter, before anything else reads it: a lone surrogate or a 300-deep schema is a 400 naming it
+        check_wellformed(value, info.field_name or "body")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -211,7 +223,7 @@ class CompletionRequest(_Request):
     def sampling_params(self) -> SamplingParams:
         # best_of: generate that many, answer with the n of highest cumulative logprob (so logprobs are needed)
         return SamplingParams(
-            max_tokens=self.max_tokens,
+            max_tokens=DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
             logprobs=self.logprobs is not None or (self.best_of or self.n) > self.n,
             top_logprobs=self.logprobs or 0,
             prompt_logprobs=self.echo and self.logprobs is not None,

@@ -17,6 +17,7 @@ from broker.connection import sync_client
 from broker.keys import Keys
 from broker.settings import Settings
 from tests.conftest import ApiServer, Stack, wait_for
+from tests.hostile import LONE, deep_schema, json_bytes
 
 GREEDY = {"temperature": 0}  # the current SDK sends sampling parameters only as extra_body
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -172,7 +173,13 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
         },
         "assistant",
     ),
-]
+    ("a lone surrogate in a message", {"max_tokens": 4, "messages": [{"role": "user", "content": LONE}]}, "surrogate"),
+    ("a lone surrogate in the system prompt", {"max_tokens": 4, "messages": MESSAGES, "system": LONE}, "surrogate"),
+    ("a lone surrogate in a stop sequence", {"max_tokens": 4, "messages": MESSAGES, "stop_sequences": [LONE]},
+     "surrogate"),
+    ("a tool schema nested 300 deep", {"max_tokens": 4, "messages": MESSAGES,
+     "tools": [{"name": "f", "input_schema": deep_schema()}]}, "nested"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("case", "body", "named"), BAD_REQUESTS, ids=[c for c, _, _ in BAD_REQUESTS])
@@ -181,7 +188,12 @@ def test_bad_input_is_400_in_anthropic_shape_and_reaches_no_worker(
 ) -> None:
     stream = Keys(settings.key_prefix).jobs("tiny")
     before = sync_client(str(settings.redis_url)).xlen(stream)
-    r = httpx.post(f"{stack.base_url}/v1/messages", json={"model": "tiny", **body}, timeout=30)
+    r = httpx.post(
+        f"{stack.base_url}/v1/messages",
+        content=json_bytes({"model": "tiny", **body}),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 400, r.text
     error = r.json()
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
@@ -199,6 +211,8 @@ COUNT_TOKENS_BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("max_tokens, which counting has not", {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}, 400,
      "invalid_request_error"),
     ("an unknown model", {"model": "nope", "messages": MESSAGES}, 404, "not_found_error"),
+    ("a lone surrogate", {"model": "tiny", "messages": [{"role": "user", "content": LONE}]}, 400,
+     "invalid_request_error"),
 ]  # fmt: skip
 
 
@@ -208,7 +222,12 @@ COUNT_TOKENS_BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
 def test_bad_count_tokens_requests_are_anthropic_errors(
     stack: Stack, case: str, body: dict[str, Any], status: int, kind: str
 ) -> None:
-    r = httpx.post(f"{stack.base_url}/v1/messages/count_tokens", json=body, timeout=30)
+    r = httpx.post(
+        f"{stack.base_url}/v1/messages/count_tokens",
+        content=json_bytes(body),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == status, r.text
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == kind
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import Stack
 from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
+from tests.hostile import LONE, deep_schema, json_bytes
 from tests.openai_error import openai_error
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -37,11 +38,26 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("/v1/chat/completions", "negative stop token id",
      {"model": "tiny", "messages": MSG, "stop_token_ids": [-1]}, 400),
     ("/v1/chat/completions", "unknown model", {"model": "nope", "messages": MSG}, 404),
+    ("/v1/chat/completions", "lone surrogate in content",
+     {"model": "tiny", "messages": [{"role": "user", "content": LONE}]}, 400),
+    ("/v1/chat/completions", "lone surrogate in a content part",
+     {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]}, 400),
+    ("/v1/chat/completions", "lone surrogate in stop", {"model": "tiny", "messages": MSG, "stop": [LONE]}, 400),
+    ("/v1/chat/completions", "schema nested 300 deep", {"model": "tiny", "messages": MSG, "response_format": {
+     "type": "json_schema", "json_schema": {"name": "deep", "schema": deep_schema()}}}, 400),
+    ("/v1/chat/completions", "tool parameters nested 300 deep", {"model": "tiny", "messages": MSG, "tools": [
+     {"type": "function", "function": {"name": "f", "parameters": deep_schema()}}]}, 400),
+    ("/v1/chat/completions", "forced tool with parameters nested 300 deep", {"model": "tiny", "messages": MSG,
+     "tool_choice": "required",
+     "tools": [{"type": "function", "function": {"name": "f", "parameters": deep_schema()}}]}, 400),
     ("/v1/completions", "missing prompt", {"model": "tiny"}, 400),
     ("/v1/completions", "empty prompt list", {"model": "tiny", "prompt": []}, 400),
     ("/v1/completions", "prompt wrong type", {"model": "tiny", "prompt": {"a": 1}}, 400),
     ("/v1/completions", "token id out of vocabulary", {"model": "tiny", "prompt": [10**9], "max_tokens": 2}, 400),
     ("/v1/completions", "negative token id", {"model": "tiny", "prompt": [-3], "max_tokens": 2}, 400),
+    ("/v1/completions", "lone surrogate in prompt", {"model": "tiny", "prompt": LONE}, 400),
+    ("/v1/completions", "lone surrogate in a prompt list", {"model": "tiny", "prompt": ["ok", LONE]}, 400),
+    ("/v1/completions", "lone surrogate in stop", {"model": "tiny", "prompt": "x", "stop": LONE}, 400),
     ("/v1/no/such/route", "unknown route", {"model": "tiny"}, 404),
 ]  # fmt: skip
 
@@ -92,10 +108,8 @@ ALL_BAD_REQUESTS = BAD_REQUESTS + SURFACE_BAD_REQUESTS
 
 @pytest.mark.parametrize(("path", "why", "body", "status"), ALL_BAD_REQUESTS, ids=[b[1] for b in ALL_BAD_REQUESTS])
 def test_bad_request_gets_openai_error(stack: Stack, path: str, why: str, body: Any, status: int) -> None:
-    kwargs: dict[str, Any] = {"content": body, "headers": {"content-type": "application/json"}}
-    if not isinstance(body, bytes):
-        kwargs = {"json": body}
-    r = httpx.post(f"{stack.base_url}{path}", timeout=30, **kwargs)
+    content = body if isinstance(body, bytes) else json_bytes(body)
+    r = httpx.post(f"{stack.base_url}{path}", content=content, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == status, r.text
     openai_error(r.json())
     assert r.headers["x-request-id"]

@@ -20,6 +20,7 @@ from broker.connection import sync_client
 from broker.keys import Keys
 from broker.settings import Settings
 from tests.conftest import ApiServer, Stack, wait_for
+from tests.hostile import LONE, deep_schema, json_bytes
 from tests.openai_error import openai_error
 
 QUESTION = "What is the capital of France?"
@@ -478,6 +479,13 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
         "tool_choice",
     ),
     ("a metadata value too long", {"input": QUESTION, "metadata": {"k": "x" * 513}}, "metadata"),
+    ("a lone surrogate in the input", {"input": LONE}, "surrogate"),
+    ("a lone surrogate in the instructions", {"input": QUESTION, "instructions": LONE}, "surrogate"),
+    (
+        "a tool's parameters nested 300 deep",
+        {"input": QUESTION, "tools": [{"type": "function", "name": "f", "parameters": deep_schema()}]},
+        "nested",
+    ),
 ]
 
 
@@ -488,7 +496,12 @@ def test_bad_input_is_an_openai_400_and_reaches_no_worker(
     stream = Keys(settings.key_prefix).jobs("tiny")
     redis = sync_client(str(settings.redis_url))
     before = redis.xlen(stream)
-    r = httpx.post(f"{stack.base_url}/v1/responses", json={"model": "tiny", "max_output_tokens": 2, **body}, timeout=30)
+    r = httpx.post(
+        f"{stack.base_url}/v1/responses",
+        content=json_bytes({"model": "tiny", "max_output_tokens": 2, **body}),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 400, r.text
     error = openai_error(r.json())
     assert error.type == "invalid_request_error"

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
+from serving.prompt_size import text_chars
 from workers.engine import GenerationRequest, SamplingDefaults
 from workers.grammar import json_grammar
-from workers.prompts import PromptError, chat_prompt_ids, completion_prompt_ids
+from workers.prompts import PromptError, chat_prompt_ids, check_prompt_chars, completion_prompt_ids
 from workers.running import seq_id
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,22 @@ def engine_error(seq: int, exc: BaseException | None = None, message: str | None
     return Error(seq=seq, code="engine_error", message=text, status=500)
 
 
-def prompt_ids_of(job: Job, tokenizer: Any, chat_template: str | None, vocab_size: int) -> list[int]:
-    """The token ids a generation job's prompt (or messages, through the chat template) comes to."""
+def check_prompt_bound(job: Job, max_chars: int | None, limit: int) -> None:
+    """Refuse a prompt too long to fit before tokenising any of it (``max_chars``: see ``longest_token_chars``)."""
+    if not max_chars:
+        return
+    if job.messages is not None:
+        check_prompt_chars(text_chars(job.messages) + text_chars(job.tools), max_chars, limit, "messages")
+    elif isinstance(job.prompt, str):
+        check_prompt_chars(len(job.prompt), max_chars, limit, "prompt")
+
+
+def prompt_ids_of(
+    job: Job, tokenizer: Any, chat_template: str | None, vocab_size: int, max_chars: int | None = None, limit: int = 0
+) -> list[int]:
+    """The token ids a generation job's prompt (or messages, through the chat template) comes to; a prompt over
+    ``max_chars`` characters is refused untokenised."""
+    check_prompt_bound(job, max_chars, limit)
     if job.kind == JobKind.CHAT:
         prompt_ids = chat_prompt_ids(tokenizer, job.messages or [], chat_template, job.tools)
     else:
@@ -52,8 +68,10 @@ def prompt_ids_of(job: Job, tokenizer: Any, chat_template: str | None, vocab_siz
     return prompt_ids
 
 
-def max_new_tokens(job: Job, prompt_tokens: int, limit: int) -> int:
-    """How many tokens the job may generate within the engine's ``limit``; OpenAI's error when it asks for more."""
+def max_new_tokens(job: Job, prompt_tokens: int, limit: int, cap: int | None = None) -> int:
+    """How many tokens the job may generate within the engine's ``limit``: what it asked for, else the rest of the
+    context, at most ``cap`` (QUEUECHAT_MAX_TOKENS_CAP). OpenAI's errors when it asks for more than either: the
+    client asked for something it will not get, and a silently shortened answer would look like the model's own."""
     room = limit - prompt_tokens
     wanted = job.params.max_tokens
     if room < 1 or (wanted is not None and wanted > room):
@@ -64,7 +82,14 @@ def max_new_tokens(job: Job, prompt_tokens: int, limit: int) -> int:
             code="context_length_exceeded",
             param="messages" if job.kind == JobKind.CHAT else "prompt",
         )
-    return wanted or room
+    if cap is not None and wanted is not None and wanted > cap:
+        raise PromptError(
+            f"max_tokens is too large: {wanted}. This server generates at most {cap} tokens per choice.",
+            param="max_tokens",
+        )
+    if wanted is not None:
+        return wanted
+    return room if cap is None else min(room, cap)
 
 
 def generation_requests(
@@ -90,6 +115,40 @@ def generation_requests(
         )
         for index in range(params.n)
     ]
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one job may hold of its engine at once: at most ``sequences`` sequences reserving at most ``tokens``
+    (each prompt plus its max_new_tokens), its first sequence always. The rest of its choices wait in the worker and
+    enter as its own earlier ones finish, so a job of many long choices (n=16 at full context) leaves room for the
+    jobs that come after it instead of filling the engine's queue ahead of them until its deadline."""
+
+    sequences: int
+    tokens: int
+
+    @classmethod
+    def of(cls, engine: Any) -> Share:
+        """Half of the engine's sequences and of its KV cache (``cache_tokens`` where the engine tells it, else a
+        full context per sequence), at least one sequence of a whole context."""
+        slots = max(1, int(engine.slots))
+        limit = int(engine.max_model_len)
+        cache = int(getattr(engine, "cache_tokens", 0) or limit * slots)
+        return cls(sequences=max(1, slots // 2), tokens=max(limit, cache // 2))
+
+    def split(
+        self, requests: list[GenerationRequest], held: int = 0, reserved: int = 0
+    ) -> tuple[list[GenerationRequest], list[GenerationRequest]]:
+        """(what may enter the engine now, what waits) of a job's ``requests``, given that it already holds
+        ``held`` sequences reserving ``reserved`` tokens."""
+        now: list[GenerationRequest] = []
+        for index, request in enumerate(requests):
+            cost = len(request.prompt_ids) + request.max_new_tokens
+            if held and (held >= self.sequences or reserved + cost > self.tokens):
+                return now, requests[index:]
+            now.append(request)
+            held, reserved = held + 1, reserved + cost
+        return now, []
 
 
 def continuation_seed(seed: int | None, sent: int) -> int | None:
@@ -129,13 +188,21 @@ def detokenized(job: Job, tokenizer: Any, vocab_size: int) -> Done:
 
 
 def answer_now(
-    job: Job, worker: str, tokenizer: Any, chat_template: str | None, vocab_size: int, embedder: Embedder | None
+    job: Job,
+    worker: str,
+    tokenizer: Any,
+    chat_template: str | None,
+    vocab_size: int,
+    embedder: Embedder | None,
+    max_chars: int | None = None,
+    limit: int = 0,
 ) -> list[AnyEvent]:
     """Jobs that need no engine step: a token count or the tokens themselves, a detokenization, or the embeddings
     of an embeddings worker. Their events are ``accepted`` then ``done``, published with the rest of the admission
     round trip."""
     started = time.time()
     if job.kind == JobKind.TOKENIZE:
+        check_prompt_bound(job, max_chars, limit)
         done = tokenized(job, tokenizer, chat_template, vocab_size)
     elif job.kind == JobKind.DETOKENIZE:
         done = detokenized(job, tokenizer, vocab_size)

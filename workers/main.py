@@ -159,6 +159,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         embedder=embedder,
         stream_interval=options.stream_interval,
         orphan_grace=settings.orphan_grace,
+        max_tokens_cap=settings.max_tokens_cap,
     )
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics

@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -32,6 +32,7 @@ from workers.admission import (
     MAX_PROMPT_LOGPROBS_TOKENS,
     AnyEvent,
     Embedder,
+    Share,
     answer_now,
     continuation_seed,
     engine_error,
@@ -39,10 +40,10 @@ from workers.admission import (
     max_new_tokens,
     prompt_ids_of,
 )
-from workers.engine import Engine, SeqUpdate
+from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
 from workers.pacing import StreamInterval, TokenRate
-from workers.prompts import PromptError
+from workers.prompts import PromptError, longest_token_chars
 from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
 from workers.token_text import TokenLogprobs
@@ -66,6 +67,7 @@ class ModelWorker:
         embedder: Embedder | None = None,
         stream_interval: int = 1,
         orphan_grace: float = 10.0,
+        max_tokens_cap: int | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -78,11 +80,20 @@ class ModelWorker:
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.stream_interval = StreamInterval(stream_interval)
         self.orphan_grace = orphan_grace
+        self.max_tokens_cap = max_tokens_cap
+        self.share = Share.of(engine)
+        # per job, the engine requests of its choices waiting for their share (see Share), and what it holds now
+        self._waiting: dict[str, deque[GenerationRequest]] = {}
+        self._holding: dict[str, tuple[int, int]] = {}
+        self._costs: dict[str, int] = {}  # seq id -> the tokens its engine request reserves
         self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
         # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
         self._unsent: list[tuple[str, AnyEvent]] = []
         self._unsent_ended: set[str] = set()
         self.vocab_size = len(tokenizer)
+        # A prompt longer than this cannot fit the context: refused before it is tokenised (see longest_token_chars)
+        context = int(getattr(engine, "max_model_len", 0) or 0)
+        self.max_prompt_chars = context * longest_token_chars(tokenizer) or None
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
@@ -292,15 +303,19 @@ class ModelWorker:
 
     def _answer_now(self, job: Job) -> list[AnyEvent]:
         worker = self.consumer.consumer
-        return answer_now(job, worker, self.tokenizer, self.chat_template, self.vocab_size, self.embedder)
+        limit = int(getattr(self.engine, "max_model_len", 0) or 0)
+        tokenizer, template, bound = self.tokenizer, self.chat_template, self.max_prompt_chars
+        return answer_now(job, worker, tokenizer, template, self.vocab_size, self.embedder, bound, limit)
 
     def _start(self, delivery: Delivery, past: JobLog | None = None) -> RunningJob:
         """Put a job's sequences into the engine. With ``past`` (the log of a job taken over from another worker)
         each choice goes on from the tokens its client has: the prompt plus those tokens, the remaining
         ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
         job = delivery.job
-        prompt_ids = prompt_ids_of(job, self.tokenizer, self.chat_template, self.vocab_size)
-        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len)
+        prompt_ids = prompt_ids_of(
+            job, self.tokenizer, self.chat_template, self.vocab_size, self.max_prompt_chars, self.engine.max_model_len
+        )
+        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
         choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
@@ -317,6 +332,7 @@ class ModelWorker:
                 self.consumer.restart_log(job.id, past)
         if params.prompt_logprobs and not running.continued:
             running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
+        to_run: list[GenerationRequest] = []
         for index, (choice, request) in enumerate(zip(choices, requests, strict=True)):
             if running.continued and past is not None:
                 done = past.done(index)
@@ -332,11 +348,42 @@ class ModelWorker:
                 if request.max_new_tokens <= 0 or choice.text.stopped or choice.text.ended_by_token:
                     running.ended_at_admission.append(index)
                     continue
-            self.engine.add(request)
+            to_run.append(request)
+        self._enter(job.id, to_run)
         if running.continued:
             log.info("job %s continued from seq %d (attempt %d)", job.id, running.seq, job.attempt)
         running.admitted_at = time.time()
         return running
+
+    def _enter(self, job_id: str, requests: list[GenerationRequest]) -> None:
+        """Put into the engine what the job's share allows of ``requests``; the rest wait (see Share)."""
+        held, reserved = self._holding.get(job_id, (0, 0))
+        now, later = self.share.split(requests, held, reserved)
+        for request in now:
+            self.engine.add(request)
+            cost = len(request.prompt_ids) + request.max_new_tokens
+            self._costs[request.seq_id] = cost
+            held, reserved = held + 1, reserved + cost
+        self._holding[job_id] = (held, reserved)
+        if later:
+            self._waiting[job_id] = deque(later)
+
+    def _choice_left(self, job_id: str, index: int) -> None:
+        """A choice of the job left the engine: what it reserved goes back to the job's share, and the job's next
+        waiting choices enter."""
+        running = self.jobs.get(job_id)
+        held, reserved = self._holding.get(job_id, (0, 0))
+        self._holding[job_id] = (max(0, held - 1), max(0, reserved - self._costs.pop(seq_id(job_id, index), 0)))
+        waiting = self._waiting.pop(job_id, None)
+        if waiting and running is not None and not running.finished:
+            self._enter(job_id, list(waiting))
+
+    def _forget_share(self, running: RunningJob) -> None:
+        job_id = running.job.id
+        self._waiting.pop(job_id, None)
+        self._holding.pop(job_id, None)
+        for index in range(len(running.choices)):
+            self._costs.pop(seq_id(job_id, index), None)
 
     def _choice_end(self, running: RunningJob, index: int) -> list[AnyEvent]:
         """The last events of a choice a continuation found complete: the text held back, then ``done``."""
@@ -413,6 +460,13 @@ class ModelWorker:
                 )
             if finished:
                 choice.done = True
+                try:
+                    self._choice_left(job_id, index)
+                except Exception as exc:  # a waiting choice the engine refused fails its job, never the worker
+                    log.exception("job %s: a waiting choice could not start", job_id)
+                    events.append((job_id, engine_error(seq=running.next_seq(), exc=exc)))
+                    self._cancel_all(running)
+                    running.failed = True
                 stopped = choice.text.stopped or choice.text.ended_by_token
                 events.append(
                     (
@@ -483,6 +537,7 @@ class ModelWorker:
             else:
                 continue
             del self.jobs[job_id]
+            self._forget_share(running)
             self._orphaned.pop(job_id, None)
             self._ended[job_id] = running
             while len(self._ended) > 256:
@@ -512,6 +567,7 @@ class ModelWorker:
         self.consumer.ack(finished, counters)
 
     def _cancel_all(self, running: RunningJob) -> None:
+        self._forget_share(running)  # its waiting choices never start
         for index, choice in enumerate(running.choices):
             self.stream_interval.drop(seq_id(running.job.id, index))
             if not choice.done:

@@ -122,6 +122,7 @@ class ContinuousBatchingEngine:
         positions = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2**31
         num_blocks = config.num_blocks or self._blocks_for(model, config, int(positions))
         self.num_blocks = num_blocks
+        self.cache_tokens = num_blocks * config.page_size  # what admission shares out (workers/admission.py)
         # A request longer than the whole cache kills the manager's loop for everyone: refuse it up front.
         self.max_model_len = min(int(positions), num_blocks * config.page_size)
         self._lock = threading.Lock()

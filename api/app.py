@@ -72,8 +72,10 @@ def create_app(
     app.include_router(anthropic_router)
     app.include_router(responses_router)
     app.include_router(tokenize.router)
-    # The last added runs first: request ids and the request log on everything, then the body size cap, then CORS
-    # (answers preflights, and decorates 401s so browsers can read them), then the key check.
+    # The last added runs first: request ids and the request log on everything, then CORS (answers preflights, and
+    # decorates 401s so browsers can read them), then the key check and a tenant's admission (before any body is
+    # read: a client without a key cannot make the server buffer one), then the body size cap.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.state.tenants = TenantGate(async_client(redis_url), Keys(settings.key_prefix))
     app.add_middleware(
         ApiKeyMiddleware,
@@ -82,7 +84,6 @@ def create_app(
         tenants=app.state.tenants,
     )
     install_cors(app, cors)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.errors import InvalidRequest
 from serving import responses
 
 
@@ -70,30 +71,90 @@ def _parameters(function: FunctionDefinition) -> dict[str, Any]:
     return function.parameters or {"type": "object", "properties": {}}
 
 
+# Keywords whose values are JSON data, not schemas: a "$ref" key in them is data and stays as it is.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` with its local references (``#``, ``#/$defs/X``…) made relative to ``base``, the pointer where
+    the schema now sits inside a larger one."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rebased: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            rebased[key] = base + value[1:]
+        elif key in _DATA_KEYWORDS:
+            rebased[key] = value
+        else:
+            rebased[key] = _rebased(value, base)
+    return rebased
+
+
+def _check_usable(tools: list[ToolDefinition], forced: list[ToolDefinition]) -> None:
+    """400 naming the tool whose parameters cannot constrain a forced call. Checked here, as the worker checks
+    a response_format's schema, so that the error names ``tools`` (the worker cannot tell where a schema came
+    from); compiling a schema takes a fraction of a millisecond."""
+    import llguidance
+
+    for tool in forced:
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(_parameters(tool.function))
+            problem = llguidance.LLMatcher.validate_grammar(grammar)
+        except Exception as exc:  # llguidance reports some bad schemas by raising
+            problem = str(exc)
+        if problem:
+            index = tools.index(tool)
+            raise InvalidRequest(
+                f"The parameters of tool {tool.function.name!r} cannot be used for a forced call: {problem}",
+                param=f"tools[{index}].function.parameters",
+            )
+
+
 def forced_call_schema(tools: list[ToolDefinition] | None, tool_choice: ToolChoice) -> dict[str, Any] | None:
-    """The JSON schema the output must follow when the request forces a call, else None."""
+    """The JSON schema the output must follow when the request forces a call, else None; 400 (``tools``) for
+    a tool whose parameters cannot be followed."""
     tools = tools or []
     if isinstance(tool_choice, NamedToolChoice):
         name = tool_choice.function.name
         chosen = next(t for t in tools if t.function.name == name)
+        _check_usable(tools, [chosen])
         return _parameters(chosen.function)
     if tool_choice == "required":
+        _check_usable(tools, tools)
+        # Each tool's parameters go under the root's $defs, their local references rebased there: a reference
+        # such as pydantic's "#/$defs/Guest" points into the root of the schema it appears in, which inside the
+        # anyOf would no longer be the tool's parameters. Tool names are plain pointer segments (no "/" or "~").
         return {
+            "$defs": {t.function.name: _rebased(_parameters(t.function), f"#/$defs/{t.function.name}") for t in tools},
             "anyOf": [
                 {
                     "type": "object",
-                    "properties": {"name": {"const": t.function.name}, "arguments": _parameters(t.function)},
+                    "properties": {
+                        "name": {"const": t.function.name},
+                        "arguments": {"$ref": f"#/$defs/{t.function.name}"},
+                    },
                     "required": ["name", "arguments"],
                     "additionalProperties": False,
                 }
                 for t in tools
-            ]
+            ],
         }
     return None
 
 
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
 def forced_calls(tool_choice: ToolChoice, text: str) -> list[ToolCall]:
-    """The call in a forced call's output (well-formed by construction, unless cut short by max_tokens)."""
+    """The call in a forced call's output: well-formed by construction, unless cut short by max_tokens, when
+    there is none."""
     if isinstance(tool_choice, NamedToolChoice):
         return [ToolCall(tool_choice.function.name, text.strip())]
     try:

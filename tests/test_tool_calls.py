@@ -1,0 +1,106 @@
+"""Forced tool calls as real clients make them: pydantic models with nested models as tool parameters, calls cut
+short by max_tokens, and call arguments streamed as they are generated. The tiny model's output is random, so
+every tool here has parameters a grammar can finish in a few tokens (enums, no free strings)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import openai
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from tests.conftest import Stack
+from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
+
+MSG = [{"role": "user", "content": "Book a room for Ann."}]
+
+
+class Guest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["Ann", "Bob"]
+    adult: bool
+
+
+class Booking(BaseModel):
+    """What pydantic-based clients (instructor, pydantic-ai, openai-agents) send: the nested model lands in the
+    schema's ``$defs`` and is used through ``{"$ref": "#/$defs/Guest"}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    guest: Guest
+    room: Literal["single", "double"]
+
+
+def tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+BOOK = tool("book_room", Booking.model_json_schema())
+CANCEL = tool(
+    "cancel",
+    {"type": "object", "properties": {"room": {"enum": ["single", "double"]}}, "required": ["room"],
+     "additionalProperties": False},
+)  # fmt: skip
+
+
+@pytest.fixture
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_pydantic_schema_has_local_refs() -> None:
+    schema = Booking.model_json_schema()
+    assert "Guest" in schema["$defs"] and schema["properties"]["guest"] == {"$ref": "#/$defs/Guest"}
+
+
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_a_forced_call_follows_nested_pydantic_parameters(client: openai.OpenAI, choice: str) -> None:
+    tool_choice: Any = "required" if choice == "required" else {"type": "function", "function": {"name": "book_room"}}
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=MSG,  # type: ignore[arg-type]
+        max_tokens=80,
+        tools=[CANCEL, BOOK] if choice == "required" else [BOOK],  # type: ignore[list-item]
+        tool_choice=tool_choice,
+        temperature=0,
+    )
+    calls = reply.choices[0].message.tool_calls or []
+    assert len(calls) == 1 and reply.choices[0].finish_reason == "tool_calls"
+    function = calls[0].function  # type: ignore[union-attr]
+    if choice == "named" or function.name == "book_room":
+        assert function.name == "book_room"
+        Booking.model_validate_json(function.arguments)
+    else:
+        assert function.name == "cancel" and json.loads(function.arguments)["room"] in ("single", "double")
+
+
+def test_only_the_nested_tool_can_be_required(client: openai.OpenAI) -> None:
+    """With one tool the "required" call must be that tool, so its nested arguments are checked every run."""
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=MSG,  # type: ignore[arg-type]
+        max_tokens=80,
+        tools=[BOOK],  # type: ignore[list-item]
+        tool_choice="required",
+    )
+    function = reply.choices[0].message.tool_calls[0].function  # type: ignore[index, union-attr]
+    assert function.name == "book_room"
+    booking = Booking.model_validate_json(function.arguments)
+    assert booking.guest.name in ("Ann", "Bob")
+
+
+def test_unusable_tool_parameters_are_a_400_naming_tools(client: openai.OpenAI) -> None:
+    broken = tool("broken", {"type": "object", "properties": {"x": {"$ref": "#/$defs/Missing"}}})
+    for tool_choice in ("required", {"type": "function", "function": {"name": "broken"}}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="tiny",
+                messages=MSG,  # type: ignore[arg-type]
+                max_tokens=5,
+                tools=[CANCEL, broken],  # type: ignore[list-item]
+                tool_choice=tool_choice,  # type: ignore[arg-type]
+            )
+        error = caught.value.body
+        assert isinstance(error, dict) and error["param"] == "tools[1].function.parameters", error
+        assert "broken" in error["message"]

@@ -156,7 +156,9 @@ def forced_calls(tool_choice: ToolChoice, text: str) -> list[ToolCall]:
     """The call in a forced call's output: well-formed by construction, unless cut short by max_tokens, when
     there is none."""
     if isinstance(tool_choice, NamedToolChoice):
-        return [ToolCall(tool_choice.function.name, text.strip())]
+        arguments = text.strip()
+        # Cut short, the arguments are not JSON: no call then (as OpenAI answers), the text stays content.
+        return [ToolCall(tool_choice.function.name, arguments)] if _is_object(arguments) else []
     try:
         call = json.loads(text)
         return [ToolCall(str(call["name"]), json.dumps(call["arguments"]))]

@@ -104,3 +104,21 @@ def test_unusable_tool_parameters_are_a_400_naming_tools(client: openai.OpenAI) 
         error = caught.value.body
         assert isinstance(error, dict) and error["param"] == "tools[1].function.parameters", error
         assert "broken" in error["message"]
+
+
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_a_forced_call_cut_short_by_max_tokens_is_no_call(client: openai.OpenAI, choice: str) -> None:
+    """A client's ``json.loads(call.function.arguments)`` must never see half an object: cut short, the text
+    generated so far is the content, with finish_reason "length" and no tool_calls."""
+    tool_choice: Any = "required" if choice == "required" else {"type": "function", "function": {"name": "book_room"}}
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=MSG,  # type: ignore[arg-type]
+        max_tokens=3,
+        tools=[BOOK],  # type: ignore[list-item]
+        tool_choice=tool_choice,
+    )
+    choice_ = reply.choices[0]
+    assert choice_.finish_reason == "length"
+    assert choice_.message.tool_calls is None
+    assert choice_.message.content and choice_.message.content.startswith("{")

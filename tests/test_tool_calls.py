@@ -122,3 +122,57 @@ def test_a_forced_call_cut_short_by_max_tokens_is_no_call(client: openai.OpenAI,
     assert choice_.finish_reason == "length"
     assert choice_.message.tool_calls is None
     assert choice_.message.content and choice_.message.content.startswith("{")
+
+
+def _stream(client: openai.OpenAI, **kwargs: Any) -> tuple[list[Any], str | None]:
+    """The tool-call pieces of a streamed answer, in order, and its finish reason."""
+    pieces: list[Any] = []
+    finish = None
+    for chunk in client.chat.completions.create(model="tiny", messages=MSG, stream=True, **kwargs):  # type: ignore[call-overload]
+        for choice in chunk.choices:
+            pieces += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    return pieces, finish
+
+
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_forced_call_arguments_stream_as_they_are_generated(client: openai.OpenAI, choice: str) -> None:
+    """As OpenAI streams a call: a first piece with id, type, name and arguments "", then argument fragments at
+    the same index, which add up to the arguments; instructor's create_partial needs more than one fragment."""
+    tool_choice: Any = "required" if choice == "required" else {"type": "function", "function": {"name": "book_room"}}
+    pieces, finish = _stream(client, max_tokens=80, tools=[BOOK], tool_choice=tool_choice)
+    first, fragments = pieces[0], pieces[1:]
+    assert (first.index, first.type, first.function.name, first.function.arguments) == (0, "function", "book_room", "")
+    assert first.id and first.id.startswith("call_")
+    assert len(fragments) > 1, pieces
+    assert all(p.index == 0 and p.id is None and p.function.name is None for p in fragments)
+    arguments = "".join(p.function.arguments for p in fragments)
+    Booking.model_validate_json(arguments)
+    assert finish == "tool_calls"
+
+
+def test_the_stream_helper_assembles_the_streamed_call(client: openai.OpenAI) -> None:
+    """openai's own accumulator (``chat.completions.stream``) sees argument deltas and ends with the whole call,
+    the same call as the non-streaming answer gives for the same greedy output."""
+    kwargs: Any = {"model": "tiny", "messages": MSG, "max_tokens": 80, "tools": [BOOK], "tool_choice": "required",
+                   "temperature": 0}  # fmt: skip
+    deltas = []
+    with client.chat.completions.stream(**kwargs) as stream:
+        for event in stream:
+            if event.type == "tool_calls.function.arguments.delta":
+                deltas.append(event.arguments_delta)
+        streamed = stream.get_final_completion().choices[0].message.tool_calls[0].function  # type: ignore[index]
+    whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0].function  # type: ignore[index]
+    assert len(deltas) > 1 and "".join(deltas) == streamed.arguments
+    assert (streamed.name, streamed.arguments) == (whole.name, whole.arguments)
+    Booking.model_validate_json(streamed.arguments)
+
+
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_a_streamed_forced_call_cut_short_ends_with_length(client: openai.OpenAI, choice: str) -> None:
+    """Fragments already sent cannot be taken back (OpenAI and vLLM stream them too); the stream ends with
+    finish_reason "length", never "tool_calls", so a client knows the arguments are incomplete."""
+    tool_choice: Any = "required" if choice == "required" else {"type": "function", "function": {"name": "book_room"}}
+    pieces, finish = _stream(client, max_tokens=3, tools=[BOOK], tool_choice=tool_choice)
+    assert finish == "length"
+    assert all(p.function.arguments is not None for p in pieces)

@@ -32,6 +32,7 @@ class WorkerCard(BaseModel):
     started: float = Field(default_factory=time.time)
     version: str = ""
     max_model_len: int | None = None
+    embeddings: bool = False  # an embeddings worker: it serves /v1/embeddings, not chat or completions
 
 
 class WorkerStatus(BaseModel):

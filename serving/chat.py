@@ -1,7 +1,8 @@
 """Chat completions, whole or as a chunk stream, from a validated :class:`ChatCompletionRequest`.
 
-Function calling is settled here: a forced call's output is parsed whole; with ``auto`` a choice's text is held
-back while it may still turn out to be a Hermes ``<tool_call>`` and returned as a call if it is one.
+Function calling is settled here: a forced call's arguments are streamed as they are generated (its output is
+parsed whole when not streamed); with ``auto`` a choice's text is held back while it may still turn out to be a
+Hermes ``<tool_call>`` and returned as a call if it is one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from serving.responses import (
     CompletionUsage,
 )
 from serving.streams import data_lines
-from serving.tools import ToolCall, forced_calls, may_become_call, parse_calls
+from serving.tools import CallStream, ToolCall, forced_calls, may_become_call, parse_calls
 
 
 def response_id_of(job: Job) -> str:
@@ -88,6 +89,12 @@ class _Held:
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     plain: bool = False  # shown to be ordinary text: passed through from then on
+    forced: CallStream | None = None  # a forced call's output, read as it comes
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The logprobs of the tokens not yet sent, for the chunk about to be sent."""
+        taken, self.logprobs = self.logprobs, []
+        return taken
 
 
 @dataclass
@@ -116,6 +123,12 @@ class ChatStream:
     def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> ChatCompletionChunk:
         return self._chunk(index, ChatDelta(content=text), _logprobs(self.body, logprobs))
 
+    def _held(self) -> _Held:
+        body = self.body
+        if body.forced_tools():
+            return _Held(forced=CallStream(body.tool_choice))
+        return _Held(plain=not body.tools_offered())
+
     async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
         body, streams = self.body, self.streams
         held: dict[int, _Held] = {}
@@ -129,21 +142,36 @@ class ChatStream:
                 if not (event.text or (body.logprobs and event.token_ids)):
                     continue
                 streams[position].committed = True  # from here on, a restart elsewhere would repeat output
-                kept = held.setdefault(event.index, _Held(plain=not (body.forced_tools() or body.tools_offered())))
+                kept = held.get(event.index) or held.setdefault(event.index, self._held())
                 if kept.plain:
                     yield self._content(event.index, event.text, event.logprobs)
                     continue
-                kept.text += event.text
                 kept.logprobs += event.logprobs or []
-                if body.forced_tools() or may_become_call(kept.text):
+                if kept.forced is not None:
+                    for piece in kept.forced.feed(event.text):
+                        delta = ChatDelta(tool_calls=[piece])
+                        yield self._chunk(event.index, delta, _logprobs(body, kept.take_logprobs()))
+                    continue
+                kept.text += event.text
+                if may_become_call(kept.text):
                     continue  # a call is sent whole, once the choice is done
                 yield self._content(event.index, kept.text, kept.logprobs)
                 held[event.index] = _Held(plain=True)
             elif isinstance(event, Done):
                 completion_tokens += event.usage.completion_tokens
                 finish_reason = event.finish_reason.value
-                kept = held.pop(event.index, _Held())
-                if kept.text:
+                kept = held.pop(event.index) if event.index in held else self._held()
+                if kept.forced is not None:
+                    pieces, text = kept.forced.finish()
+                    for piece in pieces:
+                        yield self._chunk(
+                            event.index, ChatDelta(tool_calls=[piece]), _logprobs(body, kept.take_logprobs())
+                        )
+                    if text:
+                        yield self._content(event.index, text, kept.take_logprobs())
+                    if kept.forced.called:
+                        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+                elif kept.text:
                     text, calls = _calls_in(body, kept.text)
                     if calls:
                         delta = ChatDelta(tool_calls=[c.as_openai(i) for i, c in enumerate(calls)])
@@ -151,7 +179,9 @@ class ChatStream:
                         finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
                     elif text:
                         yield self._content(event.index, text, kept.logprobs)
-                yield self._chunk(event.index, ChatDelta(), finish_reason=finish_reason)
+                # a forced call's tokens held back to the end (whitespace, a closing brace) report their logprobs last
+                rest = _logprobs(body, kept.take_logprobs()) if kept.forced is not None and kept.logprobs else None
+                yield self._chunk(event.index, ChatDelta(), rest, finish_reason=finish_reason)
         if body.stream_options and body.stream_options.include_usage:
             usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
             yield ChatCompletionChunk(

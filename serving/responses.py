@@ -115,10 +115,25 @@ class ChatCompletion(BaseModel):
     usage: CompletionUsage
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = Omitted()  # in a call's first chunk only
+    arguments: str
+
+
+class ChatDeltaToolCall(BaseModel):
+    """A piece of a streamed call, as OpenAI streams one: the first has its id, type and name with arguments "",
+    the next ones (same ``index``) only fragments of the arguments."""
+
+    index: int
+    id: str | None = Omitted()
+    type: Literal["function"] | None = Omitted()
+    function: DeltaFunction
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = Omitted()
     content: str | None = Omitted()
-    tool_calls: list[ChatCompletionMessageToolCall] | None = Omitted()
+    tool_calls: list[ChatCompletionMessageToolCall | ChatDeltaToolCall] | None = Omitted()
 
 
 class ChatChunkChoice(BaseModel):

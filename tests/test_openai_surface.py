@@ -250,7 +250,8 @@ def test_named_tool_choice_returns_a_parsed_call(client: openai.OpenAI, stream: 
             for choice in chunk.choices:
                 calls += choice.delta.tool_calls or []
                 finish = choice.finish_reason or finish
-        call = calls[0].function
+        call = calls[0].function  # the first piece has the name, the next ones fragments of the arguments
+        call.arguments = "".join(c.function.arguments for c in calls)
     else:
         reply = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
         assert reply.choices[0].message.content is None

@@ -82,7 +82,8 @@ def build_blocks(backend: Backend) -> gr.Blocks:
                 compare_regenerate = gr.Button("🔄 Regenerate", elem_id="compare-regenerate", interactive=False)
                 compare_clear = gr.Button("🗑️ Clear", elem_id="compare-clear")
             compare_notice = gr.Markdown(elem_id="compare-notice")
-        with gr.Accordion("Parameters (both tabs)", open=False, elem_id="parameters"):
+        # Open: the parameters every answer is made with are in sight (a closed accordion hid a temperature of 0.7).
+        with gr.Accordion("Parameters (both tabs)", open=True, elem_id="parameters"):
             system = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt")
             temperature = gr.Slider(
                 0.0, 2.0, value=ui.temperature, step=0.05, label="Temperature", elem_id="temperature"

@@ -36,9 +36,9 @@ class InputRejected(Exception):
 
 @dataclass
 class Params:
-    temperature: float = 0.7
+    temperature: float = 0.0  # as WebUISettings' defaults
     top_p: float = 1.0
-    max_tokens: int = 1024
+    max_tokens: int = 256
 
 
 @dataclass

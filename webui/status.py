@@ -21,7 +21,9 @@ class ModelLoad:
 
 
 async def live_models(producer: Producer) -> list[str]:
-    return sorted(await producer.live_models())
+    """The live models a person can chat with: an embeddings model answers no chat, so it is never offered."""
+    live = await producer.live_models()
+    return sorted(name for name, workers in live.items() if any(not w.card.embeddings for w in workers))
 
 
 async def model_loads(producer: Producer) -> list[ModelLoad]:

@@ -65,7 +65,19 @@ def prompt_ids_of(
         prompt_ids = completion_prompt_ids(tokenizer, job.prompt or "", vocab_size)
     if not prompt_ids:
         raise PromptError("the prompt is empty")
+    check_stop_token_ids(job, vocab_size)
     return prompt_ids
+
+
+def check_stop_token_ids(job: Job, vocab_size: int) -> None:
+    """400 for a stop token id the model cannot generate (vLLM's answer). Checked here, not in the API: only the
+    worker knows the model's vocabulary, and a job that fails at admission costs no engine step."""
+    bad = next((t for t in job.params.stop_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise PromptError(
+            f"stop_token_ids contains {bad}, which is outside this model's vocabulary (0..{vocab_size - 1})",
+            param="stop_token_ids",
+        )
 
 
 def max_new_tokens(job: Job, prompt_tokens: int, limit: int, cap: int | None = None) -> int:

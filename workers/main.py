@@ -136,6 +136,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         slots=engine.slots,
         version=qc_version,
         max_model_len=engine.max_model_len,
+        embeddings=embedder is not None,
     )
     worker = ModelWorker(
         engine,

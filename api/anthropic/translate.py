@@ -195,10 +195,13 @@ class StreamTranslator:
                     self._open = "text"
                 yield self._delta({"type": "text_delta", "text": delta["content"]})
             for call in delta.get("tool_calls") or []:
-                yield from self._close()
                 function = call.get("function") or {}
-                yield from self._begin({"type": "tool_use", "id": call["id"], "name": function["name"], "input": {}})
-                self._open = "tool_use"
+                if call.get("id"):  # a call's first piece; the next pieces of a streamed call carry arguments only
+                    yield from self._close()
+                    yield from self._begin(
+                        {"type": "tool_use", "id": call["id"], "name": function["name"], "input": {}}
+                    )
+                    self._open = "tool_use"
                 if function.get("arguments"):
                     yield self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
             if choice.get("finish_reason"):

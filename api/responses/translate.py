@@ -315,6 +315,8 @@ class StreamTranslator:
     _message: dict[str, Any] | None = None  # the message item being streamed
     _text: list[str] = field(default_factory=list)
     _finish_reason: str | None = None
+    _call: dict[str, Any] | None = None  # the function call item being streamed
+    _arguments: list[str] = field(default_factory=list)
     _input_tokens: int = 0
     _output_tokens: int = 0
 
@@ -342,10 +344,11 @@ class StreamTranslator:
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content"):
+                yield from self._close_call()
                 yield from self._text_delta(delta["content"])
             for call in delta.get("tool_calls") or []:
                 yield from self._close_message()
-                yield from self._call(call)
+                yield from self._call_piece(call)
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
 
@@ -390,15 +393,28 @@ class StreamTranslator:
         self._message = None
         self._text = []
 
-    def _call(self, call: dict[str, Any]) -> Iterator[Event]:
-        item = call_item(call, "in_progress")
-        self.output.append(item)
-        index = len(self.output) - 1
-        yield self._event("response.output_item.added", output_index=index, item=_copy(item))
-        arguments = call["function"]["arguments"]
-        yield self._event(
-            "response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=arguments
-        )
+    def _call_piece(self, call: dict[str, Any]) -> Iterator[Event]:
+        """A call's first piece (its id and name) opens its item; every piece's arguments are a delta."""
+        if call.get("id"):
+            yield from self._close_call()
+            self._call = call_item({**call, "function": {**call["function"], "arguments": ""}}, "in_progress")
+            self.output.append(self._call)
+            yield self._event("response.output_item.added", output_index=len(self.output) - 1, item=_copy(self._call))
+        arguments = call["function"].get("arguments") or ""
+        if self._call is not None and arguments:
+            self._arguments.append(arguments)
+            yield self._event(
+                "response.function_call_arguments.delta",
+                item_id=self._call["id"],
+                output_index=self.output.index(self._call),
+                delta=arguments,
+            )
+
+    def _close_call(self) -> Iterator[Event]:
+        item = self._call
+        if item is None:
+            return
+        index, arguments = self.output.index(item), "".join(self._arguments)
         yield self._event(
             "response.function_call_arguments.done",
             item_id=item["id"],
@@ -406,13 +422,15 @@ class StreamTranslator:
             name=item["name"],
             arguments=arguments,
         )
-        item.update(arguments=arguments, status="completed")
+        item.update(arguments=arguments, status="incomplete" if self._finish_reason == "length" else "completed")
         yield self._event("response.output_item.done", output_index=index, item=_copy(item))
+        self._call, self._arguments = None, []
 
     def finish(self) -> Iterator[Event]:
         if not self.output:  # an empty answer is still a message, as the non-streaming answer has it
             yield from self._text_delta("")
         yield from self._close_message()
+        yield from self._close_call()
         self.response["usage"] = usage_of(self._input_tokens, self._output_tokens)
         finish(self.response, self._finish_reason)
         kind = "response.incomplete" if self.response["status"] == "incomplete" else "response.completed"

@@ -221,8 +221,12 @@ class BrokerCollector(Collector):
         yield from (waiting, running, oldest, workers, slots, jobs, logs, log_bytes)
 
 
-@router.get("/metrics", include_in_schema=False)
+# HEAD too: probes (aiperf's among them) ask with HEAD before they scrape, and a 405 reads as "no metrics here".
+@router.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
 def metrics_endpoint(request: Request) -> Response:
     # A plain def: FastAPI runs it in a thread, so the blocking Redis reads of a scrape never stall the event loop.
     metrics: ApiMetrics = request.app.state.metrics
+    if request.method == "HEAD":
+        # the headers a GET would send, without rendering (no Redis reads) and without a body
+        return Response(media_type=CONTENT_TYPE_LATEST)
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

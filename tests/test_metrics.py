@@ -203,3 +203,11 @@ async def test_a_restarted_job_counts_once(settings: Settings) -> None:
         assert sample(f"queuechat:{histogram}_seconds_count", scripted) == 1, histogram
     # 2 tokens after each attempt's first: 2 of the first attempt, 1 of the second
     assert sample("queuechat:inter_token_latency_seconds_count", scripted) == 3
+
+
+def test_head_metrics_answers_like_get_without_a_body(stack: Stack) -> None:
+    """Probes (aiperf) ask HEAD /metrics before they scrape: it must be 200 with the scrape's content type."""
+    response = httpx.head(f"{stack.base_url}/metrics", timeout=15)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.content == b""

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from broker.embedded import EmbeddedValkey, _die_with_parent
+from broker.running import remove_running, write_running
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -64,7 +65,8 @@ def up_command(
     """Run Valkey (embedded), one model worker, the API and a batch worker on this machine."""
     from broker.settings import Settings
 
-    settings = Settings.load(redis_url)
+    # running=False: another `up`'s Redis is not this one's default; without a URL, this one embeds its own
+    settings = Settings.load(redis_url, running=False)
     server: EmbeddedValkey | None = None
     if not settings.redis_url:
         server = EmbeddedValkey()
@@ -73,6 +75,8 @@ def up_command(
         typer.echo(f"queuechat: embedded Valkey on {url}")
     else:
         url = settings.redis_url
+    # other commands of this user (`queuechat info`, a second worker) default to this Redis while this runs
+    write_running(url)
     env = {**os.environ, "QUEUECHAT_REDIS_URL": url}
     worker_args = ["-m", "workers", "--redis-url", url, "--device", device]
     if model_path:
@@ -99,6 +103,7 @@ def up_command(
                 child.kill()
         if server is not None:
             server.stop()
+        remove_running()
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -121,7 +126,7 @@ def up_command(
         typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
         if webui:
             typer.echo(f"queuechat: chat web UI on http://{host}:{port}/ui")
-        typer.echo(f"queuechat: watch queues and workers with: queuechat info -i 2 -u {url}")
+        typer.echo("queuechat: watch queues and workers with: queuechat info -i 2 (other commands find this Redis)")
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         failed = next(child for child in children if child.poll() is not None)

@@ -27,6 +27,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from broker.connection import sync_client
 from broker.keys import Keys
@@ -39,8 +41,10 @@ log = logging.getLogger(__name__)
 PREFIX = "queuechat:"
 # Scrapes come every few seconds; a SCAN of the whole keyspace for job streams need not.
 MODEL_SCAN_SECONDS = 30.0
-# A scrape must answer well within Prometheus' default 10 s timeout even when Redis hangs.
-SCRAPE_REDIS_TIMEOUT = 2.0
+# A scrape must answer well within any scrape timeout (Prometheus': 10 s by default, as short as the interval when
+# scraping every 2 s) even when Redis hangs: the scrape's Redis reads get half a second each, and are not retried
+# (redis-py retries a timed-out command 10 times by default), so a stalled Redis is `broker_up 0`, not a failed scrape.
+SCRAPE_REDIS_TIMEOUT = 0.5
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0)
@@ -108,7 +112,9 @@ class ApiMetrics:
             [*labels, "finished_reason"],
             registry=self.registry,
         )
-        self.broker = BrokerCollector(sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT), keys)
+        scrape_client = sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT)
+        scrape_client.set_retry(Retry(NoBackoff(), 0))
+        self.broker = BrokerCollector(scrape_client, keys)
         self.registry.register(self.broker)
         # each watched job's timing, released with the job's events object (whatever way the request ended)
         self._timings: weakref.WeakKeyDictionary[JobEvents, _Timing] = weakref.WeakKeyDictionary()

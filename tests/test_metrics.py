@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.metrics import ApiMetrics
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
+from broker.embedded import EmbeddedValkey
 from broker.keys import Keys
 from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
@@ -211,3 +214,23 @@ def test_head_metrics_answers_like_get_without_a_body(stack: Stack) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert response.content == b""
+
+
+def test_a_scrape_answers_promptly_while_redis_stalls(start_api: Callable[..., ApiServer]) -> None:
+    """A Redis that accepts connections but answers nothing (SIGSTOP): the scrape still answers, well within a 2 s
+    scrape timeout (Prometheus scraping every 2 s), and says the broker is down."""
+    with EmbeddedValkey() as server:
+        assert server.pid
+        api = start_api(Settings(redis_url=server.url, key_prefix="qcstall"))
+        url = f"{api.base_url}/metrics"
+        assert value(scrape(url), "queuechat:broker_up") == 1
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):  # the connection the last scrape used, and fresh ones
+                response = httpx.get(url, timeout=2.0)
+                assert response.status_code == 200
+                samples = {s.name: s.value for f in text_string_to_metric_families(response.text) for s in f.samples}
+                assert samples["queuechat:broker_up"] == 0
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert value(scrape(url), "queuechat:broker_up") == 1  # and up again once Redis answers

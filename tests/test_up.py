@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import free_port, wait_for
@@ -93,3 +94,35 @@ def test_other_commands_find_the_running_up(up: Up) -> None:
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(timeout=90) == 0, up.output()
     assert not record.exists()  # removed on exit: nothing points at a Valkey that is gone
+
+
+def test_the_api_line_is_printed_once_the_api_answers(up: Up) -> None:
+    up.wait_serving()
+    # at once, no retry: the line said the API serves
+    response = httpx.get(f"{up.base_url}/v1/models", timeout=10)
+    assert response.status_code == 200
+    assert [m["id"] for m in response.json()["data"]] == ["tiny"]
+
+
+def test_ctrl_c_lets_running_streams_end_and_workers_deregister(up: Up) -> None:
+    """A terminal's Ctrl-C is a SIGINT to the whole foreground process group. The stream running then ends as it
+    would have (Valkey is stopped last, the API is not signalled twice), and the worker deregisters."""
+    up.wait_serving()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Count."}], "max_tokens": 300, "stream": True}
+    events: list[str] = []
+    with httpx.stream("POST", f"{up.base_url}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(line[6:])
+                break
+        os.killpg(up.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        events += [line[6:] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events[-3:]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert not [c for c in chunks if "error" in c], [c for c in chunks if "error" in c]
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+    assert up.process.wait(timeout=120) == 0, up.output()
+    output = up.output()
+    assert "broker_unavailable" not in output and "could not deregister" not in output, output

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from openai import OpenAI
@@ -234,3 +235,34 @@ def test_a_scrape_answers_promptly_while_redis_stalls(start_api: Callable[..., A
         finally:
             os.kill(server.pid, signal.SIGCONT)
         assert value(scrape(url), "queuechat:broker_up") == 1  # and up again once Redis answers
+
+
+def test_every_series_of_vllms_grafana_dashboard_is_exported(
+    settings: Settings, start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer]
+) -> None:
+    """A vLLM user's dashboard works after renaming vllm: to queuechat: each series it queries has data for the
+    model after some traffic, on the API's /metrics or a worker's."""
+    wanted = [
+        line.strip().replace("vllm:", "queuechat:", 1)
+        for line in (Path(__file__).parent / "data" / "vllm_grafana_series.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    port = free_port()
+    worker = start_worker(metrics_port=port, metrics_host="127.0.0.1")
+    try:
+        api = start_api()
+        wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+        client = OpenAI(base_url=f"{api.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+        client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=5)
+        list(client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=6, stream=True))
+        scrape_until(f"{api.base_url}/metrics", "queuechat:jobs_total", 2, outcome="completed", model_name="tiny")
+        found = {
+            name
+            for url in (f"{api.base_url}/metrics", f"http://127.0.0.1:{port}/metrics")
+            for name, labels in scrape(url)
+            if ("model_name", "tiny") in labels
+        }
+        assert [name for name in wanted if name not in found] == []
+    finally:
+        assert worker.worker.metrics is not None
+        worker.worker.metrics.close()

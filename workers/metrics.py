@@ -85,6 +85,21 @@ class _LiveCollector(Collector):
         self.models = models
         self.slots = slots
 
+    def _kv_cache(self) -> Iterator[Metric]:
+        """The used fraction of the engine's KV cache, under vLLM's current name and the older one its Grafana
+        dashboard queries; absent for engines that do not say (vLLM in process, embeddings)."""
+        usage_of = getattr(getattr(self.worker, "engine", None), "kv_cache_usage", None)
+        usage = usage_of() if callable(usage_of) else None
+        if usage is None:
+            return
+        for name in ("kv_cache_usage_perc", "gpu_cache_usage_perc"):
+            gauge = GaugeMetricFamily(
+                PREFIX + name, "Used fraction of this worker's KV cache (1 = full).", labels=["model_name"]
+            )
+            for model in self.models:
+                gauge.add_metric([model], usage)
+            yield gauge
+
     def collect(self) -> Iterator[Metric]:
         running_jobs = list(self.worker.jobs.values())  # a copy: the consume loop changes the dict meanwhile
         running = GaugeMetricFamily(
@@ -96,6 +111,7 @@ class _LiveCollector(Collector):
         slots = GaugeMetricFamily(PREFIX + "num_worker_slots", "Sequences this worker runs at once.")
         slots.add_metric([], self.slots)
         yield slots
+        yield from self._kv_cache()
         try:
             snap = snapshot(self.client, self.keys, self.models)
         except (redis.RedisError, OSError) as exc:

@@ -266,3 +266,26 @@ def test_every_series_of_vllms_grafana_dashboard_is_exported(
     finally:
         assert worker.worker.metrics is not None
         worker.worker.metrics.close()
+
+
+def test_a_worker_scrape_answers_promptly_while_redis_stalls(
+    start_worker: Callable[..., RunningWorker], settings: Settings
+) -> None:
+    with EmbeddedValkey() as server:
+        assert server.pid
+        port = free_port()
+        own = settings.model_copy(update={"redis_url": server.url})
+        worker = start_worker(settings_=own, metrics_port=port, metrics_host="127.0.0.1")
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            wait_for(lambda: ("queuechat:num_requests_waiting", frozenset({("model_name", "tiny")})) in scrape(url))
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                response = httpx.get(url, timeout=2.0)  # a scrape every 2 s, its timeout as long
+                assert response.status_code == 200
+                assert "queuechat:num_worker_slots" in response.text  # the worker's own series are still there
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+        finally:
+            assert worker.worker.metrics is not None
+            worker.worker.metrics.close()

@@ -161,9 +161,9 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         orphan_grace=settings.orphan_grace,
     )
     if options.metrics_port is not None:
-        from workers.metrics import WorkerMetrics
+        from workers.metrics import WorkerMetrics, scrape_client
 
-        worker.metrics = WorkerMetrics(worker, client, keys, names, engine.slots)
+        worker.metrics = WorkerMetrics(worker, scrape_client(settings.redis_url), keys, names, engine.slots)
         worker.metrics.serve(options.metrics_port, options.metrics_host)
     return worker
 

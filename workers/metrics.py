@@ -25,6 +25,23 @@ PREFIX = "queuechat:"
 OUTCOMES = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed", "continued")
 
 
+# A scrape answers within any scrape timeout even when Redis stalls: its reads (the backlog) get half a second and
+# are never retried, and the series read from Redis are then left out (the worker's own ones are still served).
+SCRAPE_REDIS_TIMEOUT = 0.5
+
+
+def scrape_client(url: str) -> redis.Redis:
+    """A client of its own for scrapes, apart from the consume loop's (whose reads block for seconds)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from broker.connection import sync_client
+
+    client = sync_client(url, command_timeout=SCRAPE_REDIS_TIMEOUT)
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
+
+
 class Serving(Protocol):
     """What the metrics read from the running worker (a :class:`workers.service.ModelWorker`)."""
 

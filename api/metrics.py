@@ -27,6 +27,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from broker.connection import sync_client
 from broker.keys import Keys
@@ -39,12 +41,16 @@ log = logging.getLogger(__name__)
 PREFIX = "queuechat:"
 # Scrapes come every few seconds; a SCAN of the whole keyspace for job streams need not.
 MODEL_SCAN_SECONDS = 30.0
-# A scrape must answer well within Prometheus' default 10 s timeout even when Redis hangs.
-SCRAPE_REDIS_TIMEOUT = 2.0
+# A scrape must answer well within any scrape timeout (Prometheus': 10 s by default, as short as the interval when
+# scraping every 2 s) even when Redis hangs: the scrape's Redis reads get half a second each and are never retried
+# (a client's retries would multiply the wait), so a stalled Redis is `broker_up 0` in 0.5 s, not a failed scrape.
+SCRAPE_REDIS_TIMEOUT = 0.5
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0)
 REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+# Token counts per request, 1-2-5 steps up to 100k (vLLM's histograms of request lengths take the same shape).
+TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(6) for m in (1, 2, 5) if m * 10**e <= 100_000)
 
 router = APIRouter()
 
@@ -57,6 +63,9 @@ class _Timing:
     accepted: bool = False
     first_token: bool = False
     last_token: dict[int, float] = field(default_factory=dict)  # per choice index
+    accepted_at: float = 0.0
+    first_token_at: float = 0.0
+    generated: dict[int, int] = field(default_factory=dict)  # completion tokens per finished choice
 
 
 class ApiMetrics:
@@ -77,6 +86,49 @@ class ApiMetrics:
             "Seconds between two generated tokens of a choice, as the API received them.",
             labels,
             buckets=ITL_BUCKETS,
+            registry=self.registry,
+        )
+        # vLLM's older name for the same observations, which vLLM's Grafana dashboard still queries
+        self.tpot = Histogram(
+            PREFIX + "time_per_output_token_seconds",
+            "Seconds between two generated tokens of a choice (the same as inter_token_latency_seconds).",
+            labels,
+            buckets=ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self.prefill_time = Histogram(
+            PREFIX + "request_prefill_time_seconds",
+            "Seconds from a worker's accepting the request to its first token.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.decode_time = Histogram(
+            PREFIX + "request_decode_time_seconds",
+            "Seconds from the request's first token to its last.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_prompt_tokens = Histogram(
+            PREFIX + "request_prompt_tokens",
+            "Prompt tokens per accepted request.",
+            labels,
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_generation_tokens = Histogram(
+            PREFIX + "request_generation_tokens",
+            "Generated tokens per finished request (all its choices).",
+            labels,
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_max_tokens = Histogram(
+            PREFIX + "request_max_num_generation_tokens",
+            "The max_tokens of each accepted request that set one (vLLM: requested generation tokens).",
+            labels,
+            buckets=TOKEN_BUCKETS,
             registry=self.registry,
         )
         self.e2e = Histogram(
@@ -108,7 +160,9 @@ class ApiMetrics:
             [*labels, "finished_reason"],
             registry=self.registry,
         )
-        self.broker = BrokerCollector(sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT), keys)
+        scrape_client = sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT)
+        scrape_client.set_retry(Retry(NoBackoff(), 0))
+        self.broker = BrokerCollector(scrape_client, keys)
         self.registry.register(self.broker)
         # each watched job's timing, released with the job's events object (whatever way the request ended)
         self._timings: weakref.WeakKeyDictionary[JobEvents, _Timing] = weakref.WeakKeyDictionary()
@@ -129,29 +183,37 @@ class ApiMetrics:
                 timing.last_token.clear()
             else:
                 timing.accepted = True
+                timing.accepted_at = now
                 self.queue_time.labels(model).observe(now - timing.submitted)
                 self.prompt_tokens.labels(model).inc(event.prompt_tokens)
+                self.request_prompt_tokens.labels(model).observe(event.prompt_tokens)
+                if events.job.params.max_tokens is not None:
+                    self.request_max_tokens.labels(model).observe(events.job.params.max_tokens)
         elif isinstance(event, Delta) and event.token_ids:
             count = len(event.token_ids)
             if not timing.first_token:
                 timing.first_token = True
+                timing.first_token_at = now
                 self.ttft.labels(model).observe(now - timing.submitted)
+                self.prefill_time.labels(model).observe(now - (timing.accepted_at or timing.submitted))
             previous = timing.last_token.get(event.index)
-            if previous is None:
-                # Tokens that arrive with a choice's first token follow it without delay.
-                for _ in range(count - 1):
-                    self.itl.labels(model).observe(0.0)
-            else:
-                # Several tokens in one event (a busy worker batches steps) share the gap between them.
-                for _ in range(count):
-                    self.itl.labels(model).observe((now - previous) / count)
+            # Tokens that arrive with a choice's first token follow it without delay; several tokens in one event
+            # (a busy worker batches steps) share the gap between them.
+            gaps = [0.0] * (count - 1) if previous is None else [(now - previous) / count] * count
+            for gap in gaps:
+                self.itl.labels(model).observe(gap)
+                self.tpot.labels(model).observe(gap)
             timing.last_token[event.index] = now
         elif isinstance(event, Done):
             # Counted from the choice's usage, so a run that was restarted on another worker counts once.
             self.generation_tokens.labels(model).inc(event.usage.completion_tokens)
             self.success.labels(model, event.finish_reason.value).inc()
+            timing.generated[event.index] = event.usage.completion_tokens
             if events.finished:
                 self.e2e.labels(model).observe(now - timing.submitted)
+                if timing.first_token:
+                    self.decode_time.labels(model).observe(now - timing.first_token_at)
+                self.request_generation_tokens.labels(model).observe(sum(timing.generated.values()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -221,8 +283,12 @@ class BrokerCollector(Collector):
         yield from (waiting, running, oldest, workers, slots, jobs, logs, log_bytes)
 
 
-@router.get("/metrics", include_in_schema=False)
+# HEAD too: probes (aiperf's among them) ask with HEAD before they scrape, and a 405 reads as "no metrics here".
+@router.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
 def metrics_endpoint(request: Request) -> Response:
     # A plain def: FastAPI runs it in a thread, so the blocking Redis reads of a scrape never stall the event loop.
     metrics: ApiMetrics = request.app.state.metrics
+    if request.method == "HEAD":
+        # the headers a GET would send, without rendering (no Redis reads) and without a body
+        return Response(media_type=CONTENT_TYPE_LATEST)
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

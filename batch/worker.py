@@ -30,6 +30,30 @@ from broker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# What rq's worker logs at INFO on every maintenance round (each heartbeat TTL, a few seconds): routine, and at
+# INFO it drowned everything else `queuechat up` prints.
+ROUTINE_RQ_MESSAGES = ("cleaning registries for queue", "cleaning group registries")
+
+
+class RoutineAtDebug(logging.Filter):
+    """Logs rq's routine maintenance lines at DEBUG: shown with ``--log-level debug``, hidden at INFO."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and any(m in str(record.msg) for m in ROUTINE_RQ_MESSAGES):
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+            return self.logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_routine(logger: logging.Logger) -> None:
+    """Install :class:`RoutineAtDebug` on rq's worker logger once."""
+    if not any(isinstance(f, RoutineAtDebug) for f in logger.filters):
+        logger.addFilter(RoutineAtDebug(logger))
+
 
 def resume_orphans(client: redis.Redis, settings: Settings) -> list[str]:
     """Re-queue unfinished batches that no batch worker runs (its lease expired) and no queued job will run."""
@@ -68,6 +92,7 @@ class BatchWorker(SimpleWorker):
         )
         self.settings = settings
         self.run_context = RunContext(settings)
+        quiet_routine(self.log)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()

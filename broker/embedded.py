@@ -73,8 +73,14 @@ class EmbeddedValkey:
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "valkey.log"),
         ]  # fmt: skip
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the foreground process group) must not stop Valkey
+        # under the processes that still need it; its owner stops it last. It still dies with its parent.
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout

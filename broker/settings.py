@@ -110,11 +110,16 @@ class Settings(BaseSettings):
         return value
 
     @classmethod
-    def load(cls, redis_url: str | None = None) -> Settings:
-        """Settings from the environment, with a command-line ``--redis-url`` taking precedence."""
+    def load(cls, redis_url: str | None = None, *, running: bool = True) -> Settings:
+        """Settings from the environment, with a command-line ``--redis-url`` taking precedence; with neither, and
+        ``running``, the Redis of this user's running ``queuechat up`` (see :mod:`broker.running`)."""
         settings = cls()
         if redis_url:
             settings.redis_url = redis_url
+        if not settings.redis_url and running:
+            from broker.running import running_redis_url
+
+            settings.redis_url = running_redis_url()
         return settings
 
     def require_redis_url(self, who: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -23,6 +24,20 @@ def api_command(
     allowed_headers: Annotated[str, typer.Option(help="Comma-separated CORS headers")] = "*",
     allow_credentials: Annotated[bool, typer.Option(help="Allow CORS requests with credentials")] = False,
     webui: Annotated[bool, typer.Option("--webui", help="Also serve the chat web UI at /ui")] = False,
+    limit_concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Open connections (streams included) beyond which a new request is answered 503 at once",
+        ),
+    ] = 2048,
+    header_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a connection gets to send a whole request head, else it is closed"),
+    ] = 10.0,
+    timeout_keep_alive: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle keep-alive connection is kept open")
+    ] = 5,
 ) -> None:
     """Serve the OpenAI-compatible API."""
     import uvicorn
@@ -32,6 +47,7 @@ def api_command(
     from broker.logs import configure_logging
     from broker.settings import Settings
     from queuechat.compose import create_app
+    from queuechat.header_timeout import with_header_timeout
 
     configure_logging(log_level)
     tracing.configure("queuechat-api")
@@ -48,7 +64,10 @@ def api_command(
         settings.require_redis_url("the API")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    raise_open_file_limit()
     # On SIGTERM uvicorn stops accepting at once; open streams get the drain timeout to finish (see routes).
+    # Slow or idle clients cannot hold the server: heads must arrive within header_timeout, idle keep-alive
+    # connections close after timeout_keep_alive, and beyond limit_concurrency connections a request gets a 503.
     uvicorn.run(
         create_app(settings, cors, webui=webui),
         host=host,
@@ -56,7 +75,21 @@ def api_command(
         log_level=log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+        http=with_header_timeout(header_timeout),
+        limit_concurrency=limit_concurrency,
+        timeout_keep_alive=timeout_keep_alive,
     )
+
+
+def raise_open_file_limit() -> None:
+    """The soft open-file limit up to the hard one: every connection is a descriptor, and the soft limit (often
+    1,024) is below what the connection limit lets in."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from batch.main import batch_worker_command
@@ -18,6 +20,34 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("queuechat")
+    except PackageNotFoundError:  # a checkout that is not installed
+        return "dev"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"queuechat {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
+) -> None:
+    """LLM serving on a Redis job queue: OpenAI-compatible API, continuously batching workers, chat web UI."""
+
+
 app.command("up")(up_command)
 app.command("api")(api_command)
 app.command("worker")(worker_command)

@@ -232,7 +232,12 @@ def info_command(
     models: Annotated[list[str] | None, typer.Argument(help="Show only these models (default: all)")] = None,
     url: Annotated[
         str | None,
-        typer.Option("--url", "-u", help=f"Redis URL (env QUEUECHAT_REDIS_URL; default: {DEFAULT_URL})"),
+        typer.Option(
+            "--redis-url",
+            "--url",
+            "-u",
+            help=f"Redis URL (env QUEUECHAT_REDIS_URL; default: the running `queuechat up`'s, else {DEFAULT_URL})",
+        ),
     ] = None,
     key_prefix: Annotated[
         str | None, typer.Option(help="Key prefix of the deployment (env QUEUECHAT_KEY_PREFIX; default: qc)")

@@ -18,10 +18,44 @@ from typing import Annotated, Any
 import typer
 
 from broker.embedded import EmbeddedValkey, _die_with_parent
+from broker.running import remove_running, write_running
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], env=env, preexec_fn=_die_with_parent)
+    # A process group of its own: a terminal's Ctrl-C reaches this process only, which stops the children in order
+    # (a SIGINT to all at once stopped Valkey under the running streams, and a second signal makes uvicorn cut them).
+    return subprocess.Popen([sys.executable, *args], env=env, preexec_fn=_die_with_parent, process_group=0)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM (a warm stop: drain, deregister) to each, then wait for all; kill what outlives ``timeout``."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_api(url: str, api: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until the API answers /health (its imports and app take seconds after the spawn)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            raise typer.Exit(code=api.returncode or 1)
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API did not answer on {url} within {timeout:.0f}s")
 
 
 def _wait_for_model(redis_url: str, prefix: str, names: list[str] | None, worker: Any, timeout: float) -> list[str]:
@@ -64,7 +98,8 @@ def up_command(
     """Run Valkey (embedded), one model worker, the API and a batch worker on this machine."""
     from broker.settings import Settings
 
-    settings = Settings.load(redis_url)
+    # running=False: another `up`'s Redis is not this one's default; without a URL, this one embeds its own
+    settings = Settings.load(redis_url, running=False)
     server: EmbeddedValkey | None = None
     if not settings.redis_url:
         server = EmbeddedValkey()
@@ -73,6 +108,8 @@ def up_command(
         typer.echo(f"queuechat: embedded Valkey on {url}")
     else:
         url = settings.redis_url
+    # other commands of this user (`queuechat info`, a second worker) default to this Redis while this runs
+    write_running(url)
     env = {**os.environ, "QUEUECHAT_REDIS_URL": url}
     worker_args = ["-m", "workers", "--redis-url", url, "--device", device]
     if model_path:
@@ -83,22 +120,20 @@ def up_command(
         worker_args += ["--num-threads", str(num_threads)]
     if engine:
         worker_args += ["--engine", engine]
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
 
     def shutdown(*_: Any) -> None:
-        # A second Ctrl-C or SIGTERM must not cut the orderly stop short (workers deregister, then Valkey stops).
+        # A second Ctrl-C or SIGTERM must not cut the orderly stop short. In order: the API (it stops accepting and
+        # lets open streams finish while the worker still generates them), then the workers (they drain and
+        # deregister), then Valkey, which all of them need until they are gone.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        grace = settings.drain_timeout + 10
+        _stop([children[n] for n in ("api",) if n in children], grace)
+        _stop([children[n] for n in ("worker", "batch-worker") if n in children], grace)
         if server is not None:
             server.stop()
+        remove_running()
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -107,25 +142,26 @@ def up_command(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        worker = _spawn(worker_args, env)
-        children.append(worker)
+        worker = children["worker"] = _spawn(worker_args, env)
         typer.echo("queuechat: loading the model (the default model is converted once on first use)…")
         names = [n.strip() for n in model_names.split(",")] if model_names else None
         models = _wait_for_model(url, settings.key_prefix, names, worker, startup_timeout)
         api_args = ["-m", "queuechat", "api", "--host", host, "--port", str(port), "--redis-url", url]
-        api = _spawn([*api_args, "--webui"] if webui else api_args, env)
-        children.append(api)
+        api = children["api"] = _spawn([*api_args, "--webui"] if webui else api_args, env)
         # the Batch API's runner: files and results go to QUEUECHAT_FILES_DIR (default under ~/.cache/queuechat)
-        children.append(_spawn(["-m", "queuechat", "batch-worker", "--redis-url", url], env))
+        children["batch-worker"] = _spawn(["-m", "queuechat", "batch-worker", "--redis-url", url], env)
+        # said once the API answers, not when it is spawned: its imports take seconds (half a minute on a slow box)
+        local = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+        _wait_for_api(f"http://{local}:{port}", api, startup_timeout)
         typer.echo(f"queuechat: serving {', '.join(models)}")
         typer.echo(f"queuechat: OpenAI API on http://{host}:{port}/v1  (Ctrl-C stops everything)")
         if webui:
             typer.echo(f"queuechat: chat web UI on http://{host}:{port}/ui")
-        typer.echo(f"queuechat: watch queues and workers with: queuechat info -i 2 -u {url}")
-        while all(child.poll() is None for child in children):
+        typer.echo("queuechat: watch queues and workers with: queuechat info -i 2 (other commands find this Redis)")
+        while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
-        failed = next(child for child in children if child.poll() is not None)
-        typer.echo(f"queuechat: a process exited with {failed.returncode}; stopping", err=True)
+        name, failed = next((n, c) for n, c in children.items() if c.poll() is not None)
+        typer.echo(f"queuechat: the {name} exited with {failed.returncode}; stopping", err=True)
         raise typer.Exit(code=1)
     except KeyboardInterrupt:
         typer.echo("queuechat: stopping…")

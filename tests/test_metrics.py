@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from openai import OpenAI
@@ -13,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.metrics import ApiMetrics
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
+from broker.embedded import EmbeddedValkey
 from broker.keys import Keys
 from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
@@ -203,3 +207,85 @@ async def test_a_restarted_job_counts_once(settings: Settings) -> None:
         assert sample(f"queuechat:{histogram}_seconds_count", scripted) == 1, histogram
     # 2 tokens after each attempt's first: 2 of the first attempt, 1 of the second
     assert sample("queuechat:inter_token_latency_seconds_count", scripted) == 3
+
+
+def test_head_metrics_answers_like_get_without_a_body(stack: Stack) -> None:
+    """Probes (aiperf) ask HEAD /metrics before they scrape: it must be 200 with the scrape's content type."""
+    response = httpx.head(f"{stack.base_url}/metrics", timeout=15)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.content == b""
+
+
+def test_a_scrape_answers_promptly_while_redis_stalls(start_api: Callable[..., ApiServer]) -> None:
+    """A Redis that accepts connections but answers nothing (SIGSTOP): the scrape still answers, well within a 2 s
+    scrape timeout (Prometheus scraping every 2 s), and says the broker is down."""
+    with EmbeddedValkey() as server:
+        assert server.pid
+        api = start_api(Settings(redis_url=server.url, key_prefix="qcstall"))
+        url = f"{api.base_url}/metrics"
+        assert value(scrape(url), "queuechat:broker_up") == 1
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):  # the connection the last scrape used, and fresh ones
+                response = httpx.get(url, timeout=2.0)
+                assert response.status_code == 200
+                samples = {s.name: s.value for f in text_string_to_metric_families(response.text) for s in f.samples}
+                assert samples["queuechat:broker_up"] == 0
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert value(scrape(url), "queuechat:broker_up") == 1  # and up again once Redis answers
+
+
+def test_every_series_of_vllms_grafana_dashboard_is_exported(
+    settings: Settings, start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer]
+) -> None:
+    """A vLLM user's dashboard works after renaming vllm: to queuechat: each series it queries has data for the
+    model after some traffic, on the API's /metrics or a worker's."""
+    wanted = [
+        line.strip().replace("vllm:", "queuechat:", 1)
+        for line in (Path(__file__).parent / "data" / "vllm_grafana_series.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    port = free_port()
+    worker = start_worker(metrics_port=port, metrics_host="127.0.0.1")
+    try:
+        api = start_api()
+        wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+        client = OpenAI(base_url=f"{api.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+        client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=5)
+        list(client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=6, stream=True))
+        scrape_until(f"{api.base_url}/metrics", "queuechat:jobs_total", 2, outcome="completed", model_name="tiny")
+        found = {
+            name
+            for url in (f"{api.base_url}/metrics", f"http://127.0.0.1:{port}/metrics")
+            for name, labels in scrape(url)
+            if ("model_name", "tiny") in labels
+        }
+        assert [name for name in wanted if name not in found] == []
+    finally:
+        assert worker.worker.metrics is not None
+        worker.worker.metrics.close()
+
+
+def test_a_worker_scrape_answers_promptly_while_redis_stalls(
+    start_worker: Callable[..., RunningWorker], settings: Settings
+) -> None:
+    with EmbeddedValkey() as server:
+        assert server.pid
+        port = free_port()
+        own = settings.model_copy(update={"redis_url": server.url})
+        worker = start_worker(settings_=own, metrics_port=port, metrics_host="127.0.0.1")
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            wait_for(lambda: ("queuechat:num_requests_waiting", frozenset({("model_name", "tiny")})) in scrape(url))
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                response = httpx.get(url, timeout=2.0)  # a scrape every 2 s, its timeout as long
+                assert response.status_code == 200
+                assert "queuechat:num_worker_slots" in response.text  # the worker's own series are still there
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+        finally:
+            assert worker.worker.metrics is not None
+            worker.worker.metrics.close()

@@ -163,15 +163,28 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         max_tokens_cap=settings.max_tokens_cap,
     )
     if options.metrics_port is not None:
-        from workers.metrics import WorkerMetrics
+        from workers.metrics import WorkerMetrics, scrape_client
 
-        worker.metrics = WorkerMetrics(worker, client, keys, names, engine.slots)
+        worker.metrics = WorkerMetrics(worker, scrape_client(settings.redis_url), keys, names, engine.slots)
         worker.metrics.serve(options.metrics_port, options.metrics_host)
     return worker
 
 
 def serve(options: WorkerOptions, settings: Any) -> None:
-    worker = build_worker(options, settings)
+    try:
+        worker = build_worker(options, settings)
+    except (OSError, ValueError) as exc:
+        # A model path that is no model (a typo, a hub id, a directory without weights): one line, not a traceback
+        # (--log-level debug shows it).
+        log.debug("loading the model failed", exc_info=True)
+        said = " ".join(str(exc).split())  # one line, whatever the library wrote
+        if isinstance(exc, FileNotFoundError) and options.model_path and not Path(options.model_path).exists():
+            hint = " (a hub id is not downloaded here: fetch it first, e.g. `hf download ORG/NAME --local-dir DIR`)"
+            said += hint if options.model_path.count("/") == 1 else ""
+        else:
+            said = f"cannot load {options.model_path or 'the default model'}: {said[:500]}"
+        typer.echo(f"queuechat worker: {said}", err=True)
+        raise typer.Exit(code=1) from None
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: draining", signum)

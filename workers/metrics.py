@@ -25,6 +25,23 @@ PREFIX = "queuechat:"
 OUTCOMES = ("completed", "failed", "cancelled", "expired", "dead", "reclaimed", "continued")
 
 
+# A scrape answers within any scrape timeout even when Redis stalls: its reads (the backlog) get half a second and
+# are never retried, and the series read from Redis are then left out (the worker's own ones are still served).
+SCRAPE_REDIS_TIMEOUT = 0.5
+
+
+def scrape_client(url: str) -> redis.Redis:
+    """A client of its own for scrapes, apart from the consume loop's (whose reads block for seconds)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from broker.connection import sync_client
+
+    client = sync_client(url, command_timeout=SCRAPE_REDIS_TIMEOUT)
+    client.set_retry(Retry(NoBackoff(), 0))
+    return client
+
+
 class Serving(Protocol):
     """What the metrics read from the running worker (a :class:`workers.service.ModelWorker`)."""
 
@@ -85,6 +102,21 @@ class _LiveCollector(Collector):
         self.models = models
         self.slots = slots
 
+    def _kv_cache(self) -> Iterator[Metric]:
+        """The used fraction of the engine's KV cache, under vLLM's current name and the older one its Grafana
+        dashboard queries; absent for engines that do not say (vLLM in process, embeddings)."""
+        usage_of = getattr(getattr(self.worker, "engine", None), "kv_cache_usage", None)
+        usage = usage_of() if callable(usage_of) else None
+        if usage is None:
+            return
+        for name in ("kv_cache_usage_perc", "gpu_cache_usage_perc"):
+            gauge = GaugeMetricFamily(
+                PREFIX + name, "Used fraction of this worker's KV cache (1 = full).", labels=["model_name"]
+            )
+            for model in self.models:
+                gauge.add_metric([model], usage)
+            yield gauge
+
     def collect(self) -> Iterator[Metric]:
         running_jobs = list(self.worker.jobs.values())  # a copy: the consume loop changes the dict meanwhile
         running = GaugeMetricFamily(
@@ -96,6 +128,7 @@ class _LiveCollector(Collector):
         slots = GaugeMetricFamily(PREFIX + "num_worker_slots", "Sequences this worker runs at once.")
         slots.add_metric([], self.slots)
         yield slots
+        yield from self._kv_cache()
         try:
             snap = snapshot(self.client, self.keys, self.models)
         except (redis.RedisError, OSError) as exc:

@@ -319,6 +319,14 @@ class ContinuousBatchingEngine:
             SeqUpdate(seq_id=s, token_ids=[], finished=True, error=f"engine failure: {fatal}") for s in lost
         ]
 
+    def kv_cache_usage(self) -> float | None:
+        """The used fraction of the paged KV cache (0..1), for metrics; None before the first batch built it."""
+        processor = getattr(self._manager, "batch_processor", None)
+        cache = getattr(processor, "cache", None)
+        if cache is None:
+            return None
+        return max(0.0, min(1.0, 1.0 - float(cache.compute_free_capacity(relative=True))))
+
     def close(self) -> None:
         try:
             self._manager.stop(block=True, timeout=10)

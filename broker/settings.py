@@ -81,7 +81,11 @@ class Settings(BaseSettings):
     )
     files_max_bytes: int = Field(default=200 * 2**20, gt=0, description="Largest file an upload may have.")
     batch_max_requests: int = Field(default=50_000, gt=0, description="Most lines one batch file may have.")
-    batch_queue: str = Field(default="queuechat-batch", min_length=1, description="The rq queue of batch runs.")
+    batch_queue: str = Field(
+        default="",
+        description="The rq queue of batch runs; empty (the default): '{key_prefix}-batch', so that deployments "
+        "sharing one Redis under their own prefixes never run each other's batches (see batch_queue_name).",
+    )
     batch_max_in_flight: int = Field(
         default=16, gt=0, description="Lines of one batch queued or running at once: the batch's share of the queue."
     )
@@ -104,6 +108,13 @@ class Settings(BaseSettings):
         if redis_url:
             settings.redis_url = redis_url
         return settings
+
+    @property
+    def batch_queue_name(self) -> str:
+        """The rq queue of this deployment's batch runs: named after the key prefix unless set explicitly. rq keeps
+        its keys under its own ``rq:`` namespace (it has no prefix setting), so the queue's name is what keeps one
+        deployment's runs (``rq:queue:{p}-batch`` and its registries) apart from another's."""
+        return self.batch_queue or f"{self.key_prefix}-batch"
 
     def require_redis_url(self, who: str) -> str:
         """The Redis URL; :class:`MissingRedisUrl` naming ``who`` (e.g. "the API") when there is none."""

@@ -22,11 +22,14 @@ from redis.exceptions import ResponseError
 from broker import eventlog
 from broker.eventlog import JobLog
 from broker.keys import CONSUMER_GROUP, LOG_META_ID, Keys
+from broker.registry import WEDGED, status_of
 from broker.schemas import Accepted, Delta, Done, Error, Job
 
 log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
+# A job's count of workers that died holding it is kept this long after the last death: longer than any job runs.
+DEATHS_TTL_S = 24 * 3600
 
 
 def _text(value: Any) -> str:
@@ -85,6 +88,7 @@ class JobConsumer:
         consumer: str,
         *,
         max_deliveries: int = 3,
+        max_worker_deaths: int = 2,
         claim_min_idle: float = 1.0,
         event_log: bool = True,
         event_log_ttl: float = 300.0,
@@ -98,6 +102,7 @@ class JobConsumer:
         # Batch lines: read only when the interactive streams have nothing for this worker.
         self.low_streams = [keys.batch_jobs(m) for m in self.models]
         self.max_deliveries = max_deliveries
+        self.max_worker_deaths = max_worker_deaths
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
         self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
         self.event_log = event_log
@@ -157,12 +162,17 @@ class JobConsumer:
         return out
 
     def reclaim(self, count: int) -> Reclaimed:
-        """Take over up to ``count`` jobs that workers without a heartbeat left pending, and forget those workers.
+        """Take over up to ``count`` jobs that workers without a heartbeat (or wedged ones) left pending, and forget
+        those workers.
 
-        A pending entry is only taken when its consumer's heartbeat key is gone, so a long job on a live worker is
-        never stolen however long it runs; XCLAIM's min-idle makes two live workers racing for one entry safe (the
-        first claim resets the idle time, the second then claims nothing). A job delivered ``max_deliveries``
-        times is moved to the dead-letter stream instead, and its client is told why.
+        A pending entry is only taken when its consumer's heartbeat key is gone or says it is wedged, so a long job
+        on a live worker is never stolen however long it runs; XCLAIM's min-idle makes two live workers racing for
+        one entry safe (the first claim resets the idle time, the second then claims nothing).
+
+        Two limits set a job aside (dead-letter it, telling its client why): ``max_worker_deaths`` workers died
+        while holding it (a job that kills whoever runs it, e.g. one that runs them out of memory, must not take
+        the whole fleet down; a worker that deregistered after handing its jobs back did not die), or it was
+        delivered ``max_deliveries`` times in all.
         """
         taken: list[Delivery | Malformed] = []
         dead_lettered: list[str] = []
@@ -173,19 +183,28 @@ class JobConsumer:
                 stream, CONSUMER_GROUP, min="-", max="+", count=max(count * 4, 16), idle=self.claim_min_idle_ms
             )
             owners = sorted({_text(p["consumer"]) for p in pending} - {self.consumer})
-            dead_owners = self._without_heartbeat(owners)
-            orphans = [p for p in pending if _text(p["consumer"]) in dead_owners][: count - len(taken)]
+            lost = self._lost_owners(owners)
+            orphans = [p for p in pending if _text(p["consumer"]) in lost][: count - len(taken)]
             if orphans:
                 deliveries = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in orphans}
+                owner_of = {_text(p["message_id"]): _text(p["consumer"]) for p in orphans}
                 claimed: list[Any] = self.client.xclaim(
                     stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, list(deliveries)
                 )
+                items: list[Delivery | Malformed] = []
                 for entry_id, fields in claimed or []:
                     if fields is None:  # deleted meanwhile (Redis 6 still lists such ids)
                         continue
                     eid = _text(entry_id)
-                    item = self._decode(stream, eid, fields, attempt=deliveries.get(eid, 1))
-                    if isinstance(item, Delivery) and item.job.attempt > self.max_deliveries:
+                    items.append(self._decode(stream, eid, fields, attempt=deliveries.get(eid, 1)))
+                deaths = self._count_deaths(
+                    [i for i in items if isinstance(i, Delivery) and lost[owner_of[i.entry_id]]]
+                )
+                for item in items:
+                    if isinstance(item, Delivery) and deaths.get(item.job.id, 0) >= self.max_worker_deaths:
+                        self._dead_letter(item, deaths=deaths[item.job.id])
+                        dead_lettered.append(item.job.id)
+                    elif isinstance(item, Delivery) and item.job.attempt > self.max_deliveries:
                         self._dead_letter(item)
                         dead_lettered.append(item.job.id)
                     else:
@@ -194,6 +213,44 @@ class JobConsumer:
         if taken or dead_lettered:
             log.warning("took over %d jobs from dead workers, dead-lettered %d", len(taken), len(dead_lettered))
         return Reclaimed(taken, dead_lettered)
+
+    def holding(self) -> int:
+        """How many entries of this worker's streams are pending to it (delivered, not acknowledged)."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams + self.low_streams:
+            pipe.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1, consumername=self.consumer)
+        return sum(len(reply) for reply in pipe.execute())
+
+    def _lost_owners(self, consumers: Sequence[str]) -> dict[str, bool]:
+        """Of these consumers, the ones whose jobs are to be taken over, each with whether it died (True) or left
+        cleanly after handing its jobs back (False). Dead: no heartbeat and no mark of a clean leave; wedged: its
+        heartbeat says its engine stopped making progress (it exits, and its jobs are not its fault so much as
+        they may be the cause: counted as a death)."""
+        if not consumers:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([self.keys.heartbeat(c) for c in consumers])
+        pipe.mget([self.keys.left(c) for c in consumers])
+        beats, lefts = pipe.execute()
+        lost: dict[str, bool] = {}
+        for consumer, beat, left in zip(consumers, beats, lefts, strict=True):
+            if beat is None:
+                lost[consumer] = left is None
+            elif status_of(beat).state == WEDGED:
+                lost[consumer] = True
+        return lost
+
+    def _count_deaths(self, deliveries: Sequence[Delivery]) -> dict[str, int]:
+        """Add one death to each of these jobs (their worker died holding them); their totals so far."""
+        if not deliveries:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for delivery in deliveries:
+            key = self.keys.deaths(delivery.job.id)
+            pipe.incr(key)
+            pipe.expire(key, DEATHS_TTL_S)
+        replies = pipe.execute()
+        return {d.job.id: int(n) for d, n in zip(deliveries, replies[::2], strict=True)}
 
     def _without_heartbeat(self, consumers: Sequence[str]) -> set[str]:
         if not consumers:
@@ -210,12 +267,22 @@ class JobConsumer:
         for name in self._without_heartbeat(idle_ones):
             self.client.xgroup_delconsumer(stream, CONSUMER_GROUP, name)
 
-    def _dead_letter(self, delivery: Delivery) -> None:
+    def _dead_letter(self, delivery: Delivery, deaths: int = 0) -> None:
         job = delivery.job
-        message = (
-            f"job {job.id} was given to {job.attempt - 1} workers and each of them died before finishing it; "
-            "it was set aside (dead-lettered) so it cannot take down more workers"
-        )
+        if deaths:
+            # A 4xx, not a 5xx: the request itself is the likely cause, and clients retry 5xx answers on their own
+            # (openai-python twice), which would hand it to more workers.
+            code, status = "worker_crashed", 400
+            message = (
+                f"job {job.id} was running on {deaths} workers that each died (killed, out of memory or wedged) "
+                "before finishing it; it was set aside (dead-lettered) so it cannot take down more workers"
+            )
+        else:
+            code, status = "worker_lost", 503
+            message = (
+                f"job {job.id} was given to {job.attempt - 1} workers and none of them finished it; it was set "
+                "aside (dead-lettered)"
+            )
         log.error("%s", message)
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(
@@ -224,7 +291,7 @@ class JobConsumer:
             maxlen=10_000,
             approximate=True,
         )
-        self._send(pipe, job.id, Error(seq=0, code="worker_lost", message=message, status=503), ended=True)
+        self._send(pipe, job.id, Error(seq=0, code=code, message=message, status=status), ended=True)
         pipe.xack(delivery.stream, CONSUMER_GROUP, delivery.entry_id)
         pipe.xdel(delivery.stream, delivery.entry_id)
         pipe.hincrby(self.keys.stats(job.model), "dead", 1)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_queue_len: int = Field(default=1024, gt=0, description="Per-model backlog over which the API says 429.")
     stream_maxlen: int = Field(default=100_000, gt=0, description="Approximate cap of a job stream's length.")
     max_deliveries: int = Field(default=3, gt=0, description="Deliveries of one job before it is dead-lettered.")
+    max_worker_deaths: int = Field(
+        default=2,
+        gt=0,
+        description="Workers that may die (killed, out of memory, wedged) holding one job before it is dead-lettered "
+        "with 400 worker_crashed: a job that kills whoever runs it must not take down the whole fleet.",
+    )
     claim_min_idle: float = Field(
         default=1.0,
         gt=0,

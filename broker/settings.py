@@ -45,6 +45,16 @@ class Settings(BaseSettings):
         description="Workers that may die (killed, out of memory, wedged) holding one job before it is dead-lettered "
         "with 400 worker_crashed: a job that kills whoever runs it must not take down the whole fleet.",
     )
+    stall_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a worker's engine may run sequences without producing output, at least (the limit is "
+        "max(this, stall_factor x the slowest step seen)), before the worker calls itself wedged: it stops taking "
+        "work, its jobs are taken over mid-stream and it exits with status 3 for its supervisor to restart it.",
+    )
+    stall_factor: float = Field(
+        default=10.0, gt=0, description="The wedge limit in multiples of the slowest engine step seen (see above)."
+    )
     claim_min_idle: float = Field(
         default=1.0,
         gt=0,

@@ -44,6 +44,14 @@ class Delivery:
     entry_id: str
     job: Job
 
+    @property
+    def deadline(self) -> float:
+        """The job's deadline on Redis's clock, so that no two hosts' clocks need to agree: when it entered its
+        stream (the entry id's milliseconds: Redis's clock) plus its time budget (``deadline - created``, both
+        stamped by its front server's clock, whose difference does not depend on that clock being right)."""
+        queued_at = int(self.entry_id.split("-", 1)[0]) / 1000
+        return queued_at + max(self.job.deadline - self.job.created, 0.0)
+
 
 @dataclass
 class Malformed:
@@ -108,6 +116,19 @@ class JobConsumer:
         self.event_log = event_log
         self.event_log_ttl = event_log_ttl
         self.event_log_maxlen = event_log_maxlen
+        self.clock_offset = 0.0  # Redis's clock minus this host's, as last measured (see sync_clock)
+
+    def sync_clock(self) -> None:
+        """Measure how far Redis's clock is from this host's (TIME, halfway through the round trip). Deadlines are
+        compared on Redis's clock (see :attr:`Delivery.deadline`); a worker re-measures with every heartbeat."""
+        before = time.time()
+        seconds, micros = self.client.time()
+        after = time.time()
+        self.clock_offset = seconds + micros / 1e6 - (before + after) / 2
+
+    def redis_now(self) -> float:
+        """Now, on Redis's clock."""
+        return time.time() + self.clock_offset
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as

@@ -200,9 +200,10 @@ class ModelWorker:
         return True
 
     def _expire_overdue(self) -> None:
-        """End running jobs whose deadline passed: their front server has given up on them already."""
-        now = time.time()
-        overdue = [r for r in self.jobs.values() if r.job.deadline < now]
+        """End running jobs whose deadline passed: their front server has given up on them already. On Redis's
+        clock, so that a worker whose clock runs ahead does not end jobs early, nor one behind too late."""
+        now = self.consumer.redis_now()
+        overdue = [r for r in self.jobs.values() if r.deadline < now]
         if not overdue:
             return
         events: list[tuple[str, AnyEvent]] = []
@@ -230,7 +231,7 @@ class ModelWorker:
             skipped = self.consumer.cancelled(unheard)
         taken_over = [d.job.id for d in deliveries if d.job.attempt > 1]
         pasts = self.consumer.read_logs(taken_over) if self.consumer.event_log else {}
-        now = time.time()
+        redis_now = self.consumer.redis_now()
         for item in items:
             if isinstance(item, Malformed):
                 log.warning("dropping malformed entry %s on %s: %s", item.entry_id, item.stream, item.reason)
@@ -247,7 +248,7 @@ class ModelWorker:
                 finished.append(delivery)  # its worker published its end, then died before acknowledging it
                 counters[job.model]["failed" if past.error is not None else "completed"] += 1
                 continue
-            if job.deadline < now:
+            if delivery.deadline < redis_now:
                 finished.append(delivery)
                 counters[job.model]["expired"] += 1
                 message = "the job's deadline passed"
@@ -560,6 +561,7 @@ class ModelWorker:
 
     def _beat(self) -> None:
         self.registration.heartbeat(self.status())
+        self.consumer.sync_clock()
 
     def _heartbeat_forever(self) -> None:
         while not self._stopped.wait(self.heartbeat_interval):

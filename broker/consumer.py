@@ -97,6 +97,7 @@ class JobConsumer:
         *,
         max_deliveries: int = 3,
         max_worker_deaths: int = 2,
+        heartbeat_ttl: float = 6.0,
         claim_min_idle: float = 1.0,
         event_log: bool = True,
         event_log_ttl: float = 300.0,
@@ -111,6 +112,9 @@ class JobConsumer:
         self.low_streams = [keys.batch_jobs(m) for m in self.models]
         self.max_deliveries = max_deliveries
         self.max_worker_deaths = max_worker_deaths
+        # An entry pending this long to a live worker that does not say it runs it was lost on its way: by then the
+        # worker has heartbeaten (it lives) more than a TTL after the delivery, long after it would have admitted it.
+        self.lost_delivery_ms = int(2 * heartbeat_ttl * 1000)
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
         self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
         self.event_log = event_log
@@ -204,8 +208,12 @@ class JobConsumer:
                 stream, CONSUMER_GROUP, min="-", max="+", count=max(count * 4, 16), idle=self.claim_min_idle_ms
             )
             owners = sorted({_text(p["consumer"]) for p in pending} - {self.consumer})
-            lost = self._lost_owners(owners)
-            orphans = [p for p in pending if _text(p["consumer"]) in lost][: count - len(taken)]
+            lost, holding = self._lost_owners(owners)
+            orphans = [
+                p
+                for p in pending
+                if _text(p["consumer"]) in lost or self._lost_on_its_way(p, holding.get(_text(p["consumer"])))
+            ][: count - len(taken)]
             if orphans:
                 deliveries = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in orphans}
                 owner_of = {_text(p["message_id"]): _text(p["consumer"]) for p in orphans}
@@ -219,7 +227,7 @@ class JobConsumer:
                     eid = _text(entry_id)
                     items.append(self._decode(stream, eid, fields, attempt=deliveries.get(eid, 1)))
                 deaths = self._count_deaths(
-                    [i for i in items if isinstance(i, Delivery) and lost[owner_of[i.entry_id]]]
+                    [i for i in items if isinstance(i, Delivery) and lost.get(owner_of[i.entry_id], False)]
                 )
                 for item in items:
                     if isinstance(item, Delivery) and deaths.get(item.job.id, 0) >= self.max_worker_deaths:
@@ -242,24 +250,70 @@ class JobConsumer:
             pipe.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1, consumername=self.consumer)
         return sum(len(reply) for reply in pipe.execute())
 
-    def _lost_owners(self, consumers: Sequence[str]) -> dict[str, bool]:
+    def _lost_on_its_way(self, pending: Any, holding: set[str] | None) -> bool:
+        """A live worker's pending entry that it does not run, long after it was delivered (see holding)."""
+        if holding is None or _text(pending["message_id"]) in holding:
+            return False
+        return int(pending["time_since_delivered"]) >= self.lost_delivery_ms
+
+    def _lost_owners(self, consumers: Sequence[str]) -> tuple[dict[str, bool], dict[str, set[str]]]:
         """Of these consumers, the ones whose jobs are to be taken over, each with whether it died (True) or left
         cleanly after handing its jobs back (False). Dead: no heartbeat and no mark of a clean leave; wedged: its
         heartbeat says its engine stopped making progress (it exits, and its jobs are not its fault so much as
-        they may be the cause: counted as a death)."""
+        they may be the cause: counted as a death). Then the live ones' entries that they say they run."""
         if not consumers:
-            return {}
+            return {}, {}
         pipe = self.client.pipeline(transaction=False)
         pipe.mget([self.keys.heartbeat(c) for c in consumers])
         pipe.mget([self.keys.left(c) for c in consumers])
         beats, lefts = pipe.execute()
         lost: dict[str, bool] = {}
+        holding: dict[str, set[str]] = {}
         for consumer, beat, left in zip(consumers, beats, lefts, strict=True):
             if beat is None:
                 lost[consumer] = left is None
-            elif status_of(beat).state == WEDGED:
+                continue
+            status = status_of(beat)
+            if status.state == WEDGED:
                 lost[consumer] = True
-        return lost
+            elif status.holding is not None:
+                holding[consumer] = set(status.holding)
+        return lost, holding
+
+    def reconcile(self, known: set[str], ended: set[str]) -> list[Delivery | Malformed]:
+        """This worker's own pending entries that it does not run: an XREADGROUP reply lost on its way (Redis
+        delivered, the reply never came) left them pending to a live worker that never saw them. Those it ended
+        (an acknowledgement lost the same way) are acknowledged now; the others are claimed again (keeping their
+        delivery count: it is the same delivery) and returned, to be run. ``known``: entry ids it runs."""
+        found: list[Delivery | Malformed] = []
+        for stream in self.streams + self.low_streams:
+            pending: list[Any] = self.client.xpending_range(
+                stream, CONSUMER_GROUP, min="-", max="+", count=256, consumername=self.consumer
+            )
+            strays = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            strays = {eid: n for eid, n in strays.items() if eid not in known}
+            done = [eid for eid in strays if eid in ended]
+            if done:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xack(stream, CONSUMER_GROUP, *done)
+                pipe.xdel(stream, *done)
+                pipe.execute()
+            lost = [eid for eid in strays if eid not in ended]
+            if not lost:
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for eid in lost:  # one claim each: each keeps its own delivery count
+                pipe.xclaim(
+                    stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, [eid], retrycount=strays[eid]
+                )
+            for claimed in pipe.execute():
+                for entry_id, fields in claimed or []:
+                    if fields is not None:
+                        eid = _text(entry_id)
+                        found.append(self._decode(stream, eid, fields, attempt=strays.get(eid, 1)))
+        if found:
+            log.warning("running %d jobs delivered to this worker whose delivery it never saw", len(found))
+        return found
 
     def _count_deaths(self, deliveries: Sequence[Delivery]) -> dict[str, int]:
         """Add one death to each of these jobs (their worker died holding them); their totals so far."""

@@ -52,6 +52,9 @@ class WorkerStatus(BaseModel):
     completed: int = 0
     failed: int = 0
     at: float = Field(default_factory=time.time)
+    # The stream entry ids of the jobs it runs: an entry pending to a live worker that is not among them was lost
+    # on its way (an XREADGROUP reply that never arrived) and is taken over. None (an older worker): never taken.
+    holding: list[str] | None = None
 
 
 class LiveWorker(BaseModel):

@@ -149,6 +149,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
             worker_id,
             max_deliveries=settings.max_deliveries,
             max_worker_deaths=settings.max_worker_deaths,
+            heartbeat_ttl=settings.heartbeat_ttl,
             claim_min_idle=settings.claim_min_idle,
             event_log=settings.event_log,
             event_log_ttl=settings.event_log_ttl,

@@ -168,7 +168,15 @@ class ModelWorker:
             self.consumer.ensure_groups()  # Redis may have come back empty
             self._broker_ok_since = time.monotonic()
         free = self.engine.slots - len(self.jobs)
-        if free > 0 and self._reclaim_due():
+        due = self._reclaim_due()
+        if due:
+            strays = self.consumer.reconcile(
+                {r.delivery.entry_id for r in self.jobs.values()}, {r.delivery.entry_id for r in self._ended.values()}
+            )
+            if strays:
+                self._admit(strays)
+            free = self.engine.slots - len(self.jobs)
+        if free > 0 and due:
             reclaimed = self.consumer.reclaim(free)
             self.totals["reclaimed"] += len(reclaimed.deliveries)
             if reclaimed.deliveries:
@@ -557,6 +565,7 @@ class ModelWorker:
             tokens_per_s=round(self.token_rate.per_second(), 2),
             completed=self.totals["completed"],
             failed=self.totals["failed"],
+            holding=[r.delivery.entry_id for r in list(self.jobs.values())],
         )
 
     def _beat(self) -> None:

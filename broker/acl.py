@@ -42,7 +42,7 @@ ROLES: dict[str, Role] = {
         commands=f"{_CONNECTION} evalsha script|load "
         "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
-        "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec incr",
+        "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec incrby",
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(

@@ -2,10 +2,12 @@
 still heartbeats, so liveness alone would keep its jobs from the healthy workers beside it.
 
 While sequences run, the engine must keep producing output (tokens, an end, an error). The consume loop reports
-each poll that brought output (a *step*, as the loop sees it: a prefill chunk that yields no token is part of the
-next one) and whether it holds running sequences; the heartbeat thread asks whether the current gap has outlived
-the limit, ``max(floor, factor x the slowest step seen)``: the floor covers a cold engine's first steps, the factor
-a model whose steps are slow on their own (a long prompt's prefill, a large batch on CPU).
+how long each poll of the engine waited and whether it brought output; a *step* is the waiting until output came
+(a prefill chunk that yields no token is part of the next one). Only time spent waiting on the engine counts, so a
+broker outage or a long admission (tokenising a huge prompt) is never taken for a wedge. The heartbeat thread asks
+whether the current wait has outlived the limit, ``max(floor, factor x the slowest step seen)``: the floor covers a
+cold engine's first steps, the factor a model whose steps are slow on their own (a long prefill, a large batch on
+CPU).
 """
 
 from __future__ import annotations
@@ -20,35 +22,40 @@ class EngineProgress:
         self.factor = factor
         self.steps = 0
         self.slowest = 0.0
-        self._since: float | None = None  # last output while busy, or when work began; None while idle
+        self._waited = 0.0  # waited on the engine since its last output, polls in progress excluded
+        self._polling_since: float | None = None
         self._lock = threading.Lock()
 
-    def working(self, busy: bool, now: float | None = None) -> None:
-        """Whether sequences are running now; the clock starts when work begins and stops while idle."""
+    def idle(self) -> None:
+        """No sequence runs: nothing is owed."""
         with self._lock:
-            if not busy:
-                self._since = None
-            elif self._since is None:
-                self._since = time.monotonic() if now is None else now
+            self._waited = 0.0
 
-    def stepped(self, now: float | None = None) -> None:
-        """The engine produced output."""
-        now = time.monotonic() if now is None else now
+    def poll_started(self) -> None:
         with self._lock:
-            if self._since is not None:
-                self.slowest = max(self.slowest, now - self._since)
-            self.steps += 1
-            self._since = now
+            self._polling_since = time.monotonic()
+
+    def poll_ended(self, output: bool) -> None:
+        """A poll of the engine returned, with output or without."""
+        now = time.monotonic()
+        with self._lock:
+            if self._polling_since is not None:
+                self._waited += now - self._polling_since
+            self._polling_since = None
+            if output:
+                self.slowest = max(self.slowest, self._waited)
+                self.steps += 1
+                self._waited = 0.0
 
     @property
     def limit(self) -> float:
         return max(self.floor, self.factor * self.slowest)
 
-    def stalled_for(self, now: float | None = None) -> float:
-        """Seconds the engine has run sequences without output (0 while idle)."""
+    def stalled_for(self) -> float:
+        """Seconds spent waiting on the engine without output while sequences run (a poll in progress counts)."""
         with self._lock:
-            since = self._since
-        return 0.0 if since is None else (time.monotonic() if now is None else now) - since
+            polling = 0.0 if self._polling_since is None else time.monotonic() - self._polling_since
+            return self._waited + polling
 
-    def wedged(self, now: float | None = None) -> bool:
-        return self.stalled_for(now) > self.limit
+    def wedged(self) -> bool:
+        return self.stalled_for() > self.limit

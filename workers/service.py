@@ -188,16 +188,20 @@ class ModelWorker:
             items = self.consumer.read(free, block_ms)
             if items:
                 self._admit(items)
-        self.progress.working(bool(self.jobs))
+        if not self.jobs:
+            self.progress.idle()
         if self.jobs:
             self._expire_overdue()
             self._relay(self._poll())
 
     def _poll(self) -> list[SeqUpdate]:
         """The engine's output since the last poll; any output is a step of progress."""
-        updates = self.engine.poll(timeout=0.05)
-        if updates:
-            self.progress.stepped()
+        self.progress.poll_started()
+        updates: list[SeqUpdate] = []
+        try:
+            updates = self.engine.poll(timeout=0.05)
+        finally:
+            self.progress.poll_ended(bool(updates))
         return updates
 
     def _reclaim_due(self) -> bool:

@@ -32,7 +32,7 @@ def batch_worker_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     worker = BatchWorker(settings, sync_client(url))
-    log.info("batch worker on queue %s, files in %s", settings.batch_queue, settings.files_dir)
+    log.info("batch worker on queue %s, files in %s", settings.batch_queue_name, settings.files_dir)
     worker.work(burst=burst, logging_level=log_level.upper())
 
 

@@ -17,7 +17,7 @@ WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
 def batch_queue(client: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.batch_queue, connection=client, serializer=JSONSerializer)
+    return Queue(settings.batch_queue_name, connection=client, serializer=JSONSerializer)
 
 
 def enqueue_run(client: redis.Redis, settings: Settings, batch_id: str, rq_job_id: str, window: float) -> None:

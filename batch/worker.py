@@ -83,7 +83,7 @@ class BatchWorker(SimpleWorker):
     def __init__(self, settings: Settings, connection: redis.Redis) -> None:
         interval = max(1, int(settings.heartbeat_ttl))
         super().__init__(
-            [Queue(settings.batch_queue, connection=connection, serializer=JSONSerializer)],
+            [Queue(settings.batch_queue_name, connection=connection, serializer=JSONSerializer)],
             connection=connection,
             serializer=JSONSerializer,
             maintenance_interval=interval,

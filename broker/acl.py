@@ -35,14 +35,14 @@ ROLES: dict[str, Role] = {
         "time scan xinfo|groups xrange pexpire set pubsub|numsub",
     ),
     # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
-    # dead worker's jobs, dead-letter
+    # dead worker's jobs (counting the deaths of the workers that held them), dead-letter
     "worker": Role(
         keys=("~{p}:*",),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load "
         "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
-        "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec",
+        "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec incrby",
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(

@@ -22,11 +22,14 @@ from redis.exceptions import ResponseError
 from broker import eventlog
 from broker.eventlog import JobLog
 from broker.keys import CONSUMER_GROUP, LOG_META_ID, Keys
+from broker.registry import WEDGED, status_of
 from broker.schemas import Accepted, Delta, Done, Error, Job
 
 log = logging.getLogger(__name__)
 
 AnyEvent = Accepted | Delta | Done | Error
+# A job's count of workers that died holding it is kept this long after the last death: longer than any job runs.
+DEATHS_TTL_S = 24 * 3600
 
 
 def _text(value: Any) -> str:
@@ -40,6 +43,14 @@ class Delivery:
     stream: str
     entry_id: str
     job: Job
+
+    @property
+    def deadline(self) -> float:
+        """The job's deadline on Redis's clock, so that no two hosts' clocks need to agree: when it entered its
+        stream (the entry id's milliseconds: Redis's clock) plus its time budget (``deadline - created``, both
+        stamped by its front server's clock, whose difference does not depend on that clock being right)."""
+        queued_at = int(self.entry_id.split("-", 1)[0]) / 1000
+        return queued_at + max(self.job.deadline - self.job.created, 0.0)
 
 
 @dataclass
@@ -85,6 +96,8 @@ class JobConsumer:
         consumer: str,
         *,
         max_deliveries: int = 3,
+        max_worker_deaths: int = 2,
+        heartbeat_ttl: float = 6.0,
         claim_min_idle: float = 1.0,
         event_log: bool = True,
         event_log_ttl: float = 300.0,
@@ -98,11 +111,28 @@ class JobConsumer:
         # Batch lines: read only when the interactive streams have nothing for this worker.
         self.low_streams = [keys.batch_jobs(m) for m in self.models]
         self.max_deliveries = max_deliveries
+        self.max_worker_deaths = max_worker_deaths
+        # An entry pending this long to a live worker that does not say it runs it was lost on its way: by then the
+        # worker has heartbeaten (it lives) more than a TTL after the delivery, long after it would have admitted it.
+        self.lost_delivery_ms = int(2 * heartbeat_ttl * 1000)
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
         self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
         self.event_log = event_log
         self.event_log_ttl = event_log_ttl
         self.event_log_maxlen = event_log_maxlen
+        self.clock_offset = 0.0  # Redis's clock minus this host's, as last measured (see sync_clock)
+
+    def sync_clock(self) -> None:
+        """Measure how far Redis's clock is from this host's (TIME, halfway through the round trip). Deadlines are
+        compared on Redis's clock (see :attr:`Delivery.deadline`); a worker re-measures with every heartbeat."""
+        before = time.time()
+        seconds, micros = self.client.time()
+        after = time.time()
+        self.clock_offset = seconds + micros / 1e6 - (before + after) / 2
+
+    def redis_now(self) -> float:
+        """Now, on Redis's clock."""
+        return time.time() + self.clock_offset
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as
@@ -157,12 +187,17 @@ class JobConsumer:
         return out
 
     def reclaim(self, count: int) -> Reclaimed:
-        """Take over up to ``count`` jobs that workers without a heartbeat left pending, and forget those workers.
+        """Take over up to ``count`` jobs that workers without a heartbeat (or wedged ones) left pending, and forget
+        those workers.
 
-        A pending entry is only taken when its consumer's heartbeat key is gone, so a long job on a live worker is
-        never stolen however long it runs; XCLAIM's min-idle makes two live workers racing for one entry safe (the
-        first claim resets the idle time, the second then claims nothing). A job delivered ``max_deliveries``
-        times is moved to the dead-letter stream instead, and its client is told why.
+        A pending entry is only taken when its consumer's heartbeat key is gone or says it is wedged, so a long job
+        on a live worker is never stolen however long it runs; XCLAIM's min-idle makes two live workers racing for
+        one entry safe (the first claim resets the idle time, the second then claims nothing).
+
+        Two limits set a job aside (dead-letter it, telling its client why): ``max_worker_deaths`` workers died
+        while holding it (a job that kills whoever runs it, e.g. one that runs them out of memory, must not take
+        the whole fleet down; a worker that deregistered after handing its jobs back did not die), or it was
+        delivered ``max_deliveries`` times in all.
         """
         taken: list[Delivery | Malformed] = []
         dead_lettered: list[str] = []
@@ -173,19 +208,32 @@ class JobConsumer:
                 stream, CONSUMER_GROUP, min="-", max="+", count=max(count * 4, 16), idle=self.claim_min_idle_ms
             )
             owners = sorted({_text(p["consumer"]) for p in pending} - {self.consumer})
-            dead_owners = self._without_heartbeat(owners)
-            orphans = [p for p in pending if _text(p["consumer"]) in dead_owners][: count - len(taken)]
+            lost, holding = self._lost_owners(owners)
+            orphans = [
+                p
+                for p in pending
+                if _text(p["consumer"]) in lost or self._lost_on_its_way(p, holding.get(_text(p["consumer"])))
+            ][: count - len(taken)]
             if orphans:
                 deliveries = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in orphans}
+                owner_of = {_text(p["message_id"]): _text(p["consumer"]) for p in orphans}
                 claimed: list[Any] = self.client.xclaim(
                     stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, list(deliveries)
                 )
+                items: list[Delivery | Malformed] = []
                 for entry_id, fields in claimed or []:
                     if fields is None:  # deleted meanwhile (Redis 6 still lists such ids)
                         continue
                     eid = _text(entry_id)
-                    item = self._decode(stream, eid, fields, attempt=deliveries.get(eid, 1))
-                    if isinstance(item, Delivery) and item.job.attempt > self.max_deliveries:
+                    items.append(self._decode(stream, eid, fields, attempt=deliveries.get(eid, 1)))
+                deaths = self._count_deaths(
+                    [i for i in items if isinstance(i, Delivery) and lost.get(owner_of[i.entry_id], False)]
+                )
+                for item in items:
+                    if isinstance(item, Delivery) and deaths.get(item.job.id, 0) >= self.max_worker_deaths:
+                        self._dead_letter(item, deaths=deaths[item.job.id])
+                        dead_lettered.append(item.job.id)
+                    elif isinstance(item, Delivery) and item.job.attempt > self.max_deliveries:
                         self._dead_letter(item)
                         dead_lettered.append(item.job.id)
                     else:
@@ -194,6 +242,90 @@ class JobConsumer:
         if taken or dead_lettered:
             log.warning("took over %d jobs from dead workers, dead-lettered %d", len(taken), len(dead_lettered))
         return Reclaimed(taken, dead_lettered)
+
+    def holding(self) -> int:
+        """How many entries of this worker's streams are pending to it (delivered, not acknowledged)."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams + self.low_streams:
+            pipe.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1, consumername=self.consumer)
+        return sum(len(reply) for reply in pipe.execute())
+
+    def _lost_on_its_way(self, pending: Any, holding: set[str] | None) -> bool:
+        """A live worker's pending entry that it does not run, long after it was delivered (see holding)."""
+        if holding is None or _text(pending["message_id"]) in holding:
+            return False
+        return int(pending["time_since_delivered"]) >= self.lost_delivery_ms
+
+    def _lost_owners(self, consumers: Sequence[str]) -> tuple[dict[str, bool], dict[str, set[str]]]:
+        """Of these consumers, the ones whose jobs are to be taken over, each with whether it died (True) or left
+        cleanly after handing its jobs back (False). Dead: no heartbeat and no mark of a clean leave; wedged: its
+        heartbeat says its engine stopped making progress (it exits, and its jobs are not its fault so much as
+        they may be the cause: counted as a death). Then the live ones' entries that they say they run."""
+        if not consumers:
+            return {}, {}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([self.keys.heartbeat(c) for c in consumers])
+        pipe.mget([self.keys.left(c) for c in consumers])
+        beats, lefts = pipe.execute()
+        lost: dict[str, bool] = {}
+        holding: dict[str, set[str]] = {}
+        for consumer, beat, left in zip(consumers, beats, lefts, strict=True):
+            if beat is None:
+                lost[consumer] = left is None
+                continue
+            status = status_of(beat)
+            if status.state == WEDGED:
+                lost[consumer] = True
+            elif status.holding is not None:
+                holding[consumer] = set(status.holding)
+        return lost, holding
+
+    def reconcile(self, known: set[str], ended: set[str]) -> list[Delivery | Malformed]:
+        """This worker's own pending entries that it does not run: an XREADGROUP reply lost on its way (Redis
+        delivered, the reply never came) left them pending to a live worker that never saw them. Those it ended
+        (an acknowledgement lost the same way) are acknowledged now; the others are claimed again (keeping their
+        delivery count: it is the same delivery) and returned, to be run. ``known``: entry ids it runs."""
+        found: list[Delivery | Malformed] = []
+        for stream in self.streams + self.low_streams:
+            pending: list[Any] = self.client.xpending_range(
+                stream, CONSUMER_GROUP, min="-", max="+", count=256, consumername=self.consumer
+            )
+            strays = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            strays = {eid: n for eid, n in strays.items() if eid not in known}
+            done = [eid for eid in strays if eid in ended]
+            if done:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xack(stream, CONSUMER_GROUP, *done)
+                pipe.xdel(stream, *done)
+                pipe.execute()
+            lost = [eid for eid in strays if eid not in ended]
+            if not lost:
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for eid in lost:  # one claim each: each keeps its own delivery count
+                pipe.xclaim(
+                    stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, [eid], retrycount=strays[eid]
+                )
+            for claimed in pipe.execute():
+                for entry_id, fields in claimed or []:
+                    if fields is not None:
+                        eid = _text(entry_id)
+                        found.append(self._decode(stream, eid, fields, attempt=strays.get(eid, 1)))
+        if found:
+            log.warning("running %d jobs delivered to this worker whose delivery it never saw", len(found))
+        return found
+
+    def _count_deaths(self, deliveries: Sequence[Delivery]) -> dict[str, int]:
+        """Add one death to each of these jobs (their worker died holding them); their totals so far."""
+        if not deliveries:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for delivery in deliveries:
+            key = self.keys.deaths(delivery.job.id)
+            pipe.incr(key)
+            pipe.expire(key, DEATHS_TTL_S)
+        replies = pipe.execute()
+        return {d.job.id: int(n) for d, n in zip(deliveries, replies[::2], strict=True)}
 
     def _without_heartbeat(self, consumers: Sequence[str]) -> set[str]:
         if not consumers:
@@ -210,12 +342,22 @@ class JobConsumer:
         for name in self._without_heartbeat(idle_ones):
             self.client.xgroup_delconsumer(stream, CONSUMER_GROUP, name)
 
-    def _dead_letter(self, delivery: Delivery) -> None:
+    def _dead_letter(self, delivery: Delivery, deaths: int = 0) -> None:
         job = delivery.job
-        message = (
-            f"job {job.id} was given to {job.attempt - 1} workers and each of them died before finishing it; "
-            "it was set aside (dead-lettered) so it cannot take down more workers"
-        )
+        if deaths:
+            # A 4xx, not a 5xx: the request itself is the likely cause, and clients retry 5xx answers on their own
+            # (openai-python twice), which would hand it to more workers.
+            code, status = "worker_crashed", 400
+            message = (
+                f"job {job.id} was running on {deaths} workers that each died (killed, out of memory or wedged) "
+                "before finishing it; it was set aside (dead-lettered) so it cannot take down more workers"
+            )
+        else:
+            code, status = "worker_lost", 503
+            message = (
+                f"job {job.id} was given to {job.attempt - 1} workers and none of them finished it; it was set "
+                "aside (dead-lettered)"
+            )
         log.error("%s", message)
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(
@@ -224,7 +366,7 @@ class JobConsumer:
             maxlen=10_000,
             approximate=True,
         )
-        self._send(pipe, job.id, Error(seq=0, code="worker_lost", message=message, status=503), ended=True)
+        self._send(pipe, job.id, Error(seq=0, code=code, message=message, status=status), ended=True)
         pipe.xack(delivery.stream, CONSUMER_GROUP, delivery.entry_id)
         pipe.xdel(delivery.stream, delivery.entry_id)
         pipe.hincrby(self.keys.stats(job.model), "dead", 1)

@@ -8,6 +8,8 @@
 | ``{p}:cancel:{job_id}``  | string   | set by a front server whose client left (short TTL) |
 | ``{p}:workers``          | hash     | worker id -> JSON card                            |
 | ``{p}:worker:{id}``      | string   | heartbeat with TTL; value = live stats JSON       |
+| ``{p}:left:{id}``        | string   | a worker left cleanly, handing its jobs back (TTL) |
+| ``{p}:deaths:{job_id}``  | string   | workers that died holding the job (TTL)           |
 | ``{p}:stats:{model}``    | hash     | counters (completed, failed, tokens, ...)         |
 | ``{p}:dead:{model}``     | stream   | dead-lettered jobs                                |
 | ``{p}:batch:{model}``    | stream   | batch lines: read only when ``jobs`` gives nothing |
@@ -70,6 +72,15 @@ class Keys:
 
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
+
+    def left(self, worker_id: str) -> str:
+        """Set when a worker deregisters after handing its unfinished jobs back: whoever takes them over then
+        knows their worker did not die of them."""
+        return f"{self.prefix}:left:{worker_id}"
+
+    def deaths(self, job_id: str) -> str:
+        """How many workers died (killed, out of memory, wedged) while they held the job."""
+        return f"{self.prefix}:deaths:{job_id}"
 
     def stats(self, model: str) -> str:
         return f"{self.prefix}:stats:{model}"

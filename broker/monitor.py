@@ -64,7 +64,7 @@ class WorkerInfo(BaseModel):
     host: str
     pid: int
     models: list[str]
-    state: str  # idle | busy | draining
+    state: str  # idle | busy | draining | wedged (its engine stopped making progress)
     running: int
     slots: int
     completed: int

@@ -21,6 +21,10 @@ from broker.records import text
 
 log = logging.getLogger(__name__)
 
+# How long a cleanly departed worker's mark is kept: far longer than a takeover of its jobs takes, even after a
+# broker outage, and short enough that the marks of a fleet's restarts do not pile up.
+LEFT_MARK_TTL_S = 3600
+
 
 class WorkerCard(BaseModel):
     id: str
@@ -35,21 +39,36 @@ class WorkerCard(BaseModel):
     embeddings: bool = False  # an embeddings worker: it serves /v1/embeddings, not chat or completions
 
 
+# The state of a worker whose engine stopped making progress: its jobs are taken over as a dead worker's are.
+WEDGED = "wedged"
+
+
 class WorkerStatus(BaseModel):
     """The live part of a worker, refreshed with every heartbeat."""
 
-    state: str = "idle"  # idle | busy | draining
+    state: str = "idle"  # idle | busy | draining | wedged
     running: int = 0
     free_slots: int = 0
     tokens_per_s: float = 0.0
     completed: int = 0
     failed: int = 0
     at: float = Field(default_factory=time.time)
+    # The stream entry ids of the jobs it runs: an entry pending to a live worker that is not among them was lost
+    # on its way (an XREADGROUP reply that never arrived) and is taken over. None (an older worker): never taken.
+    holding: list[str] | None = None
 
 
 class LiveWorker(BaseModel):
     card: WorkerCard
     status: WorkerStatus
+
+
+def status_of(beat: bytes | str) -> WorkerStatus:
+    """A heartbeat key's value; one that cannot be read counts as a plain live worker (never taken over for it)."""
+    try:
+        return WorkerStatus.model_validate_json(beat)
+    except ValueError:
+        return WorkerStatus()
 
 
 def new_worker_id() -> str:
@@ -102,7 +121,10 @@ class WorkerRegistration:
         pipe.execute()
 
     def deregister(self) -> None:
+        """Leave cleanly: what this worker still holds was handed back, so whoever takes it over does not count a
+        death against those jobs (see :meth:`broker.consumer.JobConsumer.reclaim`)."""
         pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.left(self.card.id), "1", ex=LEFT_MARK_TTL_S)
         pipe.hdel(self.keys.workers, self.card.id)
         pipe.delete(self.keys.heartbeat(self.card.id))
         pipe.execute()

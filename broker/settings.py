@@ -39,6 +39,22 @@ class Settings(BaseSettings):
     max_queue_len: int = Field(default=1024, gt=0, description="Per-model backlog over which the API says 429.")
     stream_maxlen: int = Field(default=100_000, gt=0, description="Approximate cap of a job stream's length.")
     max_deliveries: int = Field(default=3, gt=0, description="Deliveries of one job before it is dead-lettered.")
+    max_worker_deaths: int = Field(
+        default=2,
+        gt=0,
+        description="Workers that may die (killed, out of memory, wedged) holding one job before it is dead-lettered "
+        "with 400 worker_crashed: a job that kills whoever runs it must not take down the whole fleet.",
+    )
+    stall_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a worker's engine may run sequences without producing output, at least (the limit is "
+        "max(this, stall_factor x the slowest step seen)), before the worker calls itself wedged: it stops taking "
+        "work, its jobs are taken over mid-stream and it exits with status 3 for its supervisor to restart it.",
+    )
+    stall_factor: float = Field(
+        default=10.0, gt=0, description="The wedge limit in multiples of the slowest engine step seen (see above)."
+    )
     claim_min_idle: float = Field(
         default=1.0,
         gt=0,
@@ -93,7 +109,11 @@ class Settings(BaseSettings):
     )
     files_max_bytes: int = Field(default=200 * 2**20, gt=0, description="Largest file an upload may have.")
     batch_max_requests: int = Field(default=50_000, gt=0, description="Most lines one batch file may have.")
-    batch_queue: str = Field(default="queuechat-batch", min_length=1, description="The rq queue of batch runs.")
+    batch_queue: str = Field(
+        default="",
+        description="The rq queue of batch runs; empty (the default): '{key_prefix}-batch', so that deployments "
+        "sharing one Redis under their own prefixes never run each other's batches (see batch_queue_name).",
+    )
     batch_max_in_flight: int = Field(
         default=16, gt=0, description="Lines of one batch queued or running at once: the batch's share of the queue."
     )
@@ -121,6 +141,13 @@ class Settings(BaseSettings):
 
             settings.redis_url = running_redis_url()
         return settings
+
+    @property
+    def batch_queue_name(self) -> str:
+        """The rq queue of this deployment's batch runs: named after the key prefix unless set explicitly. rq keeps
+        its keys under its own ``rq:`` namespace (it has no prefix setting), so the queue's name is what keeps one
+        deployment's runs (``rq:queue:{p}-batch`` and its registries) apart from another's."""
+        return self.batch_queue or f"{self.key_prefix}-batch"
 
     def require_redis_url(self, who: str) -> str:
         """The Redis URL; :class:`MissingRedisUrl` naming ``who`` (e.g. "the API") when there is none."""

@@ -23,7 +23,7 @@ from broker.batches import BatchProgress
 from broker.monitor import QueueInfo, Snapshot, WorkerInfo
 
 BAR_WIDTH = 24
-STATE_STYLES = {"busy": "green", "idle": "dim", "draining": "yellow"}
+STATE_STYLES = {"busy": "green", "idle": "dim", "draining": "yellow", "wedged": "bold red"}
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 INFO_COMMAND_TIMEOUT = 2.0
 

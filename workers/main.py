@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # the loop wait less; the engine thread loses little, its time being in torch kernels that release the GIL.
 # QUEUECHAT_SWITCH_INTERVAL overrides it (seconds), for measuring.
 GIL_SWITCH_INTERVAL = 0.0005
+# The exit status of a worker whose engine wedged (see workers/progress.py): not 0, so a supervisor restarts it.
+WEDGED_EXIT_STATUS = 3
 
 
 @dataclass
@@ -147,6 +149,8 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
             names,
             worker_id,
             max_deliveries=settings.max_deliveries,
+            max_worker_deaths=settings.max_worker_deaths,
+            heartbeat_ttl=settings.heartbeat_ttl,
             claim_min_idle=settings.claim_min_idle,
             event_log=settings.event_log,
             event_log_ttl=settings.event_log_ttl,
@@ -161,6 +165,8 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         stream_interval=options.stream_interval,
         orphan_grace=settings.orphan_grace,
         max_tokens_cap=settings.max_tokens_cap,
+        stall_timeout=settings.stall_timeout,
+        stall_factor=settings.stall_factor,
     )
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics, scrape_client
@@ -190,10 +196,19 @@ def serve(options: WorkerOptions, settings: Any) -> None:
         log.info("signal %d: draining", signum)
         worker.stop()
 
+    def on_wedged() -> None:
+        # At once, without closing the engine: its thread is stuck, and a clean shutdown would wait on it forever.
+        log.error("exiting with status %d: the engine is wedged", WEDGED_EXIT_STATUS)
+        logging.shutdown()
+        os._exit(WEDGED_EXIT_STATUS)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    worker.on_wedged = on_wedged
     try:
         worker.run()
+        if worker.wedged.is_set():
+            on_wedged()
     finally:
         worker.engine.close()
         if worker.metrics is not None:

@@ -37,6 +37,11 @@ class RunningJob:
     ended_at_admission: list[int] = field(default_factory=list)
 
     @property
+    def deadline(self) -> float:
+        """On Redis's clock (see :attr:`broker.consumer.Delivery.deadline`)."""
+        return self.delivery.deadline
+
+    @property
     def job(self) -> Job:
         return self.delivery.job
 

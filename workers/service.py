@@ -19,13 +19,14 @@ import math
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.eventlog import JobLog
-from broker.registry import WorkerRegistration, WorkerStatus
+from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, TokenLogprob, Usage
 from workers.admission import (
     ANSWERED_AT_ADMISSION,
@@ -43,6 +44,7 @@ from workers.admission import (
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
 from workers.pacing import StreamInterval, TokenRate
+from workers.progress import EngineProgress
 from workers.prompts import PromptError, longest_token_chars
 from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
@@ -68,6 +70,9 @@ class ModelWorker:
         stream_interval: int = 1,
         orphan_grace: float = 10.0,
         max_tokens_cap: int | None = None,
+        stall_timeout: float = 30.0,
+        stall_factor: float = 10.0,
+        on_wedged: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -106,6 +111,14 @@ class ModelWorker:
         # outage every heartbeat key may have expired, and live workers need that long to renew theirs.
         self._broker_ok_since = time.monotonic()
         self._next_reclaim = 0.0
+        # Liveness by progress (workers/progress.py): a worker whose engine stopped producing output while it runs
+        # sequences says so in its heartbeat (state "wedged"), stops taking work, waits (a bounded time) for live
+        # workers to take its jobs over, then ``on_wedged`` ends the process so that its supervisor restarts it.
+        self.progress = EngineProgress(stall_timeout, stall_factor)
+        self.wedged = threading.Event()
+        self._handed_over = threading.Event()
+        self.on_wedged = on_wedged
+        self._wedged_at = math.inf
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,7 +131,7 @@ class ModelWorker:
         log.info("worker %s serving %s", self.consumer.consumer, ", ".join(self.consumer.models))
         backoff = 0.05
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and not self.wedged.is_set():
                 try:
                     self._step()
                     backoff = 0.05
@@ -127,13 +140,19 @@ class ModelWorker:
                     self._broker_ok_since = math.inf
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
+            if self.wedged.is_set():
+                # No drain (the engine is stuck) and no deregistering: the heartbeat goes on saying "wedged" so
+                # that live workers take the jobs over, counting a death against each (the job may be the cause).
+                self._handed_over.wait()
+                return
             self._drain()
         finally:
             self._stopped.set()
-            try:
-                self.registration.deregister()
-            except RedisError:
-                log.warning("could not deregister; the heartbeat key will expire by itself")
+            if not self.wedged.is_set():
+                try:
+                    self.registration.deregister()
+                except RedisError:
+                    log.warning("could not deregister; the heartbeat key will expire by itself")
 
     def stop(self) -> None:
         self.stopping.set()
@@ -144,7 +163,7 @@ class ModelWorker:
         deadline = time.monotonic() + self.drain_timeout
         while self.jobs and time.monotonic() < deadline:
             try:
-                self._relay(self.engine.poll(timeout=0.05))
+                self._relay(self._poll())
             except RedisError:
                 time.sleep(0.1)
         for running in list(self.jobs.values()):
@@ -161,7 +180,15 @@ class ModelWorker:
             self.consumer.ensure_groups()  # Redis may have come back empty
             self._broker_ok_since = time.monotonic()
         free = self.engine.slots - len(self.jobs)
-        if free > 0 and self._reclaim_due():
+        due = self._reclaim_due()
+        if due:
+            strays = self.consumer.reconcile(
+                {r.delivery.entry_id for r in self.jobs.values()}, {r.delivery.entry_id for r in self._ended.values()}
+            )
+            if strays:
+                self._admit(strays)
+            free = self.engine.slots - len(self.jobs)
+        if free > 0 and due:
             reclaimed = self.consumer.reclaim(free)
             self.totals["reclaimed"] += len(reclaimed.deliveries)
             if reclaimed.deliveries:
@@ -173,9 +200,21 @@ class ModelWorker:
             items = self.consumer.read(free, block_ms)
             if items:
                 self._admit(items)
+        if not self.jobs:
+            self.progress.idle()
         if self.jobs:
             self._expire_overdue()
-            self._relay(self.engine.poll(timeout=0.05))
+            self._relay(self._poll())
+
+    def _poll(self) -> list[SeqUpdate]:
+        """The engine's output since the last poll; any output is a step of progress."""
+        self.progress.poll_started()
+        updates: list[SeqUpdate] = []
+        try:
+            updates = self.engine.poll(timeout=0.05)
+        finally:
+            self.progress.poll_ended(bool(updates))
+        return updates
 
     def _reclaim_due(self) -> bool:
         now = time.monotonic()
@@ -185,9 +224,10 @@ class ModelWorker:
         return True
 
     def _expire_overdue(self) -> None:
-        """End running jobs whose deadline passed: their front server has given up on them already."""
-        now = time.time()
-        overdue = [r for r in self.jobs.values() if r.job.deadline < now]
+        """End running jobs whose deadline passed: their front server has given up on them already. On Redis's
+        clock, so that a worker whose clock runs ahead does not end jobs early, nor one behind too late."""
+        now = self.consumer.redis_now()
+        overdue = [r for r in self.jobs.values() if r.deadline < now]
         if not overdue:
             return
         events: list[tuple[str, AnyEvent]] = []
@@ -215,7 +255,7 @@ class ModelWorker:
             skipped = self.consumer.cancelled(unheard)
         taken_over = [d.job.id for d in deliveries if d.job.attempt > 1]
         pasts = self.consumer.read_logs(taken_over) if self.consumer.event_log else {}
-        now = time.time()
+        redis_now = self.consumer.redis_now()
         for item in items:
             if isinstance(item, Malformed):
                 log.warning("dropping malformed entry %s on %s: %s", item.entry_id, item.stream, item.reason)
@@ -232,7 +272,7 @@ class ModelWorker:
                 finished.append(delivery)  # its worker published its end, then died before acknowledging it
                 counters[job.model]["failed" if past.error is not None else "completed"] += 1
                 continue
-            if job.deadline < now:
+            if delivery.deadline < redis_now:
                 finished.append(delivery)
                 counters[job.model]["expired"] += 1
                 message = "the job's deadline passed"
@@ -579,6 +619,8 @@ class ModelWorker:
     def status(self) -> WorkerStatus:
         running = len(self.jobs)
         state = "draining" if self.stopping.is_set() else ("busy" if running else "idle")
+        if self.wedged.is_set():
+            state = WEDGED
         return WorkerStatus(
             state=state,
             running=running,
@@ -586,16 +628,53 @@ class ModelWorker:
             tokens_per_s=round(self.token_rate.per_second(), 2),
             completed=self.totals["completed"],
             failed=self.totals["failed"],
+            holding=[r.delivery.entry_id for r in list(self.jobs.values())],
         )
 
     def _beat(self) -> None:
         self.registration.heartbeat(self.status())
+        self.consumer.sync_clock()
 
     def _heartbeat_forever(self) -> None:
         while not self._stopped.wait(self.heartbeat_interval):
             if self.stopping.is_set() and not self.jobs:
                 return
+            self._check_progress()
             try:
                 self._beat()
             except RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            if self.wedged.is_set() and self._wedged_done():
+                break
+        if self.wedged.is_set():
+            self._handed_over.set()
+            if self.on_wedged is not None:
+                self.on_wedged()  # here, not in the consume loop: that loop may be stuck in the engine itself
+
+    def _check_progress(self) -> None:
+        """Declare the worker wedged when its engine has run sequences without output for too long. Checked on
+        the heartbeat thread, which a stuck engine cannot hold up."""
+        if self.wedged.is_set() or self.stopping.is_set() or not self.progress.wedged():
+            return
+        self._wedged_at = time.monotonic()
+        log.error(
+            "the engine produced nothing for %.1fs while running %d jobs (limit %.1fs: max(%.0fs, %g x the slowest "
+            "step, %.2fs)); wedged: handing its jobs over and exiting",
+            self.progress.stalled_for(),
+            len(self.jobs),
+            self.progress.limit,
+            self.progress.floor,
+            self.progress.factor,
+            self.progress.slowest,
+        )
+        self.wedged.set()
+
+    def _wedged_done(self) -> bool:
+        """Whether a wedged worker may exit: live workers took its jobs, or it gave them long enough (with no live
+        worker they wait in Redis for the next one, the restarted process included)."""
+        if time.monotonic() - self._wedged_at > 3 * self.heartbeat_ttl:
+            return True
+        try:
+            return self.consumer.holding() == 0
+        except RedisError:
+            return False

@@ -57,17 +57,26 @@ class Cluster:
         }
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen([sys.executable, *args], env=self.env, cwd=REPO, stdout=log, stderr=log)
+        env = {**self.env, **(env or {})}
+        process = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=log, stderr=log)
         self.processes.append(process)
         return process
 
-    def start_worker(self, name: str, slots: int = 16, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self,
+        name: str,
+        slots: int = 16,
+        extra: list[str] | None = None,
+        module: str = "workers",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; ``module`` "tests.faults.hooked_worker" gives it the fault hooks ``env`` sets."""
         return self._spawn(
             name,
             [
-                "-m", "workers",
+                "-m", module,
                 "--model-path", str(self.model_dir),
                 "--model-names", self.model,
                 "--device", "cpu",
@@ -82,6 +91,7 @@ class Cluster:
                 *(VLLM_WORKER_FLAGS if self.engine == "vllm" else []),
                 *(extra or []),
             ],
+            env,
         )  # fmt: skip
 
     def start_batch_worker(self, name: str) -> subprocess.Popen[bytes]:

@@ -146,7 +146,7 @@ class BatchRunner:
             if self.lease_lost or self.stop_requested.is_set():
                 log.warning("batch %s: stopped with %d lines left; it will be resumed", self.batch_id, len(left))
                 return "interrupted"
-            return await self._finish(store, left, output, errors)
+            return await self._finish(store, left, output, errors, fields.get("owner", ""))
         finally:
             keeper.cancel()
             watcher.cancel()
@@ -302,7 +302,9 @@ class BatchRunner:
         )
         return "failed"
 
-    async def _finish(self, store: BatchStore, left: list[BatchLine], output: ResultFile, errors: ResultFile) -> str:
+    async def _finish(
+        self, store: BatchStore, left: list[BatchLine], output: ResultFile, errors: ResultFile, owner: str
+    ) -> str:
         status = await store.status(self.batch_id)
         if status == BatchStatus.CANCELLING:
             final = BatchStatus.CANCELLED
@@ -335,7 +337,7 @@ class BatchRunner:
                     "status_details": None,
                     "expires_at": None,
                 }
-                await store.add_file(obj, str(result.path))
+                await store.add_file(obj, str(result.path), owner)  # the batch's key reads its results
                 await store.set_fields(self.batch_id, **{f"{kind}_file_id": file_id})
         moved = await store.set_status(
             self.batch_id,

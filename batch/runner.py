@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from batch.filestore import BatchLine, ResultFile, new_id, read_batch_lines
+from batch.filestore import BatchLine, ResultFile, new_id, not_unicode_at, read_batch_lines
 from broker.batches import BatchStatus, BatchStore
 from broker.connection import async_client_like
 from broker.errors import QueuechatError
@@ -41,7 +41,7 @@ from broker.producer import Producer
 from broker.settings import Settings
 from serving.chat import chat_answer
 from serving.completions import completion_answer
-from serving.errors import error_body, validation_message
+from serving.errors import error_body, invalid_request, validation_message
 from serving.requests import ChatCompletionRequest, CompletionRequest
 from serving.responses import ChatCompletion, Completion
 
@@ -217,6 +217,10 @@ class BatchRunner:
     async def _execute(self, producer: Producer, endpoint: str, line: BatchLine) -> dict[str, Any] | None:
         request_id = f"req_{uuid.uuid4().hex}"
         body: ChatCompletionRequest | CompletionRequest
+        where = not_unicode_at(line.body)
+        if where is not None:
+            message = f"Invalid value for '{where}': it is not valid Unicode (a lone surrogate such as \\ud800)."
+            return _result(line.custom_id, 400, request_id, invalid_request(message, where or None))
         try:
             if endpoint == "/v1/chat/completions":
                 body = ChatCompletionRequest.model_validate(line.body)

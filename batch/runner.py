@@ -98,6 +98,7 @@ class BatchRunner:
         self.expired = False
         self.cancelled = False
         self.stop = asyncio.Event()
+        self.ended = asyncio.Event()  # the run is over: the lease keeper and the watcher stop
 
     async def run(self, client: aredis.Redis) -> str:
         producer = Producer(client, self.settings)
@@ -148,8 +149,7 @@ class BatchRunner:
                 return "interrupted"
             return await self._finish(store, left, output, errors, fields.get("owner", ""))
         finally:
-            keeper.cancel()
-            watcher.cancel()
+            await self._stop_helpers(keeper, watcher)
             for f in (output, errors):
                 if f is not None:
                     f.close()
@@ -265,9 +265,22 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ control
 
+    async def _stop_helpers(self, *tasks: asyncio.Task[None]) -> None:
+        """End the lease keeper and the watcher, and wait until they have ended. A cancel alone can be lost: Python
+        3.11's ``asyncio.wait_for``, through which redis-py sends each command, returns the command's result instead
+        of raising when the cancel meets a command that just finished; a helper that lost its cancel would loop on,
+        and ``asyncio.run()`` (which waits for every task) never returned. So they also stop on ``ended``, within
+        one of their intervals."""
+        self.ended.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _keep_lease(self, store: BatchStore) -> None:
-        while True:
+        while not self.ended.is_set():
             await asyncio.sleep(self.settings.heartbeat_interval)
+            if self.ended.is_set():  # never renew a lease the run has released
+                return
             try:
                 if not await store.renew_lease(self.batch_id, self.owner, self.lease_ttl):
                     log.error("batch %s: lost its lease to another batch worker; stopping", self.batch_id)
@@ -279,7 +292,7 @@ class BatchRunner:
 
     async def _watch(self, store: BatchStore, expires_at: float) -> None:
         """Stop feeding on cancel, at the completion window's end, or when the batch worker is told to stop."""
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.ended.is_set():
             if self.stop_requested.is_set():
                 self.stop.set()
             elif time.time() >= expires_at:

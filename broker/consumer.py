@@ -100,6 +100,7 @@ class JobConsumer:
         self.max_deliveries = max_deliveries
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
         self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
+        self._fenced_publish = client.register_script(eventlog.FENCED_PUBLISH_SCRIPT)
         self.event_log = event_log
         self.event_log_ttl = event_log_ttl
         self.event_log_maxlen = event_log_maxlen
@@ -252,26 +253,59 @@ class JobConsumer:
         counts = dict(self.client.pubsub_numsub(*channels))
         return [int(counts.get(c.encode(), counts.get(c, 0))) for c in channels]
 
-    def publish(self, events: Sequence[tuple[str, AnyEvent]], ended: Iterable[str] = ()) -> list[int]:
+    def publish(
+        self,
+        events: Sequence[tuple[str, AnyEvent]],
+        ended: Iterable[str] = (),
+        owned: Mapping[str, Delivery | Malformed] | None = None,
+    ) -> list[int]:
         """Publish (job id, event) pairs in one round trip, each appended to its job's log first; returns the
         receiver count of each. The logs of the ``ended`` jobs (their last event is among these) get their
         retention time.
 
-        An append that Redis refuses (an id already there: the job's events were written by another worker too)
-        is logged and skipped; the live event still goes out, and front servers drop what they have seen."""
+        The events of a job in ``owned`` (its stream entry) are fenced: published only while that entry is still
+        pending to this worker, in one script per job; when another worker took the job over (or it was
+        acknowledged) nothing is published and its events' count is :data:`~broker.eventlog.NOT_OWNER`. A fenced
+        append refused for an id already there is the same event sent again (a retried publish), and skipped."""
         if not events:
             return []
+        owned = owned or {}
         pipe = self.client.pipeline(transaction=False)
         last = {job_id: i for i, (job_id, _) in enumerate(events)}
         ended = set(ended)
-        positions: list[int] = []
+        positions: dict[int, int] = {}
+        fenced: dict[str, list[int]] = {}
         for i, (job_id, event) in enumerate(events):
-            positions.append(self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended))
+            if job_id in owned:
+                fenced.setdefault(job_id, []).append(i)
+            else:
+                positions[i] = self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended)
+        for job_id, indexes in fenced.items():
+            position = len(pipe.command_stack)
+            self._send_fenced(pipe, owned[job_id], job_id, [events[i][1] for i in indexes], job_id in ended)
+            positions.update(dict.fromkeys(indexes, position))
         replies = pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
                 log.warning("an event log append failed: %s", reply)
-        return [int(replies[p]) if not isinstance(replies[p], Exception) else 0 for p in positions]
+        return [int(replies[positions[i]]) if not isinstance(replies[positions[i]], Exception) else 0
+                for i in range(len(events))]  # fmt: skip
+
+    def _send_fenced(
+        self, pipe: Any, entry: Delivery | Malformed, job_id: str, events: Sequence[AnyEvent], ended: bool
+    ) -> None:
+        """Queue one job's events as one fenced script call (see :data:`broker.eventlog.FENCED_PUBLISH_SCRIPT`)."""
+        args: list[Any] = [
+            CONSUMER_GROUP,
+            entry.entry_id,
+            self.consumer,
+            self.keys.events(job_id),
+            self.event_log_maxlen if self.event_log else "",
+            max(int(self.event_log_ttl), 1) if ended else "",
+        ]
+        for event in events:
+            args += [eventlog.entry_id_of(event), event.model_dump_json(exclude_none=True)]
+        self._fenced_publish(keys=[entry.stream, self.keys.log(job_id)], args=args, client=pipe)
 
     def _send(self, pipe: Any, job_id: str, event: AnyEvent, *, ended: bool) -> int:
         """Queue one event's log append and PUBLISH on ``pipe``; returns the PUBLISH's position in the reply."""

@@ -196,6 +196,44 @@ class JobConsumer:
             log.warning("took over %d jobs from dead workers, dead-lettered %d", len(taken), len(dead_lettered))
         return Reclaimed(taken, dead_lettered)
 
+    def strays(self, known: set[tuple[str, str]], count: int) -> list[Delivery | Malformed]:
+        """Up to ``count`` entries pending to this worker that it neither runs nor has still to acknowledge
+        (``known``: (stream, entry id) pairs), claimed again with the next attempt.
+
+        Redis restarted from an append-only file written once a second can bring back such an entry: a finished
+        job whose acknowledgement was among the writes lost, or a delivery whose reply this worker never read.
+        Nobody else takes a live worker's entries, so left alone it would stay pending forever. The worker
+        acknowledges the ones whose log says they ended and continues the others, as for a dead worker's."""
+        taken: list[Delivery | Malformed] = []
+        for stream in self.streams + self.low_streams:
+            if len(taken) >= count:
+                break
+            pending: list[Any] = self.client.xpending_range(
+                stream,
+                CONSUMER_GROUP,
+                min="-",
+                max="+",
+                count=max(count * 4, 16),
+                consumername=self.consumer,
+                idle=self.claim_min_idle_ms,
+            )
+            deliveries = {
+                _text(p["message_id"]): int(p["times_delivered"]) + 1
+                for p in pending
+                if (stream, _text(p["message_id"])) not in known
+            }
+            ids: list[Any] = list(deliveries)[: count - len(taken)]
+            if not ids:
+                continue
+            claimed: list[Any] = self.client.xclaim(stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, ids)
+            for entry_id, fields in claimed or []:
+                if fields is not None:
+                    eid = _text(entry_id)
+                    taken.append(self._decode(stream, eid, fields, attempt=max(deliveries[eid], 2)))
+        if taken:
+            log.warning("found %d jobs pending to this worker that it was not running; taking them up", len(taken))
+        return taken
+
     def _without_heartbeat(self, consumers: Sequence[str]) -> set[str]:
         if not consumers:
             return set()

@@ -158,6 +158,9 @@ class ModelWorker:
             if reclaimed.deliveries:
                 self._admit(reclaimed.deliveries, reclaimed=True)
             free = self.engine.slots - len(self.jobs)
+            if free > 0 and (strays := self.consumer.strays(self._held_entries(), free)):
+                self._admit(strays, recounted=False)  # a finished one was counted when it ended
+            free = self.engine.slots - len(self.jobs)
         if free > 0:
             # Idle: block in Redis so a new job starts at once. Busy: just look, the engine is waiting.
             block_ms = None if self.jobs else 500
@@ -167,6 +170,11 @@ class ModelWorker:
         if self.jobs:
             self._expire_overdue()
             self._relay(self.engine.poll(timeout=0.05))
+
+    def _held_entries(self) -> set[tuple[str, str]]:
+        """The stream entries this worker runs or has yet to acknowledge."""
+        held = [r.delivery for r in self.jobs.values()] + self._unacked
+        return {(item.stream, item.entry_id) for item in held}
 
     def _reclaim_due(self) -> bool:
         now = time.monotonic()
@@ -190,7 +198,7 @@ class ModelWorker:
         self._publish(events, {r.job.id for r in overdue})
         self._finish(set())
 
-    def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False) -> None:
+    def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False, recounted: bool = True) -> None:
         events: list[tuple[str, AnyEvent]] = []
         ended: set[str] = set()
         finished: list[Delivery | Malformed] = []
@@ -221,7 +229,8 @@ class ModelWorker:
             first_seq = past.next_seq if past is not None and past.whole else 0
             if past is not None and (past.error is not None or self._all_done(job, past)):
                 finished.append(delivery)  # its worker published its end, then died before acknowledging it
-                counters[job.model]["failed" if past.error is not None else "completed"] += 1
+                if recounted:
+                    counters[job.model]["failed" if past.error is not None else "completed"] += 1
                 continue
             if job.deadline < now:
                 finished.append(delivery)

@@ -60,7 +60,7 @@ async def test_a_worker_back_from_a_25_s_stall_publishes_nothing_for_jobs_taken_
         [first] = cluster.wait_workers(1)
         stalled = cluster.worker_process(first)
         tasks = await _answers(base_url, max_tokens)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine starts jobs slowly
         while cluster.running(stalled) < REQUESTS:
             assert time.monotonic() < deadline and not any(t.done() for t in tasks), "one worker never ran all 6 jobs"
             await asyncio.sleep(0.05)
@@ -97,7 +97,7 @@ async def test_a_one_second_cut_of_a_workers_connection_fails_none_of_its_reques
         cluster.wait_workers(1)
         reference = await _reference(base_url, max_tokens)
         tasks = await _answers(base_url, max_tokens)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine starts jobs slowly
         while cluster.running(worker) < REQUESTS:
             assert time.monotonic() < deadline and not any(t.done() for t in tasks), "the jobs never all ran"
             await asyncio.sleep(0.05)

@@ -1,7 +1,8 @@
 """OpenAI's Batch API: create a batch from an uploaded file, follow it, list batches, cancel one.
 
 Creating a batch records it in Redis and enqueues an rq job (JSON-serialised, never pickled) on the batch queue;
-a batch worker (``queuechat batch-worker``) runs it. See :mod:`batch.runner` for how the lines are run.
+a batch worker (``queuechat batch-worker``) runs it. See :mod:`batch.runner` for how the lines are run. A batch
+belongs to the API key that created it (from an input file of the same key): another key gets 404 for it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import redis
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.context import owner_of
 from api.errors import ERROR_RESPONSES
 from api.files import broker_errors, get_file, settings_of, store_of
 from batch.filestore import BATCH_ENDPOINTS
@@ -56,7 +58,7 @@ def _has_route(request: Request, path: str) -> bool:
 
 async def _get(request: Request, batch_id: str) -> Batch:
     with broker_errors():
-        obj = await store_of(request).batch(batch_id)
+        obj = await store_of(request).batch(batch_id, owner_of(request))
     if obj is None:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return Batch.model_validate(obj)
@@ -72,7 +74,8 @@ async def create_batch(body: CreateBatch, request: Request) -> Batch:
     if window is None:
         raise InvalidRequest("completion_window must be '24h'.", param="completion_window")
     store = store_of(request)
-    file_obj, _ = await get_file(store, body.input_file_id)
+    owner = owner_of(request)
+    file_obj, _ = await get_file(store, body.input_file_id, owner)
     if file_obj.get("purpose") != "batch":
         raise InvalidRequest(f"File {body.input_file_id} was not uploaded for batches.", param="input_file_id")
     others = sorted(set(file_obj.get("urls", [])) - {body.endpoint})
@@ -95,7 +98,7 @@ async def create_batch(body: CreateBatch, request: Request) -> Batch:
     }
     rq_job_id = f"queuechat-{batch_id}"
     with broker_errors():
-        await store.add_batch(meta, total=int(file_obj.get("lines", 0)), rq_job_id=rq_job_id)
+        await store.add_batch(meta, total=int(file_obj.get("lines", 0)), rq_job_id=rq_job_id, owner=owner)
         # If this fails, the batch stays 'validating' without a job; a batch worker's orphan scan queues it.
         await asyncio.to_thread(enqueue_run, _sync_client(request), settings, batch_id, rq_job_id, window)
     return await _get(request, batch_id)
@@ -112,17 +115,14 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query()] = None,
 ) -> BatchList:
-    store = store_of(request)
     with broker_errors():
-        ids = await store.batch_ids()
-        if after is not None:
-            ids = ids[ids.index(after) + 1 :] if after in ids else []
-        page = [Batch.model_validate(b) for b in [await store.batch(i) for i in ids[:limit]] if b]
+        found, has_more = await store_of(request).batches_of(owner_of(request), after, limit)
+    page = [Batch.model_validate(b) for b in found]
     return BatchList(
         data=page,
         first_id=page[0].id if page else None,
         last_id=page[-1].id if page else None,
-        has_more=len(ids) > limit,
+        has_more=has_more,
     )
 
 

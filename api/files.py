@@ -1,4 +1,8 @@
-"""OpenAI's Files API, for batch input and output: upload (multipart), look up, download, delete."""
+"""OpenAI's Files API, for batch input and output: upload (multipart), look up, download, delete.
+
+A file belongs to the API key that uploaded it (a batch's result files to the batch's key): another key gets 404
+for it, as for a stored response, and does not see it listed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from redis.exceptions import RedisError
 
+from api.context import owner_of
 from api.errors import ERROR_RESPONSES
 from batch.filestore import new_id, save_upload, validate_batch_file
 from broker.batches import BatchStore
@@ -46,9 +51,10 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-async def get_file(store: BatchStore, file_id: str) -> tuple[dict[str, Any], str]:
+async def get_file(store: BatchStore, file_id: str, owner: str) -> tuple[dict[str, Any], str]:
+    """The owner's file (its object and path); 404 when there is none or another key's."""
     with broker_errors():
-        found = await store.file(file_id)
+        found = await store.file(file_id, owner)
     if found is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return found
@@ -81,7 +87,7 @@ async def create_file(
             "lines": summary.lines,
         }
         with broker_errors():
-            await store_of(request).add_file(obj, str(path))
+            await store_of(request).add_file(obj, str(path), owner_of(request))
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -95,15 +101,14 @@ def _public(obj: dict[str, Any]) -> FileObject:
 
 @router.get("/v1/files")
 async def list_files(request: Request) -> FileList:
-    store = store_of(request)
     with broker_errors():
-        found = [await store.file(i) for i in await store.file_ids()]
-    return FileList(data=[_public(f[0]) for f in found if f], has_more=False)
+        found = await store_of(request).files_of(owner_of(request))
+    return FileList(data=[_public(f) for f in found], has_more=False)
 
 
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> FileObject:
-    obj, _ = await get_file(store_of(request), file_id)
+    obj, _ = await get_file(store_of(request), file_id, owner_of(request))
     return _public(obj)
 
 
@@ -113,7 +118,7 @@ async def retrieve_file(file_id: str, request: Request) -> FileObject:
     responses={200: {"content": {"application/jsonl": {}}, "description": "The file's lines"}},
 )
 async def file_content(file_id: str, request: Request) -> FileResponse:
-    _, path = await get_file(store_of(request), file_id)
+    _, path = await get_file(store_of(request), file_id, owner_of(request))
     if not Path(path).exists():
         raise NotFound(f"The content of file {file_id} is no longer stored.", param="file_id")
     return FileResponse(path, media_type="application/jsonl")
@@ -122,7 +127,7 @@ async def file_content(file_id: str, request: Request) -> FileResponse:
 @router.delete("/v1/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> FileDeleted:
     store = store_of(request)
-    _, path = await get_file(store, file_id)
+    _, path = await get_file(store, file_id, owner_of(request))
     with broker_errors():
         await store.delete_file(file_id)
     Path(path).unlink(missing_ok=True)

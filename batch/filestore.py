@@ -76,6 +76,26 @@ def _line_error(number: int, exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Line {number}: invalid '{where}': {first.get('msg', 'invalid value')}.", param="file")
 
 
+def parse_line(number: int, raw: bytes) -> BatchLine:
+    """One line of a batch input file, read the one way both the upload check and the runner read it; a bad line is
+    a 400 naming its line number."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(f"Line {number}: not valid JSON.", param="file") from None
+    except RecursionError:
+        raise InvalidRequest(f"Line {number}: the JSON is nested too deeply.", param="file") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"Line {number}: expected a JSON object.", param="file")
+    try:
+        line = BatchLine.model_validate(data)
+    except ValidationError as exc:
+        raise _line_error(number, exc) from None
+    if not_unicode_at(line.custom_id) is not None:  # it could not be written back into a result
+        raise InvalidRequest(f"Line {number}: invalid 'custom_id': it is not valid Unicode.", param="file")
+    return line
+
+
 def validate_batch_file(path: Path, max_requests: int) -> FileSummary:
     """Check every line of a batch input file; the first bad one is a 400 naming its line number."""
     summary = FileSummary()
@@ -84,16 +104,7 @@ def validate_batch_file(path: Path, max_requests: int) -> FileSummary:
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidRequest(f"Line {number}: not valid JSON.", param="file") from None
-            if not isinstance(data, dict):
-                raise InvalidRequest(f"Line {number}: expected a JSON object.", param="file")
-            try:
-                line = BatchLine.model_validate(data)
-            except ValidationError as exc:
-                raise _line_error(number, exc) from None
+            line = parse_line(number, raw)
             if line.url not in BATCH_ENDPOINTS:
                 raise InvalidRequest(
                     f"Line {number}: url must be one of {', '.join(BATCH_ENDPOINTS)}, not {line.url!r}.", param="file"
@@ -111,9 +122,41 @@ def validate_batch_file(path: Path, max_requests: int) -> FileSummary:
 
 
 def read_batch_lines(path: Path) -> list[BatchLine]:
-    """The lines of a file that :func:`validate_batch_file` accepted."""
+    """The lines of a file that :func:`validate_batch_file` accepted, parsed exactly as it parsed them (pydantic's
+    own JSON parser refuses escapes that ``json`` accepts, such as a lone surrogate, and would fail the whole
+    batch)."""
     with path.open("rb") as lines:
-        return [BatchLine.model_validate_json(raw) for raw in lines if raw.strip()]
+        return [parse_line(number, raw) for number, raw in enumerate(lines, start=1) if raw.strip()]
+
+
+def not_unicode_at(value: Any) -> str | None:
+    """Where a JSON value holds a string that is not valid Unicode, in OpenAI's param notation (``""`` for the
+    value itself); None when it holds none. JSON's escapes can spell a lone surrogate (``"\\ud800"``), which no
+    tokenizer, UTF-8 encoder or result file takes."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:  # not recursive: a line may nest as deep as the JSON parser went
+        path, item = todo.pop()
+        if isinstance(item, str):
+            if not _is_unicode(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                name = str(key).encode("utf-8", "backslashreplace").decode()  # the path itself must be Unicode
+                where = f"{path}.{name}" if path else name
+                if not _is_unicode(str(key)):
+                    return where
+                todo.append((where, child))
+        elif isinstance(item, list):
+            todo.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ResultFile:

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from batch.filestore import BatchLine, ResultFile, new_id, read_batch_lines
+from batch.filestore import BatchLine, ResultFile, new_id, not_unicode_at, read_batch_lines
 from broker.batches import BatchStatus, BatchStore
 from broker.connection import async_client_like
 from broker.errors import QueuechatError
@@ -41,7 +41,7 @@ from broker.producer import Producer
 from broker.settings import Settings
 from serving.chat import chat_answer
 from serving.completions import completion_answer
-from serving.errors import error_body, validation_message
+from serving.errors import error_body, invalid_request, validation_message
 from serving.requests import ChatCompletionRequest, CompletionRequest
 from serving.responses import ChatCompletion, Completion
 
@@ -98,6 +98,7 @@ class BatchRunner:
         self.expired = False
         self.cancelled = False
         self.stop = asyncio.Event()
+        self.ended = asyncio.Event()  # the run is over: the lease keeper and the watcher stop
 
     async def run(self, client: aredis.Redis) -> str:
         producer = Producer(client, self.settings)
@@ -146,10 +147,9 @@ class BatchRunner:
             if self.lease_lost or self.stop_requested.is_set():
                 log.warning("batch %s: stopped with %d lines left; it will be resumed", self.batch_id, len(left))
                 return "interrupted"
-            return await self._finish(store, left, output, errors)
+            return await self._finish(store, left, output, errors, fields.get("owner", ""))
         finally:
-            keeper.cancel()
-            watcher.cancel()
+            await self._stop_helpers(keeper, watcher)
             for f in (output, errors):
                 if f is not None:
                     f.close()
@@ -217,6 +217,10 @@ class BatchRunner:
     async def _execute(self, producer: Producer, endpoint: str, line: BatchLine) -> dict[str, Any] | None:
         request_id = f"req_{uuid.uuid4().hex}"
         body: ChatCompletionRequest | CompletionRequest
+        where = not_unicode_at(line.body)
+        if where is not None:
+            message = f"Invalid value for '{where}': it is not valid Unicode (a lone surrogate such as \\ud800)."
+            return _result(line.custom_id, 400, request_id, invalid_request(message, where or None))
         try:
             if endpoint == "/v1/chat/completions":
                 body = ChatCompletionRequest.model_validate(line.body)
@@ -261,9 +265,22 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ control
 
+    async def _stop_helpers(self, *tasks: asyncio.Task[None]) -> None:
+        """End the lease keeper and the watcher, and wait until they have ended. A cancel alone can be lost: Python
+        3.11's ``asyncio.wait_for``, through which redis-py sends each command, returns the command's result instead
+        of raising when the cancel meets a command that just finished; a helper that lost its cancel would loop on,
+        and ``asyncio.run()`` (which waits for every task) never returned. So they also stop on ``ended``, within
+        one of their intervals."""
+        self.ended.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _keep_lease(self, store: BatchStore) -> None:
-        while True:
+        while not self.ended.is_set():
             await asyncio.sleep(self.settings.heartbeat_interval)
+            if self.ended.is_set():  # never renew a lease the run has released
+                return
             try:
                 if not await store.renew_lease(self.batch_id, self.owner, self.lease_ttl):
                     log.error("batch %s: lost its lease to another batch worker; stopping", self.batch_id)
@@ -275,7 +292,7 @@ class BatchRunner:
 
     async def _watch(self, store: BatchStore, expires_at: float) -> None:
         """Stop feeding on cancel, at the completion window's end, or when the batch worker is told to stop."""
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.ended.is_set():
             if self.stop_requested.is_set():
                 self.stop.set()
             elif time.time() >= expires_at:
@@ -302,7 +319,9 @@ class BatchRunner:
         )
         return "failed"
 
-    async def _finish(self, store: BatchStore, left: list[BatchLine], output: ResultFile, errors: ResultFile) -> str:
+    async def _finish(
+        self, store: BatchStore, left: list[BatchLine], output: ResultFile, errors: ResultFile, owner: str
+    ) -> str:
         status = await store.status(self.batch_id)
         if status == BatchStatus.CANCELLING:
             final = BatchStatus.CANCELLED
@@ -335,7 +354,7 @@ class BatchRunner:
                     "status_details": None,
                     "expires_at": None,
                 }
-                await store.add_file(obj, str(result.path))
+                await store.add_file(obj, str(result.path), owner)  # the batch's key reads its results
                 await store.set_fields(self.batch_id, **{f"{kind}_file_id": file_id})
         moved = await store.set_status(
             self.batch_id,

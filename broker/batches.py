@@ -3,8 +3,10 @@
 A file is a hash (``meta``: its OpenAI object as JSON, ``path``: where its bytes are). A batch is a hash of its
 OpenAI fields, one field each (``status``, ``in_progress_at``, ``output_file_id``, live ``completed``/``failed``
 counts...), so the API's cancel and the batch worker's progress never overwrite each other's writes; status
-changes are compare-and-set. ``{p}:batchdone:{id}`` records every finished line's custom_id, and a lease key with
-a TTL says which batch worker runs the batch, so a dead one's batch is found and resumed.
+changes are compare-and-set. Both carry ``owner``, the digest of the API key that made them (a batch's result
+files get its batch's), as stored responses do: the API shows a record only to its owner.
+``{p}:batchdone:{id}`` records every finished line's custom_id, and a lease key with a TTL says which batch worker
+runs the batch, so a dead one's batch is found and resumed.
 """
 
 from __future__ import annotations
@@ -98,22 +100,34 @@ class BatchStore:
 
     # ------------------------------------------------------------------ files
 
-    async def add_file(self, obj: dict[str, Any], path: str) -> None:
+    async def add_file(self, obj: dict[str, Any], path: str, owner: str) -> None:
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys.file(obj["id"]), mapping={"meta": json.dumps(obj), "path": path})
+        pipe.hset(self.keys.file(obj["id"]), mapping={"meta": json.dumps(obj), "path": path, "owner": owner})
         pipe.zadd(self.keys.files, {obj["id"]: obj["created_at"]})
         await pipe.execute()
 
-    async def file(self, file_id: str) -> tuple[dict[str, Any], str] | None:
-        """A file's OpenAI object and the path of its bytes, or None."""
+    async def file(self, file_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
+        """A file's OpenAI object and the path of its bytes, or None: there is none, or ``owner`` is given and the
+        file belongs to another key (a record from before owners were kept belongs to no key: "")."""
         raw = await self.client.hgetall(self.keys.file(file_id))
         if not raw:
             return None
         fields = text_map(raw)
+        if owner is not None and fields.get("owner", "") != owner:
+            return None
         return json.loads(fields["meta"]), fields["path"]
 
-    async def file_ids(self) -> list[str]:
-        return [text(i) for i in await self.client.zrevrange(self.keys.files, 0, -1)]
+    async def files_of(self, owner: str) -> list[dict[str, Any]]:
+        """The OpenAI objects of the owner's files, newest first."""
+        ids = [text(i) for i in await self.client.zrevrange(self.keys.files, 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        for file_id in ids:
+            pipe.hmget(self.keys.file(file_id), "meta", "owner")
+        found = []
+        for meta, file_owner in await pipe.execute():
+            if meta is not None and text(file_owner or b"") == owner:
+                found.append(json.loads(meta))
+        return found
 
     async def delete_file(self, file_id: str) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -123,7 +137,7 @@ class BatchStore:
 
     # ------------------------------------------------------------------ batches
 
-    async def add_batch(self, meta: dict[str, Any], total: int, rq_job_id: str) -> None:
+    async def add_batch(self, meta: dict[str, Any], total: int, rq_job_id: str, owner: str) -> None:
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(
             self.keys.batch(meta["id"]),
@@ -132,6 +146,7 @@ class BatchStore:
                 "status": BatchStatus.VALIDATING.value,
                 "total": total,
                 "rq_job_id": rq_job_id,
+                "owner": owner,
             },
         )
         pipe.zadd(self.keys.batches, {meta["id"]: meta["created_at"]})
@@ -141,9 +156,31 @@ class BatchStore:
         raw = await self.client.hgetall(self.keys.batch(batch_id))
         return text_map(raw) if raw else None
 
-    async def batch(self, batch_id: str) -> dict[str, Any] | None:
+    async def batch(self, batch_id: str, owner: str | None = None) -> dict[str, Any] | None:
+        """The OpenAI batch object, or None: there is none, or ``owner`` is given and it belongs to another key."""
         raw = await self.client.hgetall(self.keys.batch(batch_id))
-        return batch_object(raw) if raw else None
+        if not raw or (owner is not None and text_map(raw).get("owner", "") != owner):
+            return None
+        return batch_object(raw)
+
+    async def batches_of(self, owner: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the owner's batches, newest first, after the batch ``after`` (an id of another owner, or none
+        at all, gives an empty page); and whether more follow."""
+        ids = await self.batch_ids()
+        if after is not None:
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        page: list[dict[str, Any]] = []
+        chunk = limit + 1
+        for start in range(0, len(ids), chunk):  # read in chunks: most ids may be other owners'
+            pipe = self.client.pipeline(transaction=False)
+            for batch_id in ids[start : start + chunk]:
+                pipe.hgetall(self.keys.batch(batch_id))
+            for raw in await pipe.execute():
+                if raw and text_map(raw).get("owner", "") == owner:
+                    page.append(batch_object(raw))
+            if len(page) > limit:
+                return page[:limit], True
+        return page, False
 
     async def batch_ids(self, start: int = 0, stop: int = -1) -> list[str]:
         """Batch ids, newest first."""

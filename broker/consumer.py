@@ -117,6 +117,7 @@ class JobConsumer:
         self.lost_delivery_ms = int(2 * heartbeat_ttl * 1000)
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
         self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
+        self._fenced_publish = client.register_script(eventlog.FENCED_PUBLISH_SCRIPT)
         self.event_log = event_log
         self.event_log_ttl = event_log_ttl
         self.event_log_maxlen = event_log_maxlen
@@ -280,41 +281,6 @@ class JobConsumer:
                 holding[consumer] = set(status.holding)
         return lost, holding
 
-    def reconcile(self, known: set[str], ended: set[str]) -> list[Delivery | Malformed]:
-        """This worker's own pending entries that it does not run: an XREADGROUP reply lost on its way (Redis
-        delivered, the reply never came) left them pending to a live worker that never saw them. Those it ended
-        (an acknowledgement lost the same way) are acknowledged now; the others are claimed again (keeping their
-        delivery count: it is the same delivery) and returned, to be run. ``known``: entry ids it runs."""
-        found: list[Delivery | Malformed] = []
-        for stream in self.streams + self.low_streams:
-            pending: list[Any] = self.client.xpending_range(
-                stream, CONSUMER_GROUP, min="-", max="+", count=256, consumername=self.consumer
-            )
-            strays = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-            strays = {eid: n for eid, n in strays.items() if eid not in known}
-            done = [eid for eid in strays if eid in ended]
-            if done:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.xack(stream, CONSUMER_GROUP, *done)
-                pipe.xdel(stream, *done)
-                pipe.execute()
-            lost = [eid for eid in strays if eid not in ended]
-            if not lost:
-                continue
-            pipe = self.client.pipeline(transaction=False)
-            for eid in lost:  # one claim each: each keeps its own delivery count
-                pipe.xclaim(
-                    stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, [eid], retrycount=strays[eid]
-                )
-            for claimed in pipe.execute():
-                for entry_id, fields in claimed or []:
-                    if fields is not None:
-                        eid = _text(entry_id)
-                        found.append(self._decode(stream, eid, fields, attempt=strays.get(eid, 1)))
-        if found:
-            log.warning("running %d jobs delivered to this worker whose delivery it never saw", len(found))
-        return found
-
     def _count_deaths(self, deliveries: Sequence[Delivery]) -> dict[str, int]:
         """Add one death to each of these jobs (their worker died holding them); their totals so far."""
         if not deliveries:
@@ -326,6 +292,44 @@ class JobConsumer:
             pipe.expire(key, DEATHS_TTL_S)
         replies = pipe.execute()
         return {d.job.id: int(n) for d, n in zip(deliveries, replies[::2], strict=True)}
+
+    def strays(self, known: set[tuple[str, str]], count: int) -> list[Delivery | Malformed]:
+        """Up to ``count`` entries pending to this worker that it neither runs nor has still to acknowledge
+        (``known``: (stream, entry id) pairs), claimed again with the next attempt.
+
+        Redis restarted from an append-only file written once a second can bring back such an entry: a finished
+        job whose acknowledgement was among the writes lost, or a delivery whose reply this worker never read.
+        Nobody else takes a live worker's entries, so left alone it would stay pending forever. The worker
+        acknowledges the ones whose log says they ended and continues the others, as for a dead worker's."""
+        taken: list[Delivery | Malformed] = []
+        for stream in self.streams + self.low_streams:
+            if len(taken) >= count:
+                break
+            pending: list[Any] = self.client.xpending_range(
+                stream,
+                CONSUMER_GROUP,
+                min="-",
+                max="+",
+                count=max(count * 4, 16),
+                consumername=self.consumer,
+                idle=self.claim_min_idle_ms,
+            )
+            deliveries = {
+                _text(p["message_id"]): int(p["times_delivered"]) + 1
+                for p in pending
+                if (stream, _text(p["message_id"])) not in known
+            }
+            ids: list[Any] = list(deliveries)[: count - len(taken)]
+            if not ids:
+                continue
+            claimed: list[Any] = self.client.xclaim(stream, CONSUMER_GROUP, self.consumer, self.claim_min_idle_ms, ids)
+            for entry_id, fields in claimed or []:
+                if fields is not None:
+                    eid = _text(entry_id)
+                    taken.append(self._decode(stream, eid, fields, attempt=max(deliveries[eid], 2)))
+        if taken:
+            log.warning("found %d jobs pending to this worker that it was not running; taking them up", len(taken))
+        return taken
 
     def _without_heartbeat(self, consumers: Sequence[str]) -> set[str]:
         if not consumers:
@@ -394,26 +398,59 @@ class JobConsumer:
         counts = dict(self.client.pubsub_numsub(*channels))
         return [int(counts.get(c.encode(), counts.get(c, 0))) for c in channels]
 
-    def publish(self, events: Sequence[tuple[str, AnyEvent]], ended: Iterable[str] = ()) -> list[int]:
+    def publish(
+        self,
+        events: Sequence[tuple[str, AnyEvent]],
+        ended: Iterable[str] = (),
+        owned: Mapping[str, Delivery | Malformed] | None = None,
+    ) -> list[int]:
         """Publish (job id, event) pairs in one round trip, each appended to its job's log first; returns the
         receiver count of each. The logs of the ``ended`` jobs (their last event is among these) get their
         retention time.
 
-        An append that Redis refuses (an id already there: the job's events were written by another worker too)
-        is logged and skipped; the live event still goes out, and front servers drop what they have seen."""
+        The events of a job in ``owned`` (its stream entry) are fenced: published only while that entry is still
+        pending to this worker, in one script per job; when another worker took the job over (or it was
+        acknowledged) nothing is published and its events' count is :data:`~broker.eventlog.NOT_OWNER`. A fenced
+        append refused for an id already there is the same event sent again (a retried publish), and skipped."""
         if not events:
             return []
+        owned = owned or {}
         pipe = self.client.pipeline(transaction=False)
         last = {job_id: i for i, (job_id, _) in enumerate(events)}
         ended = set(ended)
-        positions: list[int] = []
+        positions: dict[int, int] = {}
+        fenced: dict[str, list[int]] = {}
         for i, (job_id, event) in enumerate(events):
-            positions.append(self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended))
+            if job_id in owned:
+                fenced.setdefault(job_id, []).append(i)
+            else:
+                positions[i] = self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended)
+        for job_id, indexes in fenced.items():
+            position = len(pipe.command_stack)
+            self._send_fenced(pipe, owned[job_id], job_id, [events[i][1] for i in indexes], job_id in ended)
+            positions.update(dict.fromkeys(indexes, position))
         replies = pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
                 log.warning("an event log append failed: %s", reply)
-        return [int(replies[p]) if not isinstance(replies[p], Exception) else 0 for p in positions]
+        return [int(replies[positions[i]]) if not isinstance(replies[positions[i]], Exception) else 0
+                for i in range(len(events))]  # fmt: skip
+
+    def _send_fenced(
+        self, pipe: Any, entry: Delivery | Malformed, job_id: str, events: Sequence[AnyEvent], ended: bool
+    ) -> None:
+        """Queue one job's events as one fenced script call (see :data:`broker.eventlog.FENCED_PUBLISH_SCRIPT`)."""
+        args: list[Any] = [
+            CONSUMER_GROUP,
+            entry.entry_id,
+            self.consumer,
+            self.keys.events(job_id),
+            self.event_log_maxlen if self.event_log else "",
+            max(int(self.event_log_ttl), 1) if ended else "",
+        ]
+        for event in events:
+            args += [eventlog.entry_id_of(event), event.model_dump_json(exclude_none=True)]
+        self._fenced_publish(keys=[entry.stream, self.keys.log(job_id)], args=args, client=pipe)
 
     def _send(self, pipe: Any, job_id: str, event: AnyEvent, *, ended: bool) -> int:
         """Queue one event's log append and PUBLISH on ``pipe``; returns the PUBLISH's position in the reply."""

@@ -15,6 +15,12 @@ Layout of the stream:
 - an ``error`` outside ``seq`` (a dead-letter notice, sent with ``seq`` 0 by a worker that never ran the job): an
   automatic id, later than every ``seq`` id.
 
+A worker publishes a job's events only while the job is its own: the check and the publishing are one script
+(:data:`FENCED_PUBLISH_SCRIPT`), so a worker back from a stall (or a long cut) after another worker took its job
+over is refused, and cannot write a single event after the new owner read the log to continue from it. A publish
+that failed is sent again with the same ``seq`` values: an append whose id is already there is that same event,
+appended by a try whose reply was lost, and front servers drop an event seen twice.
+
 The log expires ``event_log_ttl`` seconds after the job ends (set by the worker with its last event); until then
 it expires at the job's deadline plus that time (set at submission), so an abandoned job's log cannot stay.
 """
@@ -33,6 +39,28 @@ from broker.schemas import Accepted, Delta, Done, Error, parse_event
 AnyEvent = Accepted | Delta | Done | Error
 EVENT_FIELD = "event"
 META_FIELD = "meta"
+# What a fenced publish answers when the job is no longer the worker's (see FENCED_PUBLISH_SCRIPT).
+NOT_OWNER = -1
+
+# Publish one job's events if its stream entry is still pending to this worker (XCLAIM by a worker taking the job
+# over moves it, XACK ends it), appending each to the job's log first. KEYS[1]: the job's stream, KEYS[2]: its log.
+# ARGV: group, entry id, consumer, channel, log maxlen ('' : no log), log TTL in seconds ('' : the job goes on),
+# then (log entry id, event JSON) pairs. Returns the last PUBLISH's receivers, or NOT_OWNER.
+FENCED_PUBLISH_SCRIPT = """
+-- pcall: a stream or group Redis lost (restarted empty) holds no job of anyone's
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if pending.err or #pending == 0 or pending[1][2] ~= ARGV[3] then return -1 end
+local receivers = 0
+for i = 7, #ARGV, 2 do
+  if ARGV[5] ~= '' then
+    -- refused only for an id already there: this very event, from a try whose reply was lost
+    redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], ARGV[i], 'event', ARGV[i + 1])
+  end
+  receivers = redis.call('PUBLISH', ARGV[4], ARGV[i + 1])
+end
+if ARGV[5] ~= '' and ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[6]) end
+return receivers
+"""
 
 
 def entry_id_of(event: AnyEvent) -> str:

@@ -241,7 +241,8 @@ def test_counts_survive_a_line_reported_twice(settings: Settings) -> None:
         assert settings.redis_url
         client = async_client(settings.redis_url)
         store = BatchStore(client, Keys(settings.key_prefix))
-        await store.add_batch({"id": "b1", "object": "batch", "endpoint": "/v1/completions", "created_at": 0}, 2, "r")
+        meta = {"id": "b1", "object": "batch", "endpoint": "/v1/completions", "created_at": 0}
+        await store.add_batch(meta, 2, "r", owner="")
         for ok in (True, True, False):
             await store.mark_done("b1", "line-1", ok)
         obj = await store.batch("b1")

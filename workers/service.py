@@ -25,7 +25,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
-from broker.eventlog import JobLog
+from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, TokenLogprob, Usage
 from workers.admission import (
@@ -95,6 +95,9 @@ class ModelWorker:
         # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
         self._unsent: list[tuple[str, AnyEvent]] = []
         self._unsent_ended: set[str] = set()
+        self._unsent_owned: dict[str, Delivery | Malformed] = {}
+        # acknowledgements an outage kept from Redis: sent with the next ones, so no finished job stays pending
+        self._unacked: list[Delivery | Malformed] = []
         self.vocab_size = len(tokenizer)
         # A prompt longer than this cannot fit the context: refused before it is tokenised (see longest_token_chars)
         context = int(getattr(engine, "max_model_len", 0) or 0)
@@ -181,18 +184,17 @@ class ModelWorker:
             self._broker_ok_since = time.monotonic()
         free = self.engine.slots - len(self.jobs)
         due = self._reclaim_due()
-        if due:
-            strays = self.consumer.reconcile(
-                {r.delivery.entry_id for r in self.jobs.values()}, {r.delivery.entry_id for r in self._ended.values()}
-            )
-            if strays:
-                self._admit(strays)
-            free = self.engine.slots - len(self.jobs)
         if free > 0 and due:
             reclaimed = self.consumer.reclaim(free)
             self.totals["reclaimed"] += len(reclaimed.deliveries)
             if reclaimed.deliveries:
                 self._admit(reclaimed.deliveries, reclaimed=True)
+            free = self.engine.slots - len(self.jobs)
+            # entries pending to this worker that it does not run: a delivery whose reply it never read (a lost
+            # XREADGROUP reply), or a finished job whose acknowledgement an AOF restart lost; each is read with its
+            # log, so a finished one is acknowledged and the others continued
+            if free > 0 and (strays := self.consumer.strays(self._held_entries(), free)):
+                self._admit(strays, recounted=False)  # a finished one was counted when it ended
             free = self.engine.slots - len(self.jobs)
         if free > 0:
             # Idle: block in Redis so a new job starts at once. Busy: just look, the engine is waiting.
@@ -216,6 +218,11 @@ class ModelWorker:
             self.progress.poll_ended(bool(updates))
         return updates
 
+    def _held_entries(self) -> set[tuple[str, str]]:
+        """The stream entries this worker runs or has yet to acknowledge."""
+        held = [r.delivery for r in self.jobs.values()] + self._unacked
+        return {(item.stream, item.entry_id) for item in held}
+
     def _reclaim_due(self) -> bool:
         now = time.monotonic()
         if now < self._next_reclaim or now - self._broker_ok_since < self.heartbeat_ttl:
@@ -236,10 +243,10 @@ class ModelWorker:
             running.expired = True
             message = "the request passed its deadline while it was running"
             events.append((running.job.id, Error(seq=running.next_seq(), code="timeout", message=message, status=504)))
-        self.consumer.publish(events, ended=[r.job.id for r in overdue])
+        self._publish(events, {r.job.id for r in overdue})
         self._finish(set())
 
-    def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False) -> None:
+    def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False, recounted: bool = True) -> None:
         events: list[tuple[str, AnyEvent]] = []
         ended: set[str] = set()
         finished: list[Delivery | Malformed] = []
@@ -270,7 +277,8 @@ class ModelWorker:
             first_seq = past.next_seq if past is not None and past.whole else 0
             if past is not None and (past.error is not None or self._all_done(job, past)):
                 finished.append(delivery)  # its worker published its end, then died before acknowledging it
-                counters[job.model]["failed" if past.error is not None else "completed"] += 1
+                if recounted:
+                    counters[job.model]["failed" if past.error is not None else "completed"] += 1
                 continue
             if delivery.deadline < redis_now:
                 finished.append(delivery)
@@ -329,10 +337,17 @@ class ModelWorker:
             )
             for index in running.ended_at_admission:
                 events.extend((job.id, e) for e in self._choice_end(running, index))
-        self.consumer.publish(events, ended=ended)
+        owned: dict[str, Delivery | Malformed] = {
+            item.job_id: item for item in items if isinstance(item, Malformed) and item.job_id
+        }
+        owned.update((d.job.id, d) for d in deliveries)
+        events, receivers = self._publish(events, ended, owned)
+        taken = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == NOT_OWNER}
+        if taken:  # another worker holds these entries now: never acknowledge them for it
+            finished = [f for f in finished if (f.job.id if isinstance(f, Delivery) else f.job_id) not in taken]
         if self.metrics is not None:
             self.metrics.count(counters)
-        self.consumer.ack(finished, counters)
+        self._ack(finished, counters)
         self.totals["failed"] += sum(c["failed"] for c in counters.values())
         if any(r.ended_at_admission for r in self.jobs.values()):
             self._finish(set())
@@ -523,24 +538,59 @@ class ModelWorker:
         ended = {job_id for job_id, _ in events if job_id in self.jobs and self.jobs[job_id].finished}
         events, receivers = self._publish(events, ended)
         heard = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n > 0}
-        gone = {job_id for job_id, _ in events} - heard
+        fenced = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == NOT_OWNER}
+        gone = {job_id for job_id, _ in events} - heard - fenced
         for job_id in heard:
             self._orphaned.pop(job_id, None)
         self._finish(self._to_cancel(gone), late)
 
     def _publish(
-        self, events: list[tuple[str, AnyEvent]], ended: set[str]
+        self,
+        events: list[tuple[str, AnyEvent]],
+        ended: set[str],
+        owned: dict[str, Delivery | Malformed] | None = None,
     ) -> tuple[list[tuple[str, AnyEvent]], list[int]]:
-        """Publish a step's events after any an outage held back; when the broker fails they are kept for the next
-        try (a repeated append is refused by the log, a repeated event dropped by front servers)."""
+        """Publish events (after any an outage held back), each job's only while its stream entry is still this
+        worker's (``owned``, else the running or just ended job's delivery): a job another worker took over while
+        this one was stalled or cut off gets nothing more from here, and is dropped (see :meth:`_fence`). When
+        the broker fails the events are kept and sent again with the same ``seq`` values at the next try (a
+        repeated append is recognised by the log, a repeated event dropped by front servers), so none is burnt."""
+        owners = {**self._unsent_owned, **(owned or {})}
+        for job_id, _ in events:
+            running = self.jobs.get(job_id) or self._ended.get(job_id)
+            if job_id not in owners and running is not None:
+                owners[job_id] = running.delivery
         events, ended = self._unsent + events, self._unsent_ended | ended
         try:
-            receivers = self.consumer.publish(events, ended=ended)
+            receivers = self.consumer.publish(events, ended=ended, owned=owners)
         except RedisError:
-            self._unsent, self._unsent_ended = events, ended
+            self._unsent, self._unsent_ended, self._unsent_owned = events, ended, owners
             raise
-        self._unsent, self._unsent_ended = [], set()
+        self._unsent, self._unsent_ended, self._unsent_owned = [], set(), {}
+        self._fence({job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == NOT_OWNER})
         return events, receivers
+
+    def _fence(self, taken: set[str]) -> None:
+        """Stop running jobs whose stream entries another worker holds now (it took them over while this one did
+        not heartbeat): their sequences are cancelled, and they are neither published nor acknowledged here."""
+        for job_id in taken:
+            running = self.jobs.pop(job_id, None)
+            self._orphaned.pop(job_id, None)
+            if running is None:
+                continue
+            self._cancel_all(running)
+            self._ended[job_id] = running
+            log.warning("job %s was taken over by another worker; fenced: this worker stops it", job_id)
+
+    def _ack(self, items: list[Delivery | Malformed], counters: dict[str, Counter[str]]) -> None:
+        """Acknowledge finished entries (and those an outage held back), keeping them for the next try when the
+        broker fails: a finished job left pending to a live worker would stay pending forever."""
+        items, self._unacked = self._unacked + items, []
+        try:
+            self.consumer.ack(items, counters)
+        except RedisError:
+            self._unacked = items
+            raise
 
     def _to_cancel(self, unheard: set[str]) -> set[str]:
         """Of the running jobs nobody heard this step, those to cancel: the ones whose client hung up (its front
@@ -600,11 +650,12 @@ class ModelWorker:
                 time.time() - running.started,
             )
             record_job(running, outcome, self.consumer.consumer)
-        if notices:
-            self.consumer.publish(notices, ended=[j for j, _ in notices])
+        self._unacked += finished  # acknowledged below, or at the next try should the broker fail meanwhile
+        if notices:  # before the acknowledgement: a job's events go out only while its entry is pending here
+            self._publish(notices, {j for j, _ in notices})
         if self.metrics is not None:
             self.metrics.count(counters)
-        self.consumer.ack(finished, counters)
+        self._ack([], counters)
 
     def _cancel_all(self, running: RunningJob) -> None:
         self._forget_share(running)  # its waiting choices never start

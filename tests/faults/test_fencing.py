@@ -1,0 +1,111 @@
+"""A worker that comes back after its jobs were taken over publishes nothing more for them (it is fenced), and a
+publish that failed is sent again with the same ``seq``s (none is burnt): every request completes correctly.
+
+- A worker SIGSTOPped for 25 s with 6 non-streaming requests, a second worker present: the second takes the jobs
+  over and continues them; after SIGCONT the first one's stale events for those jobs are refused by Redis, and it
+  stops them (before, it went on generating, publishing and completing them beside the second worker).
+- A worker's own Redis connection cut for 1 s mid-generation (a proxy between it and Redis): its requests complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from urllib.parse import urlparse
+
+import openai
+
+from tests.faults.conftest import Cluster
+from tests.faults.load import PROMPT
+from tests.faults.proxy import CuttableProxy
+
+REQUESTS = 6
+
+
+async def _answers(base_url: str, max_tokens: int) -> list[asyncio.Task[object]]:
+    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+    async def one() -> object:
+        try:
+            reply = await client.chat.completions.create(
+                model="tiny", messages=PROMPT, max_tokens=max_tokens, temperature=0
+            )  # type: ignore[call-overload]
+            return (reply.choices[0].finish_reason, reply.usage.completion_tokens, reply.choices[0].message.content)
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            return f"error {exc.status_code} {body.get('code')}"
+
+    return [asyncio.create_task(one()) for _ in range(REQUESTS)]
+
+
+async def _reference(base_url: str, max_tokens: int) -> str:
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        reply = await c.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=max_tokens, temperature=0)  # type: ignore[call-overload]
+        return reply.choices[0].message.content or ""
+
+
+async def test_a_worker_back_from_a_25_s_stall_publishes_nothing_for_jobs_taken_over(cluster: Cluster) -> None:
+    max_tokens = 1500
+    stalled = cluster.start_worker("worker-a", slots=REQUESTS)
+    # One slot: the second worker continues the taken-over jobs one after another, so some are still running on it
+    # (and others still left to the stalled one) when the stalled worker comes back.
+    second = cluster.start_worker("worker-b", slots=1)
+    base_url = cluster.start_api()
+    cluster.wait_workers(2)
+    reference = await _reference(base_url, max_tokens)
+    second.send_signal(signal.SIGSTOP)  # out of the way while the first one takes all 6 jobs
+    try:
+        cluster.wait_workers(1)
+        tasks = await _answers(base_url, max_tokens)
+        deadline = time.monotonic() + 180  # a loaded machine starts jobs slowly
+        while cluster.running(stalled) < REQUESTS:
+            assert time.monotonic() < deadline and not any(t.done() for t in tasks), "one worker never ran all 6 jobs"
+            await asyncio.sleep(0.05)
+        stalled.send_signal(signal.SIGSTOP)
+    finally:
+        second.send_signal(signal.SIGCONT)
+    try:
+        await asyncio.sleep(25)
+        assert cluster.stats().get("reclaimed", 0) >= 1, "nothing was taken over: the fault tested nothing"
+        assert not all(t.done() for t in tasks), "every request ended during the stall: the fault tested nothing"
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+    print(f"\nSIGSTOP 25 s: {[r if isinstance(r, str) else r[:2] for r in results]}, stats {cluster.stats()}")
+    assert results == [("length", max_tokens, reference)] * REQUESTS
+    # Each job ran to its end once: the stalled worker stopped those taken over instead of finishing (and counting,
+    # and acknowledging) them a second time beside the worker that continued them.
+    stats = cluster.stats()
+    assert stats.get("completed") == REQUESTS + 1, stats  # and the reference request
+    assert "fenced" in cluster.log_text("worker-a")
+
+
+async def test_a_one_second_cut_of_a_workers_connection_fails_none_of_its_requests(cluster: Cluster) -> None:
+    max_tokens = 2000
+    target = urlparse(cluster.redis_url)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    proxy.start()
+    try:
+        base_url = cluster.start_api()  # straight to Redis
+        direct = cluster.env["QUEUECHAT_REDIS_URL"]
+        cluster.env["QUEUECHAT_REDIS_URL"] = proxy.url
+        worker = cluster.start_worker("worker", slots=REQUESTS)  # through the proxy
+        cluster.env["QUEUECHAT_REDIS_URL"] = direct
+        cluster.wait_workers(1)
+        reference = await _reference(base_url, max_tokens)
+        tasks = await _answers(base_url, max_tokens)
+        deadline = time.monotonic() + 180  # a loaded machine starts jobs slowly
+        while cluster.running(worker) < REQUESTS:
+            assert time.monotonic() < deadline and not any(t.done() for t in tasks), "the jobs never all ran"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # mid-generation
+        proxy.sever()
+        await asyncio.sleep(1.0)
+        proxy.restore()
+        assert not all(t.done() for t in tasks), "every request ended before the cut: the fault tested nothing"
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+    finally:
+        proxy.close()
+    print(f"\n1 s cut: {[r if isinstance(r, str) else r[:2] for r in results]}")
+    assert results == [("length", max_tokens, reference)] * REQUESTS

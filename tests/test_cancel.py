@@ -49,10 +49,27 @@ def _time_out(endpoint: str, base_url: str, *, stream: bool = False, timeout: fl
 def test_a_non_streaming_client_that_times_out_stops_its_job(stack: Stack, settings: Settings, endpoint: str) -> None:
     worker = stack.worker.worker
     _time_out(endpoint, stack.base_url)
-    wait_for(lambda: worker.totals["cancelled"] == 1 and not worker.jobs, timeout=30)
+    wait_for(lambda: worker.totals["cancelled"] == 1 and not worker.jobs, timeout=90)
     stats = _stats(settings)
     assert stats.get("completed", 0) == 0
     assert stats["output_tokens"] < LONG
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"model": "tiny", "max_tokens": LONG, "messages": [{"role": "user", "content": "A story"}]}),
+        ("/v1/responses", {"model": "tiny", "max_output_tokens": LONG, "input": "A story", "store": False}),
+    ],
+)
+def test_a_messages_or_responses_client_that_times_out_stops_its_job(
+    stack: Stack, settings: Settings, path: str, body: dict[str, Any]
+) -> None:
+    worker = stack.worker.worker
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{stack.base_url}{path}", json=body, timeout=httpx.Timeout(60, read=1.0))
+    wait_for(lambda: worker.totals["cancelled"] == 1 and not worker.jobs, timeout=90)
+    assert _stats(settings).get("completed", 0) == 0
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from api.anthropic.errors import anthropic_error_body
 from api.anthropic.schemas import CountTokensRequest, MessagesRequest
 from api.anthropic.translate import StreamTranslator, count_request, to_chat_request, to_message, translated_stream
 from api.context import observer_of, producer_of, request_id_of
+from api.disconnect import unless_client_leaves
 from broker.errors import InvalidRequest, QueuechatError
 from broker.schemas import Job, JobKind
 from serving.chat import ChatStream, chat_answer, open_chat_stream
@@ -36,6 +37,11 @@ def _as_chat(translate: Any, body: Any) -> ChatCompletionRequest:
 
 @router.post("/v1/messages", response_model=None)
 async def create_message(body: MessagesRequest, request: Request) -> Any:
+    # A client that hangs up before its answer (or its stream's first event) is ready has its job cancelled.
+    return await unless_client_leaves(request, _create_message(body, request))
+
+
+async def _create_message(body: MessagesRequest, request: Request) -> Any:
     producer, observer, request_id = producer_of(request), observer_of(request, body.model), request_id_of(request)
     chat = _as_chat(to_chat_request, body)
     if not body.stream:

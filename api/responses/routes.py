@@ -10,11 +10,12 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from api.context import observer_of, owner_of, producer_of
+from api.disconnect import unless_client_leaves
 from api.errors import ERROR_RESPONSES
 from api.responses.background import BackgroundRuns, relay
 from api.responses.generate import answer, open_stream
@@ -116,14 +117,20 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
         return _event_stream(relay(sink), producer.settings.drain_timeout)
 
     if not body.stream:
-        completion = await answer(producer, chat, metrics)
+        # a client that hangs up before its answer is ready has its job cancelled
+        completion = await unless_client_leaves(request, answer(producer, chat, metrics))
+        if isinstance(completion, Response):
+            return completion
         response = answer_response(body, completion, response_id_of(completion["id"]), created_at)
         if body.stored:
             await store.add(response, owner, conversation, len(items))
         return response
 
     job_hex = uuid.uuid4().hex
-    streams, chunks = await open_stream(producer, chat, metrics, job_hex)  # errors before the first token: 4xx
+    opened = await unless_client_leaves(request, open_stream(producer, chat, metrics, job_hex))
+    if isinstance(opened, Response):
+        return opened  # the client left while the job was queued: it was cancelled
+    streams, chunks = opened  # errors before the first token: 4xx
     response = response_object(body, f"resp_{job_hex}", created_at, "in_progress")
     if body.stored:
         try:

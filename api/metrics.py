@@ -35,6 +35,7 @@ from broker.keys import Keys
 from broker.monitor import STAT_FIELDS, known_models, log_memory, snapshot
 from broker.producer import AnyEvent, JobEvents
 from broker.schemas import Accepted, Delta, Done
+from broker.tenants import usage_by_name
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,35 @@ class BrokerCollector(Collector):
         log_bytes = GaugeMetricFamily(PREFIX + "event_log_bytes", "Memory of the jobs' event logs (MEMORY USAGE).")
         log_bytes.add_metric([], self._logs[1])
         yield from (waiting, running, oldest, workers, slots, jobs, logs, log_bytes)
+        yield from self._tenants()
+
+    def _tenants(self) -> Iterator[Metric]:
+        """Each API key's usage, labelled by the key's name (never its secret), from ``queuechat keys``."""
+        try:
+            usage = usage_by_name(self.client, self.keys)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics scrape: cannot read the tenants' usage (%s)", exc)
+            return
+        families = {
+            "requests": CounterMetricFamily(
+                PREFIX + "key_requests", "Requests admitted under each API key.", labels=["key_name"]
+            ),
+            "rejected": CounterMetricFamily(
+                PREFIX + "key_rate_limited_requests",
+                "Requests refused (429) by the key's limits.",
+                labels=["key_name"],
+            ),
+            "prompt_tokens": CounterMetricFamily(
+                PREFIX + "key_prompt_tokens", "Prompt tokens of each key's jobs.", labels=["key_name"]
+            ),
+            "completion_tokens": CounterMetricFamily(
+                PREFIX + "key_generation_tokens", "Generated tokens of each key's jobs.", labels=["key_name"]
+            ),
+        }
+        for name, counts in usage.items():
+            for field_name, family in families.items():
+                family.add_metric([name], counts.get(field_name, 0))
+        yield from families.values()
 
 
 # HEAD too: probes (aiperf's among them) ask with HEAD before they scrape, and a 405 reads as "no metrics here".

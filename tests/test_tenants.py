@@ -82,6 +82,11 @@ def test_a_requests_per_minute_limit_is_exact_across_replicas(
     assert admitted[0].headers["x-ratelimit-limit-requests"] == "30"
     assert store.usage("team-a") == {"requests": 30, "rejected": 30, "prompt_tokens": 30 * _prompt(admitted[0]),
                                      "completion_tokens": 30}  # fmt: skip
+    # usage by the key's name, never its secret (a scrape needs a key too once keys exist, as with --api-keys)
+    scraper = store.add("prometheus", TenantLimits())  # team-a's minute is spent
+    scrape = httpx.get(f"{replicas[0].base_url}/metrics", headers={"Authorization": f"Bearer {scraper}"}).text
+    assert 'queuechat:key_requests_total{key_name="team-a"} 30.0' in scrape
+    assert 'queuechat:key_rate_limited_requests_total{key_name="team-a"} 30.0' in scrape
     listed = keys_command(settings, "list")
     assert listed.returncode == 0 and "team-a" in listed.stdout and secret not in listed.stdout
 

@@ -27,19 +27,20 @@ class Role:
 ROLES: dict[str, Role] = {
     # submit jobs (a Lua script checks the backlog, adds the job and begins its event log in one step), listen to
     # their events (and read their logs), mark jobs whose client left, read the registry (and prune expired cards),
-    # and serve /metrics
+    # look up API keys and count their tenants' limits and usage (Lua scripts too), and serve /metrics
     "front": Role(
-        keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers", "~{p}:log:*", "~{p}:cancel:*"),
+        keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers", "~{p}:log:*", "~{p}:cancel:*", "~{p}:tenant:*"),
         channels=("{p}:events:*",),
-        commands=f"{_CONNECTION} evalsha script|load xadd xlen exists hgetall hdel mget subscribe unsubscribe "
-        "time scan xinfo|groups xrange pexpire set pubsub|numsub",
+        commands=f"{_CONNECTION} evalsha script|load script|exists xadd xlen exists hgetall hdel mget subscribe "
+        "unsubscribe time scan xinfo|groups xrange pexpire set pubsub|numsub "
+        "hlen hget hkeys hincrby get incr decr incrby del pttl",
     ),
     # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
     # dead worker's jobs (counting the deaths of the workers that held them), dead-letter
     "worker": Role(
         keys=("~{p}:*",),
         channels=("{p}:events:*",),
-        commands=f"{_CONNECTION} evalsha script|load "
+        commands=f"{_CONNECTION} evalsha script|load script|exists "
         "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
         "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec incrby",

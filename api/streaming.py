@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.context import producer_of
 from api.eventids import EventIds, format_id
 from broker.producer import JobEvents, Producer
+from broker.settings import Settings
 from serving.jobs import prompt_tokens_of
 from serving.streams import dumps, usage
 
@@ -29,7 +30,26 @@ async def sse_events(
             yield {"id": format_id(event_id), "data": line}
 
 
+class KeepAlive(ServerSentEvent):
+    """A comment line with no blank line after it: bytes on the wire, and no event. The official clients' SSE
+    decoders (openai-python 3.x, anthropic's) dispatch an event at any blank line once an event had an ``id:``,
+    with empty data, which they then fail to parse as JSON; sse-starlette's own ping ends with a blank line."""
+
+    def encode(self) -> bytes:
+        return b": ping\r\n"
+
+
+def event_source(events: AsyncIterator[dict[str, str]], settings: Settings) -> EventSourceResponse:
+    """An SSE response with keep-alives (``QUEUECHAT_SSE_PING_INTERVAL``) that no client takes for an event,
+    which, when the server is told to stop, gets the drain timeout to finish instead of being cut at once
+    (sse-starlette's default)."""
+    return EventSourceResponse(
+        events,
+        ping=settings.sse_ping_interval,
+        ping_message_factory=KeepAlive,
+        shutdown_grace_period=settings.drain_timeout,
+    )
+
+
 def stream_response(events: AsyncIterator[dict[str, str]], producer: Producer) -> EventSourceResponse:
-    """An SSE response that, when the server is told to stop, gets the drain timeout to finish instead of being
-    cut at once (sse-starlette's default)."""
-    return EventSourceResponse(events, ping=15, shutdown_grace_period=producer.settings.drain_timeout)
+    return event_source(events, producer.settings)

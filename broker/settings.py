@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         default=30.0, ge=0, description="Seconds a worker or API gets on SIGTERM to finish running work."
     )
+    sse_ping_interval: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between keep-alive comments on an SSE stream that has nothing else to send, so proxies "
+        "do not close a connection waiting on a queued job or a long prefill.",
+    )
     event_log: bool = Field(
         default=True,
         description="Keep every job's events in a capped per-job stream beside the pub/sub channel, so a front "

@@ -8,13 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse
 
 from api.anthropic.errors import anthropic_error_body
 from api.anthropic.schemas import CountTokensRequest, MessagesRequest
 from api.anthropic.translate import StreamTranslator, count_request, to_chat_request, to_message, translated_stream
 from api.context import observer_of, producer_of, request_id_of
 from api.disconnect import unless_client_leaves
+from api.streaming import event_source
 from broker.errors import InvalidRequest, QueuechatError
 from broker.schemas import Job, JobKind
 from serving.chat import ChatStream, chat_answer, open_chat_stream
@@ -50,7 +50,7 @@ async def _create_message(body: MessagesRequest, request: Request) -> Any:
     stream = await open_chat_stream(producer, chat, observer, request_id=request_id)  # errors before a token: 4xx
     translator = StreamTranslator(body.model, prompt_tokens_of(stream.streams))
     events = translated_stream(_chunks(stream), translator, stream.response_id)
-    return EventSourceResponse(_sse(stream, events), ping=15, shutdown_grace_period=producer.settings.drain_timeout)
+    return event_source(_sse(stream, events), producer.settings)
 
 
 async def _chunks(stream: ChatStream) -> AsyncIterator[dict[str, Any]]:

@@ -30,9 +30,11 @@ from api.responses.translate import (
     to_chat_request,
     translated_stream,
 )
+from api.streaming import event_source
 from broker.errors import InvalidRequest, NotFound
 from broker.producer import JobEvents
 from broker.responses import RUNNING, TERMINAL, ResponsesSettings, ResponseStore, StoredResponse
+from broker.settings import Settings
 from serving.errors import validation_message
 from serving.requests import ChatCompletionRequest
 from serving.streams import dumps
@@ -114,7 +116,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
         sink = _runs(request).start(store, producer, metrics, body, chat, copy.deepcopy(response))
         if sink is None:
             return response
-        return _event_stream(relay(sink), producer.settings.drain_timeout)
+        return _event_stream(relay(sink), producer.settings)
 
     if not body.stream:
         # a client that hangs up before its answer is ready has its job cancelled
@@ -141,7 +143,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
             raise
     translator = StreamTranslator(copy.deepcopy(response))
     events = _stored_at_end(translated_stream(chunks, translator), streams, store if body.stored else None, translator)
-    return _event_stream(events, producer.settings.drain_timeout)
+    return _event_stream(events, producer.settings)
 
 
 async def _stored_at_end(
@@ -165,7 +167,7 @@ async def _stored_at_end(
             _later(store.set_status(response["id"], status, allowed_from=RUNNING, response=response))
 
 
-def _event_stream(events: AsyncGenerator[Event, None], drain_timeout: float) -> EventSourceResponse:
+def _event_stream(events: AsyncGenerator[Event, None], settings: Settings) -> EventSourceResponse:
     async def body() -> AsyncIterator[dict[str, str]]:
         try:
             async for event in events:
@@ -173,7 +175,7 @@ def _event_stream(events: AsyncGenerator[Event, None], drain_timeout: float) -> 
         finally:
             await events.aclose()  # a client gone while an event was being sent: the job stops now, not at GC
 
-    return EventSourceResponse(body(), ping=15, shutdown_grace_period=drain_timeout)
+    return event_source(body(), settings)
 
 
 @router.get("/v1/responses/{response_id}")

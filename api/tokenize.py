@@ -15,7 +15,7 @@ from api.errors import ERROR_RESPONSES
 from broker.errors import InvalidRequest
 from broker.producer import Producer
 from broker.schemas import Done, Job, JobKind, TokenOptions
-from serving.jobs import close_all, merged, submit_all
+from serving.jobs import done_of
 from serving.messages import ChatMessage, reject_media
 from serving.tools import ToolDefinition
 
@@ -75,15 +75,7 @@ async def model_or_only(producer: Producer, model: str | None) -> str:
 
 async def answer_of(request: Request, job: Job) -> Done:
     """Run a job that a worker answers at admission, and return its done event."""
-    producer = producer_of(request)
-    streams = await submit_all(producer, [job], request_log_of(request, job.model))
-    done: Done | None = None
-    try:
-        async for _, event in merged(streams):
-            if isinstance(event, Done):
-                done = event
-    finally:
-        close_all(streams)
+    done = await done_of(producer_of(request), job, request_log_of(request, job.model))
     if done is None:  # merged raises the job's error event: a job ends with one or the other
         raise RuntimeError(f"job {job.id} ended without a done event")
     return done

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker.errors import JobFailed
 from broker.producer import Producer
-from broker.schemas import Done, Job, JobKind
-from serving.jobs import JobObserver, close_all, merged, submit_all
+from broker.schemas import Job, JobKind
+from serving.jobs import JobObserver, done_of
 from serving.responses import Embedding, EmbeddingList, EmbeddingUsage
 
 MAX_INPUTS = 2048  # OpenAI's limit on the items of one request
@@ -82,14 +82,7 @@ async def embeddings_answer(
 ) -> EmbeddingList:
     """The embeddings list, as the endpoint answers it."""
     job = body.to_job(producer.settings.request_timeout, request_id=request_id)
-    streams = await submit_all(producer, [job], observer)
-    done: Done | None = None
-    try:
-        async for _, event in merged(streams):
-            if isinstance(event, Done):
-                done = event
-    finally:
-        close_all(streams)
+    done = await done_of(producer, job, observer)
     if done is None or done.embeddings is None or len(done.embeddings) != len(job.inputs or []):
         raise JobFailed(f"the worker answered job {job.id} without its embeddings", status=502, code="bad_worker_reply")
     data = [

@@ -161,6 +161,20 @@ class Collected:
         return sum(c.completion_tokens for c in self.choices.values())
 
 
+async def done_of(producer: Producer, job: Job, observer: JobObserver | None = None) -> Done | None:
+    """Submit one job that a worker answers at admission (a token count, embeddings) and return its ``done``
+    event; its ``error`` event is raised, as :func:`merged` raises it."""
+    streams = await submit_all(producer, [job], observer)
+    done: Done | None = None
+    try:
+        async for _, event in merged(streams):
+            if isinstance(event, Done):
+                done = event
+    finally:
+        close_all(streams)
+    return done
+
+
 def close_all(streams: Sequence[JobEvents]) -> None:
     for s in streams:
         s.close()

@@ -19,8 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.anthropic.errors import anthropic_error_body, is_anthropic_path
-from api.errors import error_body
+from api.errors import error_body, error_response
 from api.tenants import TenantGate, rate_limit_headers
+from broker.errors import BrokerUnavailable
 from broker.tenants import current_tenant
 
 # /health is for load balancers; the docs and the schema only describe the API (no models, no data), and tools
@@ -86,13 +87,20 @@ class ApiKeyMiddleware:
         if token and key_matches(token, self.keys):
             await self.app(scope, receive, send)
             return
-        # a key that is not a static one is looked up (no cache of "no keys yet" may let a new key's first
-        # requests pass unlimited); without a key, the API is open until some key exists
-        tenant = await self.tenants.lookup(token) if token and self.tenants is not None else None
-        if tenant is None and not self.keys and (self.tenants is None or not await self.tenants.any_tenants()):
-            await self.app(scope, receive, send)  # no key anywhere: an open API
-            return
         path = scope["path"]
+        try:
+            # a key that is not a static one is looked up (no cache of "no keys yet" may let a new key's first
+            # requests pass unlimited); without a key, the API is open until some key exists
+            tenant = await self.tenants.lookup(token) if token and self.tenants is not None else None
+            open_api = (
+                tenant is None and not self.keys and (self.tenants is None or not await self.tenants.any_tenants())
+            )
+        except BrokerUnavailable as exc:
+            await error_response(exc, path)(scope, receive, send)
+            return
+        if open_api:  # no key anywhere
+            await self.app(scope, receive, send)
+            return
         if not token:
             await _unauthorized(path, MISSING_KEY, None)(scope, receive, send)
             return
@@ -101,7 +109,11 @@ class ApiKeyMiddleware:
             await _unauthorized(path, "Incorrect API key provided.", "invalid_api_key")(scope, receive, send)
             return
         assert self.tenants is not None
-        outcome = await self.tenants.admit(tenant)
+        try:
+            outcome = await self.tenants.admit(tenant)
+        except BrokerUnavailable as exc:
+            await error_response(exc, path)(scope, receive, send)
+            return
         headers = rate_limit_headers(outcome, tenant)
         if not outcome.admitted:
             message = LIMIT_MESSAGES[outcome.limit or "requests"].format(retry=headers["retry-after"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from broker.errors import BrokerUnavailable
 from broker.keys import Keys
 from broker.producer import AnyEvent, JobEvents
 from broker.schemas import Accepted, Done
@@ -66,16 +67,19 @@ class TenantGate:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
 
+    # Every read below fails closed: a key that cannot be checked lets no request in (BrokerUnavailable, a 503),
+    # because answering "no keys" or "unknown key" for one failed command would let a request pass without its
+    # limits, or without any key at all.
+
     async def any_tenants(self) -> bool:
-        """Whether any key is kept in Redis (then every request needs a key); False while Redis is unreachable."""
+        """Whether any key is kept in Redis (then every request needs a key)."""
         checked, known = self._any
         if time.monotonic() - checked < CACHE_SECONDS:
             return known
         try:
             known = bool(await self.client.hlen(names_key(self.keys)))
         except (RedisError, OSError) as exc:
-            log.warning("cannot read the tenants' keys: %s", exc)
-            return False
+            raise BrokerUnavailable(f"cannot check the API key: {exc}") from exc
         self._any = (time.monotonic(), known)
         return known
 
@@ -87,8 +91,7 @@ class TenantGate:
         try:
             tenant = tenant_of_json(await self.client.hget(tenants_key(self.keys), key_digest))
         except (RedisError, OSError) as exc:
-            log.warning("cannot read the tenants' keys: %s", exc)
-            return None
+            raise BrokerUnavailable(f"cannot check the API key: {exc}") from exc
         if len(self._tenants) > 10_000:
             self._tenants.clear()
         self._tenants[key_digest] = (time.monotonic(), tenant)
@@ -98,11 +101,17 @@ class TenantGate:
         names = TenantKeys(self.keys, tenant.name)
         limits = tenant.limits
         args = [limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_requests]
-        reply = await self._admit(
-            keys=[names.requests, names.tokens, names.running], args=[*args, WINDOW_MS, RUNNING_TTL_MS]
-        )
+        try:
+            reply = await self._admit(
+                keys=[names.requests, names.tokens, names.running], args=[*args, WINDOW_MS, RUNNING_TTL_MS]
+            )
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot check the API key's limits: {exc}") from exc
         outcome = admission(reply, limits)
-        await self.client.hincrby(names.usage, "requests" if outcome.admitted else "rejected", 1)
+        try:
+            await self.client.hincrby(names.usage, "requests" if outcome.admitted else "rejected", 1)
+        except (RedisError, OSError) as exc:  # the request was admitted: a lost count must not fail it
+            log.warning("cannot count a request of tenant %s: %s", tenant.name, exc)
         return outcome
 
     async def release(self, tenant: Tenant) -> None:

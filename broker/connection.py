@@ -21,8 +21,12 @@ from urllib.parse import parse_qsl, unquote
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 from redis.sentinel import SentinelConnectionPool as SentinelPool
 
@@ -30,6 +34,20 @@ from redis.sentinel import SentinelConnectionPool as SentinelPool
 CONNECT_TIMEOUT = 1.0
 # Plain commands are sub-millisecond; anything this slow means Redis is in trouble.
 COMMAND_TIMEOUT = 5.0
+
+
+# A pooled connection that idled through a Redis restart (or a Sentinel failover) fails its next command with
+# "Connection closed by server" although the server is back: the command is tried once more on a new connection.
+# Only connection errors, never timeouts, whose command may have run; a Redis that is really down fails the retry
+# at once too (connection refused), so an outage is still a fast 503.
+def _retry_once() -> Retry:
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+def _async_retry_once() -> AsyncRetry:
+    return AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS
 DEFAULT_SENTINEL_PORT = 26379
 # Query options that are numbers or flags; the rest stay strings (paths, names).
@@ -157,6 +175,7 @@ def sync_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) ->
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": command_timeout,
         "health_check_interval": 30,
+        "retry": _retry_once(),
     }
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
@@ -184,6 +203,7 @@ def async_client(url: str, *, command_timeout: float | None = COMMAND_TIMEOUT) -
         "health_check_interval": 30,
         "max_connections": MAX_CONNECTIONS,
         "timeout": COMMAND_TIMEOUT,  # waiting for a free connection
+        "retry": _async_retry_once(),
     }
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
@@ -227,6 +247,7 @@ def async_client_like(client: redis.Redis, *, command_timeout: float | None = CO
         health_check_interval=30,
         max_connections=MAX_CONNECTIONS,
         timeout=COMMAND_TIMEOUT,
+        retry=_async_retry_once(),
         **kwargs,
     )
     return aredis.Redis(connection_pool=async_pool)
@@ -252,6 +273,7 @@ def _async_sentinel_client_like(pool: SentinelPool, command_timeout: float | Non
         health_check_interval=30,
         max_connections=MAX_CONNECTIONS,
         timeout=COMMAND_TIMEOUT,
+        retry=_async_retry_once(),
         **node,
     )
     return client

@@ -23,17 +23,22 @@ class Call:
     started: float
     ended: float
     status: int | str  # HTTP status, or the name of the exception when no response came
+    error: str = ""  # the error body's message, so a failed assertion says why
 
 
 async def _keep_asking(client: httpx.AsyncClient, calls: list[Call], stop: asyncio.Event) -> None:
     body = {"model": "tiny", "messages": PROMPT, "max_tokens": 16}
     while not stop.is_set():
         started = time.monotonic()
+        error = ""
         try:
-            status: int | str = (await client.post("/v1/chat/completions", json=body)).status_code
+            response = await client.post("/v1/chat/completions", json=body)
+            status: int | str = response.status_code
+            if status != 200:
+                error = response.text[:300]
         except httpx.HTTPError as exc:
-            status = type(exc).__name__
-        calls.append(Call(started, time.monotonic(), status))
+            status, error = type(exc).__name__, str(exc)
+        calls.append(Call(started, time.monotonic(), status, error))
         await asyncio.sleep(0.05)
 
 
@@ -82,7 +87,7 @@ async def test_redis_outage_then_recovery(tiny_model_dir: Path, tmp_path: Path) 
         assert before and all(c.status == 200 for c in before)
         assert all(c.status in (200, 503) for c in straddling)  # cut off mid-request: still an explicit answer
         assert during and all(c.status == 503 for c in during)
-        assert after and all(c.status == 200 for c in after)
+        assert after and all(c.status == 200 for c in after), [c for c in after if c.status != 200]
         assert worker.poll() is None and api.poll() is None  # nothing was restarted
     finally:
         cluster.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,10 +11,8 @@ from api.context import observer_of, producer_of, request_id_of, resume_record
 from api.disconnect import unless_client_leaves
 from api.errors import ERROR_RESPONSES, STREAM_RESPONSES
 from api.streaming import sse_events, stream_response
-from broker.producer import JobEvents, Producer
 from serving import chat as serving_chat
-from serving.chat import ChatStream, open_chat_stream
-from serving.jobs import JobObserver
+from serving.chat import open_chat_stream
 from serving.requests import ChatCompletionRequest
 from serving.responses import ChatCompletion
 
@@ -36,27 +33,3 @@ async def _chat_completions(body: ChatCompletionRequest, request: Request) -> An
     resume = resume_record(request, body, created)  # so the client can resume the stream (api/resume.py)
     stream = await open_chat_stream(producer, body, observer, request_id=request_id, resume=resume, created=created)
     return stream_response(sse_events(stream.streams, stream.lines()), producer)
-
-
-# For code written against the earlier interface (answers as dicts, chunks as JSON text); new code uses
-# serving.chat, whose answers and chunks are typed.
-
-
-async def chat_answer(
-    producer: Producer,
-    body: ChatCompletionRequest,
-    observer: JobObserver | None = None,
-    *,
-    low_priority: bool = False,
-) -> dict[str, Any]:
-    """A whole chat completion as a dict."""
-    answer = await serving_chat.chat_answer(producer, body, observer, low_priority=low_priority)
-    return answer.model_dump(mode="json")
-
-
-async def chat_stream(
-    streams: list[JobEvents], body: ChatCompletionRequest, response_id: str, created: int
-) -> AsyncIterator[str]:
-    """The chunks of a submitted streaming request, as JSON text."""
-    async for chunk in ChatStream(body, streams, response_id, created).chunks():
-        yield chunk.model_dump_json()

@@ -7,15 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.context import producer_of
 from api.eventids import EventIds, format_id
 from broker.producer import JobEvents, Producer
 from broker.settings import Settings
-from serving.jobs import prompt_tokens_of
-from serving.streams import dumps, usage
-
-# producer_of, dumps, usage and prompt_tokens_of are kept for code written against the earlier layout
-__all__ = ["dumps", "producer_of", "prompt_tokens_of", "sse_events", "stream_response", "usage"]
 
 
 async def sse_events(

@@ -106,7 +106,7 @@ def kv_bytes_per_token(model: Any) -> int:
     cfg = model.config.get_text_config()
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+    return int(2 * cfg.num_hidden_layers * heads * head_dim * model.dtype.itemsize)
 
 
 class ContinuousBatchingEngine:

@@ -35,6 +35,16 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 # this is their [sequences, width] mask of real positions
 PADDED_MASK_KWARG = "qc_padded_mask"
 _original_update = PagedAttentionCache.update
+
+
+def _update(
+    cache: Any, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' own cache update (its method is not annotated)."""
+    keys, values = _original_update(cache, key_states, value_states, layer_idx, kwargs)
+    return keys, values
+
+
 _last_layout: tuple[tuple[tuple[int, ...], int], tuple[torch.Tensor, torch.Tensor]] | None = None
 # decode-step attention calls that took the padded path (per layer), so a test can tell the fast path ran
 fast_path_calls = 0
@@ -86,11 +96,11 @@ def decode_cache_update(
         or key_states.shape[0] != 1
         or not _fusable(self)
     ):
-        return _original_update(self, key_states, value_states, layer_idx, kwargs)
+        return _update(self, key_states, value_states, layer_idx, kwargs)
     allocator = self.layer_to_allocator[layer_idx]
     read_index = kwargs["read_index"][allocator.index]
     if read_index.numel() == 0:
-        return _original_update(self, key_states, value_states, layer_idx, kwargs)
+        return _update(self, key_states, value_states, layer_idx, kwargs)
     cu_seq_lens_k = kwargs["cu_seq_lens_k"][allocator.layer_type].to(torch.int32)
     width = int(kwargs["max_length_k"][allocator.layer_type])
     k_cache, v_cache = allocator._kv_token_views[layer_idx]  # [cache tokens, kv heads, head dim]

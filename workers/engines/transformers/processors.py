@@ -84,7 +84,8 @@ class KeyedProcessor(ContinuousBatchingLogitsProcessor):
 
 
 def _kwargs(request: Any) -> dict[str, Any]:
-    return request.state.logit_processor_kwargs
+    kwargs: dict[str, Any] = request.state.logit_processor_kwargs
+    return kwargs
 
 
 def _request_id(request: Any) -> str:

@@ -55,7 +55,7 @@ def create_app(
     app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
     _document(app)
     app.state.settings = settings
-    app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
+    app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix), list(settings.wait_for_worker.models))
     app.state.relay_spans = RelaySpans()
     if tracing.enabled():
         instrument(app)

@@ -45,6 +45,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.producer = Producer(async_client(redis_url), settings)
+        await app.state.producer.declare_models()
         try:
             yield
         finally:

@@ -566,6 +566,16 @@ class Producer:
             raise NoWorkerAvailable(f"no worker is serving model {model!r} right now")
         return wait.seconds(model)
 
+    async def declare_models(self) -> None:
+        """Create the streams of the models ``wait_for_worker`` declares, so that an autoscaler watching their
+        group's lag finds it before the first request (best effort: a request creates its model's stream too)."""
+        for model in self.settings.wait_for_worker.models:
+            try:
+                await self._create_stream(model)
+            except (RedisError, OSError) as exc:
+                log.warning("could not create the job stream of declared model %r: %s", model, exc)
+                return
+
     async def _create_stream(self, model: str) -> None:
         """The model's job stream and the workers' group, as a worker would create them (idempotent)."""
         try:

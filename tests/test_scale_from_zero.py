@@ -21,7 +21,9 @@ from broker.connection import sync_client
 from broker.consumer import JobConsumer
 from broker.keys import Keys
 from broker.monitor import snapshot
+from broker.schemas import Job, JobKind, SamplingParams
 from broker.settings import InvalidSettings, Settings, WaitForWorker, parse_wait_for_worker
+from broker.waiting import job_tokens
 from tests.conftest import ApiServer, RunningWorker, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +124,35 @@ def test_past_the_wait_a_503_and_no_worker_runs_the_job_later(
     queue = snapshot(client, keys).queues[0]
     assert (queue.waiting, queue.running, queue.completed) == (0, 0, 0)
     assert running.worker.totals["completed"] == 0
+
+
+def test_a_client_that_leaves_while_waiting_is_not_answered_later(
+    settings: Settings, start_api: Callable[..., ApiServer], start_worker: Callable[..., RunningWorker]
+) -> None:
+    waiting = settings.model_copy(update={"wait_for_worker": parse_wait_for_worker("tiny=45")})
+    api = start_api(waiting)
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": 4}
+    with pytest.raises(httpx.ReadTimeout):  # it waits for a worker: the client gives up first
+        httpx.post(f"{api.base_url}/v1/chat/completions", json=body, timeout=1.5)
+    client, keys = sync_client(settings.redis_url), Keys(settings.key_prefix)
+    # its front server marks the job cancelled (the client left), before any worker runs
+    wait_for(lambda: list(client.scan_iter(match=f"{settings.key_prefix}:cancel:*")))
+    running = start_worker(settings_=waiting)
+    wait_for(lambda: snapshot(client, keys).queues[0].cancelled == 1, timeout=30)
+    assert snapshot(client, keys).queues[0].completed == 0
+    assert running.worker.totals["completed"] == 0
+
+
+def test_waiting_tokens_are_estimated_from_the_queued_job() -> None:
+    later = time.time() + 60
+    ids = Job(
+        kind=JobKind.COMPLETION, model="m", prompt=[1, 2, 3], params=SamplingParams(max_tokens=5, n=2), deadline=later
+    )
+    assert job_tokens(ids.model_dump_json()) == 3 + 10
+    # no max_tokens: the prompt alone
+    text = Job(kind=JobKind.CHAT, model="m", messages=[{"role": "user", "content": "x" * 40}], deadline=later)
+    assert job_tokens(text.model_dump_json()) == 10 + 1  # "user" counts too
+    assert job_tokens(b"not json") == 0
 
 
 @pytest.mark.parametrize(

@@ -556,7 +556,7 @@ class Producer:
         try:
             known = bool(await self.client.exists(self.keys.jobs(model)))
             if not known and wait.declares(model):
-                await self._create_stream(model)
+                await self._create_stream(self.keys.jobs(model))
                 known = True
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
@@ -571,15 +571,15 @@ class Producer:
         group's lag finds it before the first request (best effort: a request creates its model's stream too)."""
         for model in self.settings.wait_for_worker.models:
             try:
-                await self._create_stream(model)
+                await self._create_stream(self.keys.jobs(model))
             except (RedisError, OSError) as exc:
                 log.warning("could not create the job stream of declared model %r: %s", model, exc)
                 return
 
-    async def _create_stream(self, model: str) -> None:
-        """The model's job stream and the workers' group, as a worker would create them (idempotent)."""
+    async def _create_stream(self, stream: str) -> None:
+        """A job stream of a model and the workers' group on it, as a worker would create them (idempotent)."""
         try:
-            await self.client.xgroup_create(self.keys.jobs(model), CONSUMER_GROUP, id="0", mkstream=True)
+            await self.client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -602,9 +602,17 @@ class Producer:
         queue = await self.router.subscribe(channel)
         events = JobEvents(self, job, queue)
         events.worker_wait = self.settings.wait_for_worker.seconds(job.model)
+        stream = self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)
         if worker_wait > 0:
             events.waiting_since = time.monotonic()  # no worker is live: the wait for one begins now
-        stream = self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)
+            if low_priority:  # a batch line: the autoscaler reads the lag of the batch stream's group too
+                try:
+                    await self._create_stream(stream)
+                except BaseException as exc:
+                    events.close()
+                    if isinstance(exc, RedisError | OSError):
+                        raise BrokerUnavailable(f"cannot queue the job: {exc}") from exc
+                    raise
         args: list[Any] = [self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()]
         keys = [stream]
         if self.settings.event_log:

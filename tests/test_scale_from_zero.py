@@ -3,6 +3,7 @@ for an autoscaler to start one, instead of failing at once; past the wait it is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,10 +18,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.connection import sync_client
+from broker.connection import async_client, sync_client
 from broker.consumer import JobConsumer
 from broker.keys import Keys
 from broker.monitor import snapshot
+from broker.producer import Producer
 from broker.schemas import Job, JobKind, SamplingParams
 from broker.settings import InvalidSettings, Settings, WaitForWorker, parse_wait_for_worker
 from broker.waiting import job_tokens
@@ -181,3 +183,24 @@ def test_the_api_does_not_start_with_a_bad_wait() -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "QUEUECHAT_WAIT_FOR_WORKER" in done.stderr and "'tiny=soon' is not a wait" in done.stderr
+
+
+async def test_a_batch_line_waits_where_the_autoscaler_reads_the_batch_lag(
+    settings: Settings, start_worker: Callable[..., RunningWorker]
+) -> None:
+    waiting = settings.model_copy(update={"wait_for_worker": parse_wait_for_worker("tiny=45")})
+    producer = Producer(async_client(settings.redis_url), waiting)
+    params = SamplingParams(max_tokens=3)
+    job = Job(kind=JobKind.COMPLETION, model="tiny", prompt="hello", params=params, deadline=time.time() + 60)
+    try:
+        events = await producer.submit(job, low_priority=True)
+        keys = Keys(settings.key_prefix)
+        # the batch stream has the workers' group before any worker ran: its lag counts the line
+        (group,) = sync_client(settings.redis_url).xinfo_groups(keys.batch_jobs("tiny"))
+        assert group["lag"] == 1
+        await asyncio.to_thread(start_worker, settings_=waiting)
+        async with events:
+            kinds = [type(e).__name__ async for e in events]
+        assert kinds[0] == "Accepted" and kinds[-1] == "Done"
+    finally:
+        await producer.close()

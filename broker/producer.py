@@ -250,7 +250,8 @@ class JobEvents:
     cannot continue it (its log was lost) runs it again from the start: an ``accepted`` with ``seq`` 0, passed
     through (the caller drops what it gathered so far) unless the caller has marked the job :attr:`committed` (a
     stream that already sent text to its client): then it is a ``worker_lost`` error. While no event arrives the
-    job's model is checked every ``watch_interval`` seconds, so a client learns of no worker left in seconds.
+    job's model is checked every ``watch_interval`` seconds, so a client learns of no worker left in seconds, or,
+    when its model has a wait for a worker (``wait_for_worker``: scale from zero), once none started within it.
     """
 
     def __init__(self, producer: Producer, job: Job, queue: asyncio.Queue[bytes]) -> None:

@@ -45,6 +45,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.producer = Producer(async_client(redis_url), settings)
+        await app.state.producer.declare_models()
         try:
             yield
         finally:
@@ -55,7 +56,7 @@ def create_app(
     app = FastAPI(title="queuechat", version=package_version(), lifespan=lifespan)
     _document(app)
     app.state.settings = settings
-    app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix))
+    app.state.metrics = ApiMetrics(redis_url, Keys(settings.key_prefix), list(settings.wait_for_worker.models))
     app.state.relay_spans = RelaySpans()
     if tracing.enabled():
         instrument(app)

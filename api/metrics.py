@@ -6,9 +6,9 @@ Two kinds of metrics, from two sources:
   :class:`ApiMetrics`, a job observer (:class:`serving.jobs.JobObserver`) the routes hand to the serving layer.
   Every replica counts its own requests, so sum them across replicas.
 - The state of the whole deployment, read from Redis at scrape time (:class:`BrokerCollector`): requests waiting in
-  and running from each model's stream, live workers, job outcomes. Every replica reports the same values, so
-  aggregate these with ``max``, not ``sum``. A scrape never fails because Redis is down: ``queuechat:broker_up``
-  says 0 and the Redis-derived series are left out.
+  each model's stream (and their estimated tokens: what an autoscaler scales on) and running from it, live workers,
+  job outcomes. Every replica reports the same values, so aggregate these with ``max``, not ``sum``. A scrape
+  never fails because Redis is down: ``queuechat:broker_up`` says 0 and the Redis-derived series are left out.
 
 Each app owns its :class:`~prometheus_client.CollectorRegistry`, so several apps in one process (tests) never
 share series.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -72,7 +72,7 @@ class _Timing:
 class ApiMetrics:
     """The API's registry: request latencies and token counts observed here, plus the broker's state at scrape."""
 
-    def __init__(self, redis_url: str, keys: Keys) -> None:
+    def __init__(self, redis_url: str, keys: Keys, declared: Sequence[str] = ()) -> None:
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         self.ttft = Histogram(
@@ -163,7 +163,7 @@ class ApiMetrics:
         )
         scrape_client = sync_client(redis_url, command_timeout=SCRAPE_REDIS_TIMEOUT)
         scrape_client.set_retry(Retry(NoBackoff(), 0))
-        self.broker = BrokerCollector(scrape_client, keys)
+        self.broker = BrokerCollector(scrape_client, keys, declared)
         self.registry.register(self.broker)
         # each watched job's timing, released with the job's events object (whatever way the request ended)
         self._timings: weakref.WeakKeyDictionary[JobEvents, _Timing] = weakref.WeakKeyDictionary()
@@ -226,16 +226,19 @@ class ApiMetrics:
 class BrokerCollector(Collector):
     """The deployment's queues and workers, read from Redis when Prometheus scrapes (never raises)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, declared: Sequence[str] = ()) -> None:
         self.client = client
         self.keys = keys
+        # models declared for scale from zero (wait_for_worker): always listed, so the first jobs waiting for a
+        # worker show from the first scrape on, not only once the next SCAN finds their new stream
+        self.declared = list(declared)
         self._models: list[str] = []
         self._scanned = -MODEL_SCAN_SECONDS
         self._logs: tuple[int, int] = (0, 0)
 
     def _known_models(self) -> list[str]:
         if time.monotonic() - self._scanned >= MODEL_SCAN_SECONDS:
-            self._models = known_models(self.client, self.keys)
+            self._models = sorted(set(known_models(self.client, self.keys)) | set(self.declared))
             self._logs = log_memory(self.client, self.keys)  # a SCAN too: as seldom
             self._scanned = time.monotonic()
         return self._models
@@ -260,6 +263,12 @@ class BrokerCollector(Collector):
         running = GaugeMetricFamily(
             PREFIX + "num_requests_running", "Requests taken by a worker and not finished yet.", labels=labels
         )
+        waiting_tokens = GaugeMetricFamily(
+            PREFIX + "num_tokens_waiting",
+            "Estimated tokens of the queued requests: prompt (token ids exactly, text at 4 characters a token) plus "
+            "max_tokens of each choice where set. With num_requests_waiting, what an autoscaler scales on.",
+            labels=labels,
+        )
         oldest = GaugeMetricFamily(
             PREFIX + "oldest_waiting_seconds", "Age of the oldest queued request (0 when none waits).", labels=labels
         )
@@ -270,6 +279,7 @@ class BrokerCollector(Collector):
         )
         for q in snap.queues:
             waiting.add_metric([q.model], q.waiting)
+            waiting_tokens.add_metric([q.model], q.waiting_tokens)
             running.add_metric([q.model], q.running)
             oldest.add_metric([q.model], q.oldest_waiting_s or 0.0)
             workers.add_metric([q.model], q.workers)
@@ -281,7 +291,7 @@ class BrokerCollector(Collector):
         logs.add_metric([], self._logs[0])
         log_bytes = GaugeMetricFamily(PREFIX + "event_log_bytes", "Memory of the jobs' event logs (MEMORY USAGE).")
         log_bytes.add_metric([], self._logs[1])
-        yield from (waiting, running, oldest, workers, slots, jobs, logs, log_bytes)
+        yield from (waiting, waiting_tokens, running, oldest, workers, slots, jobs, logs, log_bytes)
         yield from self._tenants()
 
     def _tenants(self) -> Iterator[Metric]:

@@ -27,12 +27,13 @@ class Role:
 ROLES: dict[str, Role] = {
     # submit jobs (a Lua script checks the backlog, adds the job and begins its event log in one step), listen to
     # their events (and read their logs), mark jobs whose client left, read the registry (and prune expired cards),
-    # look up API keys and count their tenants' limits and usage (Lua scripts too), and serve /metrics
+    # look up API keys and count their tenants' limits and usage (Lua scripts too), serve /metrics, and create the
+    # job stream and group of a model declared in wait_for_worker that no worker has created yet (scale from zero)
     "front": Role(
         keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers", "~{p}:log:*", "~{p}:cancel:*", "~{p}:tenant:*"),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load script|exists xadd xlen exists hgetall hdel mget subscribe "
-        "unsubscribe time scan xinfo|groups xrange pexpire set pubsub|numsub "
+        "unsubscribe xgroup|create time scan xinfo|groups xrange pexpire set pubsub|numsub "
         "hlen hget hkeys hincrby get incr decr incrby del pttl",
     ),
     # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a

@@ -21,6 +21,7 @@ from broker.batches import BatchProgress, batch_progress
 from broker.keys import Keys
 from broker.records import group_info, text
 from broker.registry import LiveWorker, split_registry
+from broker.waiting import job_tokens
 
 # The fields of {p}:stats:{model} shown per model; a field nobody has counted yet reads as 0.
 STAT_FIELDS = (
@@ -34,6 +35,8 @@ STAT_FIELDS = (
     "prompt_tokens",
     "output_tokens",
 )
+# Waiting jobs read to estimate their tokens; past this many, the total is extrapolated from the first ones.
+WAITING_SAMPLE = 256
 # Event logs whose memory is read one by one; past this many, the total is estimated from a sample of this size.
 LOG_MEMORY_SAMPLE = 500
 
@@ -54,6 +57,8 @@ class QueueInfo(BaseModel):
     prompt_tokens: int = 0
     output_tokens: int = 0
     oldest_waiting_s: float | None = None  # age of the oldest undelivered job; None when nothing waits
+    # estimated tokens of the undelivered jobs (broker/waiting.py), from the first WAITING_SAMPLE of them
+    waiting_tokens: int = 0
     tokens_per_s: float = 0.0  # sum of the live workers' rates (each over its last seconds) for this model
     workers: int = 0  # live workers serving this model
     slots: int = 0  # their slots together
@@ -220,8 +225,10 @@ def _queues(
     if backlog:
         pipe = client.pipeline(transaction=False)
         for queue, last in backlog:
-            pipe.xrange(keys.jobs(queue.model), f"({last}", "+", count=1)  # the first undelivered entry
-        for (queue, _), first in zip(backlog, pipe.execute(), strict=True):
-            if first:
-                queue.oldest_waiting_s = round(max(now - _stream_ms(first[0][0]) / 1000, 0.0), 3)
+            pipe.xrange(keys.jobs(queue.model), f"({last}", "+", count=WAITING_SAMPLE)  # the undelivered entries
+        for (queue, _), entries in zip(backlog, pipe.execute(), strict=True):
+            if entries:
+                queue.oldest_waiting_s = round(max(now - _stream_ms(entries[0][0]) / 1000, 0.0), 3)
+                tokens = sum(job_tokens(fields.get(b"job")) for _, fields in entries)
+                queue.waiting_tokens = round(tokens * max(queue.waiting, len(entries)) / len(entries))
     return queues

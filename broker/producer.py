@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from broker import eventlog
 from broker.errors import (
@@ -33,7 +33,7 @@ from broker.errors import (
     QueueFull,
     RequestTimedOut,
 )
-from broker.keys import Keys, log_entry_id
+from broker.keys import CONSUMER_GROUP, Keys, log_entry_id
 from broker.registry import LiveWorker, alive_workers, models_of
 from broker.schemas import Accepted, Delta, Done, Error, Job, JobKind, SamplingParams, parse_event
 from broker.settings import Settings
@@ -56,7 +56,8 @@ LIVE_CACHE_STALE_SECONDS = 5.0
 # reconnect (never valid events: events are JSON objects).
 CONNECTION_LOST = b""
 RECONNECTED = b"\x00"
-# A hung-up client's mark for its job's worker lives this long (the worker looks at it within a step).
+# A hung-up client's mark for its job's worker lives this long past the job's deadline: a worker that reads the job
+# from its queue any time before then skips it, one that reads it later drops it as expired.
 CANCEL_MARK_SECONDS = 60
 
 # Check the backlog and queue the job in one step, so concurrent requests cannot overfill a queue between the
@@ -249,7 +250,8 @@ class JobEvents:
     cannot continue it (its log was lost) runs it again from the start: an ``accepted`` with ``seq`` 0, passed
     through (the caller drops what it gathered so far) unless the caller has marked the job :attr:`committed` (a
     stream that already sent text to its client): then it is a ``worker_lost`` error. While no event arrives the
-    job's model is checked every ``watch_interval`` seconds, so a client learns of no worker left in seconds.
+    job's model is checked every ``watch_interval`` seconds, so a client learns of no worker left in seconds, or,
+    when its model has a wait for a worker (``wait_for_worker``: scale from zero), once none started within it.
     """
 
     def __init__(self, producer: Producer, job: Job, queue: asyncio.Queue[bytes]) -> None:
@@ -270,6 +272,10 @@ class JobEvents:
         self.continued = 0  # times another worker continued the job mid-stream
         self.caught_up = 0  # events read from the log because the channel missed them
         self.committed = False  # set by the caller once output has reached the client
+        # Seconds the job may wait for a worker of its model to start while none is live (scale from zero), and
+        # since when it has been waiting (monotonic; None while a worker is live).
+        self.worker_wait = 0.0
+        self.waiting_since: float | None = None
 
     async def __aenter__(self) -> JobEvents:
         return self
@@ -310,6 +316,8 @@ class JobEvents:
             else:
                 try:
                     wait = min(remaining, self._producer.settings.heartbeat_interval)
+                    if self.waiting_since is not None:  # look again when the wait for a worker ends
+                        wait = min(wait, max(self.waiting_since + self.worker_wait - time.monotonic(), 0.01))
                     raw = await asyncio.wait_for(self._queue.get(), timeout=wait)
                 except TimeoutError:
                     await self._check_worker()
@@ -444,9 +452,26 @@ class JobEvents:
             self._failing()
             return
         self._failing_since = None
-        if self.job.model not in live:
+        if self.job.model in live:
+            # A live worker will take the job over (or start it, if it is still queued): keep waiting.
+            self.waiting_since = None
+            return
+        if self.worker_wait <= 0:
             raise NoWorkerAvailable(f"no worker is serving model {self.job.model!r} any more")
-        # Otherwise a live worker will take the job over (or start it, if it is still queued): keep waiting.
+        now = time.monotonic()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        if now - self.waiting_since >= self.worker_wait:
+            raise self._no_worker_started()
+
+    def _no_worker_started(self) -> NoWorkerAvailable:
+        """The wait for a worker is over: the job stays in its stream, marked so that a worker arriving later
+        skips it instead of running it for nobody."""
+        self._producer.mark_cancelled(self.job.id, self.job.deadline, at_once=True)
+        return NoWorkerAvailable(
+            f"no worker of model {self.job.model!r} started within {self.worker_wait:g} s (the wait for a worker, "
+            "QUEUECHAT_WAIT_FOR_WORKER); retry later"
+        )
 
     @property
     def finished(self) -> bool:
@@ -463,7 +488,7 @@ class JobEvents:
             self._closed = True
             self._producer.router.unsubscribe(self._producer.keys.events(self.job.id))
             if self.queued and not self.finished:
-                self._producer.mark_cancelled(self.job.id)
+                self._producer.mark_cancelled(self.job.id, self.job.deadline)
 
 
 class Producer:
@@ -512,22 +537,53 @@ class Producer:
         except BrokerUnavailable as exc:  # the next request looks again; its own commands report the outage
             log.debug("could not renew the live workers: %s", exc)
 
-    async def check_model(self, model: str) -> None:
-        """Raise unless a live worker serves ``model``. (Whether its queue has room is checked as the job is
-        added, in the same script.) A tenant's key limited to some models sees the others as absent."""
+    async def check_model(self, model: str) -> float:
+        """Raise unless a live worker serves ``model``, or it is known and its jobs may wait for a worker to start
+        (``wait_for_worker``): then return how many seconds they may wait (0.0 when a worker is live). (Whether
+        its queue has room is checked as the job is added, in the same script.) A tenant's key limited to some
+        models sees the others as absent.
+
+        A model is known when its job stream exists (a worker created it, see the consumer's ``ensure_groups``) or
+        when ``wait_for_worker`` names it: on a fresh Redis no worker has created the stream yet, so a deployment
+        that scales to zero declares its models, and the stream and its group are created here, for the autoscaler
+        to see the group's lag."""
         tenant = current_tenant.get()
         if tenant is not None and not tenant.allows(model):
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         live = await self._live_models_cached(model)
         if model in live:
-            return
+            return 0.0
+        wait = self.settings.wait_for_worker
         try:
-            known = await self.client.exists(self.keys.jobs(model))
+            known = bool(await self.client.exists(self.keys.jobs(model)))
+            if not known and wait.declares(model):
+                await self._create_stream(self.keys.jobs(model))
+                known = True
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
-        if known:
+        if not known:
+            raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+        if wait.seconds(model) <= 0:
             raise NoWorkerAvailable(f"no worker is serving model {model!r} right now")
-        raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+        return wait.seconds(model)
+
+    async def declare_models(self) -> None:
+        """Create the streams of the models ``wait_for_worker`` declares, so that an autoscaler watching their
+        group's lag finds it before the first request (best effort: a request creates its model's stream too)."""
+        for model in self.settings.wait_for_worker.models:
+            try:
+                await self._create_stream(self.keys.jobs(model))
+            except (RedisError, OSError) as exc:
+                log.warning("could not create the job stream of declared model %r: %s", model, exc)
+                return
+
+    async def _create_stream(self, stream: str) -> None:
+        """A job stream of a model and the workers' group on it, as a worker would create them (idempotent)."""
+        try:
+            await self.client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def max_model_len(self, model: str) -> int | None:
         """The longest context a live worker of ``model`` advertises (None when none says), from the cached view."""
@@ -542,11 +598,22 @@ class Producer:
         ``low_priority`` queues it on the model's batch stream, which workers read only when no interactive job
         is waiting (the Batch API's lines). ``resume`` is kept in the log for a front server that resumes the
         job's stream for its client (see :meth:`attach`): who may, and how the stream was asked for."""
-        await self.check_model(job.model)
+        worker_wait = await self.check_model(job.model)
         channel = self.keys.events(job.id)
         queue = await self.router.subscribe(channel)
         events = JobEvents(self, job, queue)
+        events.worker_wait = self.settings.wait_for_worker.seconds(job.model)
         stream = self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)
+        if worker_wait > 0:
+            events.waiting_since = time.monotonic()  # no worker is live: the wait for one begins now
+            if low_priority:  # a batch line: the autoscaler reads the lag of the batch stream's group too
+                try:
+                    await self._create_stream(stream)
+                except BaseException as exc:
+                    events.close()
+                    if isinstance(exc, RedisError | OSError):
+                        raise BrokerUnavailable(f"cannot queue the job: {exc}") from exc
+                    raise
         args: list[Any] = [self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()]
         keys = [stream]
         if self.settings.event_log:
@@ -590,25 +657,28 @@ class Producer:
         events.catch_up_from_start()  # after the subscription: nothing published from now on is missed
         return events
 
-    def mark_cancelled(self, job_id: str) -> None:
-        """Tell a job's worker its client hung up (in the background: called from synchronous cleanup)."""
+    def mark_cancelled(self, job_id: str, deadline: float, *, at_once: bool = False) -> None:
+        """Tell a job's worker its client hung up (in the background: called from synchronous cleanup). The mark
+        lasts until the job's ``deadline``: a job still queued is skipped by whichever worker reads it. ``at_once``
+        skips the hang-up grace (the client was answered: it cannot resume the stream)."""
         try:
-            task = asyncio.get_running_loop().create_task(self._mark_cancelled(job_id))
+            task = asyncio.get_running_loop().create_task(self._mark_cancelled(job_id, deadline, at_once))
         except RuntimeError:  # no loop: the process is ending, and the orphan grace stops the job
             return
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _mark_cancelled(self, job_id: str) -> None:
+    async def _mark_cancelled(self, job_id: str, deadline: float, at_once: bool) -> None:
         """After ``hangup_grace`` seconds, unless the client came back for its stream by then (on any replica)."""
         try:
-            grace = self.settings.hangup_grace
+            grace = 0.0 if at_once else self.settings.hangup_grace
             if grace > 0:
                 await asyncio.sleep(grace)
                 listening = await self.client.pubsub_numsub(self.keys.events(job_id))
                 if listening and int(listening[0][1]) > 0:
                     return
-            await self.client.set(self.keys.cancel(job_id), b"1", ex=CANCEL_MARK_SECONDS)
+            ttl = CANCEL_MARK_SECONDS + max(math.ceil(deadline - time.time()), 0)
+            await self.client.set(self.keys.cancel(job_id), b"1", ex=ttl)
         except (RedisError, OSError) as exc:
             log.debug("could not mark job %s cancelled: %s", job_id, exc)
 

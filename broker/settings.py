@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -19,9 +20,80 @@ class MissingRedisUrl(ValueError):
         )
 
 
+class InvalidSettings(ValueError):
+    """A setting from the environment that cannot be read: the message names its variable and what is wrong."""
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> InvalidSettings:
+        lines = []
+        for error in exc.errors():
+            name = "QUEUECHAT_" + "_".join(str(part) for part in error["loc"]).upper()
+            lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+        return cls("; ".join(lines))
+
+
 def _default_files_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "queuechat" / "files"
+
+
+class WaitForWorker(BaseModel):
+    """How long a request for a model with no live worker waits in the queue for one to start (an autoscaler
+    scaling from zero) before it is answered 503 ``no_worker_available``; 0: at once.
+
+    Written as a comma-separated list (``QUEUECHAT_WAIT_FOR_WORKER``): a bare number of seconds for every known
+    model (one whose job stream exists: a worker has served it since Redis last lost its data), and
+    ``model=seconds`` for one model. A model named so is *declared*: the API accepts its requests even on a fresh
+    Redis where no worker has ever registered it, so a deployment that scales to zero lists its models here.
+    """
+
+    default: float = 0.0
+    models: dict[str, float] = Field(default_factory=dict)
+
+    def seconds(self, model: str) -> float:
+        return self.models.get(model, self.default)
+
+    def declares(self, model: str) -> bool:
+        return model in self.models
+
+    def __str__(self) -> str:
+        return ",".join([f"{self.default:g}", *(f"{m}={s:g}" for m, s in self.models.items())])
+
+
+def _wait_seconds(text: str, item: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"{item!r} is not a wait: write seconds (0 or more) for every model, or model=seconds, comma-separated "
+            "(e.g. '30' or 'smollm2=300,30')"
+        )
+    return seconds
+
+
+def parse_wait_for_worker(value: str) -> WaitForWorker:
+    """``"30"``, ``"smollm2=300"``, ``"smollm2=300,gpu-model=600,30"``: see :class:`WaitForWorker`."""
+    wait = WaitForWorker()
+    defaults = 0
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        model, sep, seconds = item.rpartition("=")
+        if not sep:
+            defaults += 1
+            if defaults > 1:
+                raise ValueError(f"more than one wait for every model in {value!r}: give one bare number at most")
+            wait.default = _wait_seconds(item, item)
+            continue
+        model = model.strip()
+        if not model:
+            raise ValueError(f"{item!r} names no model: write model=seconds")
+        if model in wait.models:
+            raise ValueError(f"model {model!r} has two waits in {value!r}")
+        wait.models[model] = _wait_seconds(seconds.strip(), item)
+    return wait
 
 
 class Settings(BaseSettings):
@@ -124,6 +196,12 @@ class Settings(BaseSettings):
         default=16, gt=0, description="Lines of one batch queued or running at once: the batch's share of the queue."
     )
     # NoDecode: the env value is a plain comma-separated list, not JSON
+    wait_for_worker: Annotated[WaitForWorker, NoDecode] = Field(
+        default_factory=WaitForWorker,
+        description="Seconds a request for a model with no live worker waits in its queue for a worker to start "
+        "(scale from zero), globally and per model: '30', 'smollm2=300', 'smollm2=300,30' (see WaitForWorker); "
+        "0: answered 503 no_worker_available at once.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="API keys clients must send as Bearer tokens; empty: no auth."
     )
@@ -135,11 +213,24 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
+    @field_validator("wait_for_worker", mode="before")
+    @classmethod
+    def _parse_wait(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_wait_for_worker(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return WaitForWorker(default=_wait_seconds(str(value), str(value)))
+        return value
+
     @classmethod
     def load(cls, redis_url: str | None = None, *, running: bool = True) -> Settings:
         """Settings from the environment, with a command-line ``--redis-url`` taking precedence; with neither, and
-        ``running``, the Redis of this user's running ``queuechat up`` (see :mod:`broker.running`)."""
-        settings = cls()
+        ``running``, the Redis of this user's running ``queuechat up`` (see :mod:`broker.running`). A variable that
+        cannot be read is :class:`InvalidSettings`, naming it."""
+        try:
+            settings = cls()
+        except ValidationError as exc:
+            raise InvalidSettings.of(exc) from None
         if redis_url:
             settings.redis_url = redis_url
         if not settings.redis_url and running:

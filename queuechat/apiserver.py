@@ -51,7 +51,10 @@ def api_command(
 
     configure_logging(log_level)
     tracing.configure("queuechat-api")
-    settings = Settings.load(redis_url)
+    try:
+        settings = Settings.load(redis_url)
+    except ValueError as exc:  # a QUEUECHAT_ variable that cannot be read: say which, before serving anything
+        raise typer.BadParameter(str(exc)) from None
     if api_keys:
         settings.api_keys = split_list(api_keys)
     cors = CorsOptions(

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from broker.acl import ROLES, acl_rules
 from broker.connection import sync_client
 from broker.consumer import Delivery, JobConsumer
-from broker.keys import Keys
+from broker.keys import CONSUMER_GROUP, Keys
 from broker.monitor import Snapshot
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
-from broker.settings import Settings
+from broker.settings import Settings, parse_wait_for_worker
 from queuechat.cli import app
 from tests.conftest import ApiServer, RunningWorker, wait_for
 from tests.test_info import _job
@@ -77,6 +77,20 @@ def test_each_role_serves_with_its_own_user(
 
     snap = wait_for(info)
     assert [q.model for q in snap.queues] == ["tiny"] and len(snap.workers) == 1
+
+
+def test_the_front_user_declares_a_model_scaled_from_zero(
+    settings: Settings, role_urls: dict[str, str], start_api: Callable[..., ApiServer]
+) -> None:
+    """The API creates the stream and group of a model QUEUECHAT_WAIT_FOR_WORKER declares, so that an autoscaler
+    finds the group's lag before any worker ran: its user may."""
+    front = settings.model_copy(
+        update={"redis_url": role_urls["front"], "wait_for_worker": parse_wait_for_worker("later=30")}
+    )
+    start_api(front)
+    assert settings.redis_url
+    groups = sync_client(settings.redis_url).xinfo_groups(Keys(settings.key_prefix).jobs("later"))
+    assert [g["name"] for g in groups] == [CONSUMER_GROUP.encode()]
 
 
 def test_worker_user_takes_jobs_over_and_dead_letters(settings: Settings, role_urls: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from broker.keys import CONSUMER_GROUP, Keys
-from broker.settings import Settings
+from broker.settings import Settings, parse_wait_for_worker
 from tests.conftest import RunningWorker, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
@@ -91,6 +91,25 @@ def test_scaled_objects_read_the_streams_and_group_the_workers_serve() -> None:
             streams.add(meta["stream"])
         assert streams == {keys.jobs(model), keys.batch_jobs(model)}
         assert 0 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+
+
+def test_a_model_scaled_from_zero_is_declared_to_the_api() -> None:
+    """minReplicaCount 0 works only if the API keeps the model's requests waiting while no worker runs (and accepts
+    the model on a Redis no worker has registered it in yet): the API's settings declare it with a wait."""
+    deployments = {d["metadata"]["name"]: d for d in of_kind("Deployment")}
+    (api,) = [d for d in of_kind("Deployment") if containers_of(d)[0]["args"][0] == "api"]
+    api_env = env_of(containers_of(api)[0])
+    wait = parse_wait_for_worker(api_env.get("QUEUECHAT_WAIT_FOR_WORKER", ""))
+    timeout = float(api_env.get("QUEUECHAT_REQUEST_TIMEOUT", Settings.model_fields["request_timeout"].default))
+    from_zero = [o for o in of_kind("ScaledObject") if o["spec"]["minReplicaCount"] == 0]
+    assert from_zero, "no ScaledObject scales from zero"
+    for obj in from_zero:
+        (container,) = containers_of(deployments[obj["spec"]["scaleTargetRef"]["name"]])
+        model = arg_after(container["args"], "--model-names")
+        assert wait.declares(model), model
+        # the request's deadline bounds the wait: a longer one would be a 504 instead of the wait's clear 503
+        assert 0 < wait.seconds(model) <= timeout
+        assert all(int(t["metadata"]["activationLagCount"]) == 0 for t in obj["spec"]["triggers"])
 
 
 DEPLOY_PREFIX = yaml.safe_load((DEPLOY / "config.yaml").read_text())["data"]["QUEUECHAT_KEY_PREFIX"]

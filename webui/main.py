@@ -55,8 +55,8 @@ def webui_command(
     from webui.settings import WebUISettings
 
     configure_logging(log_level)
-    settings = Settings.load(redis_url)
     try:
+        settings = Settings.load(redis_url)
         settings.require_redis_url("the web UI")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -79,6 +79,7 @@ def test_one_log_line_per_request_names_model_job_request_id_wait_and_tokens(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="queuechat.requests")
+    caplog.set_level(logging.INFO, logger="workers.service")
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0}
     r = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, headers={"X-Request-Id": "client-1"})
     assert r.status_code == 200
@@ -105,6 +106,9 @@ def test_one_log_line_per_request_names_model_job_request_id_wait_and_tokens(
     assert " completion_tokens=5 " in stream_line  # written once the stream had ended
     (missing,) = [line for line in lines if "request_id=client-3 " in line]
     assert missing.startswith("GET /v1/models/nope 404 model=- job=- request_id=client-3 queue_wait=- ")
+    # the worker's line of the same job names the client's id too, so the two logs can be matched
+    worker_lines = [r.getMessage() for r in caplog.records if r.name == "workers.service"]
+    assert [line for line in worker_lines if line.startswith(f"job {job} request_id=client-1 model=tiny completed ")]
 
 
 def test_the_clients_request_id_travels_in_the_job(start_api: Callable[..., ApiServer], settings: Settings) -> None:

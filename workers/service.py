@@ -639,8 +639,9 @@ class ModelWorker:
             counters[model]["output_tokens"] += running.completion_tokens
             self.totals[outcome] += 1
             log.info(
-                "job %s model=%s %s wait=%.3fs ttft=%.3fs tokens=%d+%d duration=%.3fs",
+                "job %s request_id=%s model=%s %s wait=%.3fs ttft=%.3fs tokens=%d+%d duration=%.3fs",
                 job_id,
+                running.job.request_id or "-",
                 model,
                 outcome,
                 running.started - running.job.created,

@@ -47,6 +47,7 @@ class NamedToolChoice(BaseModel):
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | None
 
+
 @dataclass
 class ToolCall:
     name: str

@@ -6,8 +6,8 @@ shows so far. :class:`CallParser` does the rest the same for every format: text 
 as it comes (holding back what may still become an opening tag); inside a region each call is sent as OpenAI
 streams one, its name first (:class:`CallBegin`), then fragments of its arguments (:class:`CallArguments`) as
 they are generated. A region that ends without being valid calls is content after all, unless its calls had
-begun to be sent (sent is sent: the finish reason tells a call cut short). Reading a whole output is feeding it
-at once, so a region is judged whole before anything of it is sent.
+begun to be sent (sent is sent: the finish reason tells a call cut short). A whole output (:func:`read_whole`) is
+read the same, but a region is judged whole before anything of it is sent.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class CallParser:
     sent: list[str] = field(default_factory=list)  # their arguments as sent
     region_first: int = 0  # the index of the region's first call
     shown: bool = False  # content other than whitespace was sent
+    streaming: bool = True  # False: a whole output, whose calls are sent only once their region is judged whole
 
     def _content(self, out: list[Piece], text: str) -> None:
         if text:
@@ -133,6 +134,8 @@ class CallParser:
                 keep = partial_suffix(self.pending, closing) if closing else 0
                 self.body += self.pending[: len(self.pending) - keep]
                 self.pending = self.pending[len(self.pending) - keep :]
+                if not self.streaming:
+                    return out
                 return out + self._send(self.format.calls(self.body, final=False) or [])
             assert closing is not None
             self.body += self.pending[:end]
@@ -158,6 +161,7 @@ class CallParser:
 
 def read_whole(parser: CallParser, text: str) -> tuple[str, list[Found]]:
     """(the content, the calls) of a whole output."""
+    parser.streaming = False
     pieces = parser.feed(text) + parser.finish()
     return "".join(p for p in pieces if isinstance(p, str)), parser.calls
 

@@ -5,6 +5,7 @@ the tool-call format picked from a chat template, and unknown parser names refus
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,24 @@ def test_reasoning_is_split_from_the_answer(output: str, opened: bool, reasoning
 )
 def test_a_prompt_that_opens_think_starts_the_output_inside_it(tail: str, opened: bool) -> None:
     assert prompt_opens_reasoning("qwen3", tail) is opened
+
+
+def test_mistral_workers_keep_special_tokens_in_the_text_of_jobs_with_tools(tiny_model_dir: Path) -> None:
+    """Mistral's ``[TOOL_CALLS]`` is a special token, which decoding leaves out: a worker with that parser keeps
+    special tokens in the text of jobs offered tools (and only there), as vLLM does."""
+    from transformers import AutoTokenizer
+
+    from broker.schemas import Job, JobKind
+    from workers.parsing import OutputParsers
+    from workers.textstream import TextStream
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    special = tokenizer.convert_tokens_to_ids("<|im_start|>")  # the tiny tokenizer's stand-in for [TOOL_CALLS]
+    with_tools = Job(kind=JobKind.CHAT, model="m", messages=[], tools=[WEATHER_TOOL], deadline=0)
+    without = Job(kind=JobKind.CHAT, model="m", messages=[], deadline=0)
+    mistral, hermes = OutputParsers(tool_calls="mistral"), OutputParsers(tool_calls="hermes")
+    assert mistral.keeps_special_tokens(with_tools)
+    assert not mistral.keeps_special_tokens(without) and not hermes.keeps_special_tokens(with_tools)
+    kept = TextStream(tokenizer, skip_special_tokens=not mistral.keeps_special_tokens(with_tools))
+    assert kept.feed([special]) == "<|im_start|>"
+    assert TextStream(tokenizer).feed([special]) == ""

@@ -385,7 +385,10 @@ class ModelWorker:
         max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
-        choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
+        skip = not self.parsers.keeps_special_tokens(job)
+        choices = [
+            Choice(TextStream(self.tokenizer, params.stop, end_ids, skip_special_tokens=skip)) for _ in range(params.n)
+        ]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
         if job.kind == JobKind.CHAT:
             running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)

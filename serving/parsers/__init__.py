@@ -27,6 +27,9 @@ TOOL_CALL_FORMATS: dict[str, type[CallFormat]] = {
     "qwen3_coder": Qwen3Coder,
 }
 REASONING_PARSERS = tuple(REASONING_TAGS)
+# Formats whose markers are special tokens in their models' tokenizers: the worker keeps special tokens in the text
+# of the jobs offered tools, so that the markers reach the parser.
+SPECIAL_TOKEN_FORMATS = frozenset({"mistral"})
 AUTO = "auto"
 
 # What in a chat template gives its tool-call format away, most specific first: Qwen3-coder's template also
@@ -68,6 +71,7 @@ def call_parser(name: str | None, tools: list[dict[str, Any]] | None = None) -> 
 __all__ = [
     "AUTO",
     "REASONING_PARSERS",
+    "SPECIAL_TOKEN_FORMATS",
     "TOOL_CALL_FORMATS",
     "CallParser",
     "ReasoningSplitter",

@@ -99,9 +99,7 @@ def _choice(body: ChatCompletionRequest, accepted: Accepted | None, index: int, 
     text, reasoning = "".join(choice.text), None
     splitter = _reasoning_splitter(body, accepted)
     if splitter is not None:
-        pieces = splitter.feed(text) + splitter.finish()
-        reasoning = "".join(p.text for p in pieces if p.reasoning) or None
-        text = "".join(p.text for p in pieces if not p.reasoning)
+        reasoning, text = splitter.whole(text)
     content, calls = _calls_in(body, accepted, text)
     if reasoning is not None and not content:
         content = None  # all reasoning, no answer (cut short while thinking)

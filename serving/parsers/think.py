@@ -96,10 +96,13 @@ class ReasoningSplitter:
             return [Split(True, text)] if text else []
         return self._answer(text) if self.state is _State.ANSWER else ([Split(False, text)] if text.strip() else [])
 
+    def whole(self, text: str) -> tuple[str | None, str]:
+        """(the reasoning, or None when there is none; the answer) of a whole output."""
+        pieces = self.feed(text) + self.finish()
+        reasoning = "".join(p.text for p in pieces if p.reasoning)
+        return reasoning or None, "".join(p.text for p in pieces if not p.reasoning)
+
 
 def split_reasoning(parser: str, text: str, *, opened: bool = False) -> tuple[str | None, str]:
     """(the reasoning, or None when there is none; the answer) of a whole output."""
-    splitter = ReasoningSplitter(parser, opened=opened)
-    pieces = splitter.feed(text) + splitter.finish()
-    reasoning = "".join(p.text for p in pieces if p.reasoning)
-    return reasoning or None, "".join(p.text for p in pieces if not p.reasoning)
+    return ReasoningSplitter(parser, opened=opened).whole(text)

@@ -37,6 +37,8 @@ class WorkerCard(BaseModel):
     version: str = ""
     max_model_len: int | None = None
     embeddings: bool = False  # an embeddings worker: it serves /v1/embeddings, not chat or completions
+    reasoning_parser: str | None = None  # --reasoning-parser
+    tool_call_parser: str | None = None  # --tool-call-parser, as chosen from the chat template with "auto"
 
 
 # The state of a worker whose engine stopped making progress: its jobs are taken over as a dead worker's are.

@@ -140,6 +140,11 @@ class Accepted(_Event):
     attempt: int
     prompt_tokens: int
     prompt_logprobs: list[TokenLogprob] | None = None  # with ``params.prompt_logprobs``
+    # chat jobs: how the worker's model writes reasoning and tool calls (its --reasoning-parser and
+    # --tool-call-parser; None: no reasoning, Hermes calls), and whether the prompt ended inside a reasoning block
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    reasoning_open: bool = False
 
 
 class Delta(_Event):

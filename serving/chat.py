@@ -1,8 +1,10 @@
 """Chat completions, whole or as a chunk stream, from a validated :class:`ChatCompletionRequest`.
 
-Function calling is settled here: a forced call's arguments are streamed as they are generated (its output is
-parsed whole when not streamed); with ``auto`` a choice's text is held back while it may still turn out to be a
-Hermes ``<tool_call>`` and returned as a call if it is one.
+A choice's output is read here with the parsers the worker named in its ``accepted`` event (see
+:mod:`serving.parsers`): a reasoning model's reasoning apart from its answer, and in the answer the tool calls in
+the model's format. A forced call's arguments are streamed as they are generated (its output is parsed whole when
+not streamed); with ``auto``, text that may still become a call is held back, and a call is streamed as OpenAI
+streams one: its id and name first, then fragments of its arguments.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.producer import JobEvents, Producer
-from broker.schemas import Delta, Done, Job, TokenLogprob
+from broker.schemas import Accepted, Delta, Done, Job, TokenLogprob
 from serving.jobs import ChoiceText, JobObserver, collect, merged, prompt_tokens_of, submit_all
 from serving.logprobs import chat_logprobs
+from serving.parsers import CallParser, ReasoningSplitter, call_parser
+from serving.parsers.calls import CallArguments, CallBegin, Piece, read_whole
 from serving.requests import ChatCompletionRequest
 from serving.responses import (
     ChatChoice,
@@ -24,11 +28,13 @@ from serving.responses import (
     ChatCompletionChunk,
     ChatCompletionMessage,
     ChatDelta,
+    ChatDeltaToolCall,
     ChatLogprobs,
     CompletionUsage,
+    DeltaFunction,
 )
 from serving.streams import data_lines
-from serving.tools import CallStream, ToolCall, forced_calls, may_become_call, parse_calls
+from serving.tools import CallStream, ToolCall, forced_calls
 
 
 def response_id_of(job: Job) -> str:
@@ -52,19 +58,36 @@ async def chat_answer(
         id=response_id_of(job),
         created=created,
         model=body.model,
-        choices=[_choice(body, index, choice) for index, choice in sorted(collected.choices.items())],
+        choices=[
+            _choice(body, collected.accepted, index, choice) for index, choice in sorted(collected.choices.items())
+        ],
         usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
     )
 
 
-def _calls_in(body: ChatCompletionRequest, text: str) -> tuple[str | None, list[ToolCall]]:
-    """(content, tool calls) of a choice's whole text."""
+def _reasoning_splitter(body: ChatCompletionRequest, accepted: Accepted | None) -> ReasoningSplitter | None:
+    """The reader of a choice's reasoning, if the worker's model writes it. Output under a grammar (a forced call, a
+    response_format schema) follows it from its first token, so it holds no reasoning."""
+    constrained = body.forced_tools() or (body.response_format and body.response_format.output_schema())
+    if accepted is None or accepted.reasoning_parser is None or constrained:
+        return None
+    return ReasoningSplitter(accepted.reasoning_parser, opened=accepted.reasoning_open)
+
+
+def _call_parser(body: ChatCompletionRequest, accepted: Accepted | None) -> CallParser:
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    return call_parser(accepted.tool_call_parser if accepted else None, tools)
+
+
+def _calls_in(body: ChatCompletionRequest, accepted: Accepted | None, text: str) -> tuple[str | None, list[ToolCall]]:
+    """(content, tool calls) of a choice's whole answer."""
     if body.forced_tools():
         calls = forced_calls(body.tool_choice, text)
         return (None, calls) if calls else (text, [])
     if body.tools_offered():
-        content, calls = parse_calls(text)
-        return (content or None, calls) if calls else (text, [])
+        content, found = read_whole(_call_parser(body, accepted), text)
+        calls = [ToolCall(f.name, f.arguments) for f in found]
+        return (content.strip() or None, calls) if calls else (text, [])
     return text, []
 
 
@@ -72,9 +95,20 @@ def _logprobs(body: ChatCompletionRequest, entries: list[TokenLogprob] | None) -
     return chat_logprobs(entries or []) if body.logprobs else None
 
 
-def _choice(body: ChatCompletionRequest, index: int, choice: ChoiceText) -> ChatChoice:
-    content, calls = _calls_in(body, "".join(choice.text))
-    message = ChatCompletionMessage(content=content, tool_calls=[call.as_openai() for call in calls] or None)
+def _choice(body: ChatCompletionRequest, accepted: Accepted | None, index: int, choice: ChoiceText) -> ChatChoice:
+    text, reasoning = "".join(choice.text), None
+    splitter = _reasoning_splitter(body, accepted)
+    if splitter is not None:
+        reasoning, text = splitter.whole(text)
+    content, calls = _calls_in(body, accepted, text)
+    if reasoning is not None and not content:
+        content = None  # all reasoning, no answer (cut short while thinking)
+    message = ChatCompletionMessage(
+        content=content,
+        reasoning_content=reasoning,
+        reasoning=reasoning,
+        tool_calls=[call.as_openai() for call in calls] or None,
+    )
     finish_reason = choice.finish_reason
     if calls:
         finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
@@ -83,18 +117,62 @@ def _choice(body: ChatCompletionRequest, index: int, choice: ChoiceText) -> Chat
 
 
 @dataclass
-class _Held:
-    """Output of one choice kept back while it may still turn out to be a tool call."""
+class _Reading:
+    """How one streamed choice's output is being read: its reasoning apart, its calls (forced or in the model's
+    format) out of its answer; the logprobs of tokens whose text is not sent yet. None of them: plain text."""
 
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    plain: bool = False  # shown to be ordinary text: passed through from then on
+    reasoning: ReasoningSplitter | None = None
     forced: CallStream | None = None  # a forced call's output, read as it comes
+    calls: CallParser | None = None  # tools offered with "auto"
+    call_ids: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def plain(self) -> bool:
+        return self.reasoning is None and self.forced is None and self.calls is None
+
+    @property
+    def called(self) -> bool:
+        return (self.forced is not None and self.forced.called) or bool(self.call_ids)
 
     def take_logprobs(self) -> list[TokenLogprob]:
         """The logprobs of the tokens not yet sent, for the chunk about to be sent."""
         taken, self.logprobs = self.logprobs, []
         return taken
+
+    def _call_delta(self, piece: Piece) -> ChatDelta:
+        if isinstance(piece, str):
+            return ChatDelta(content=piece)
+        if isinstance(piece, CallBegin):
+            self.call_ids.append(ToolCall(piece.name, "").id)
+            function = DeltaFunction(name=piece.name, arguments="")
+            call = ChatDeltaToolCall(index=piece.index, id=self.call_ids[-1], type="function", function=function)
+        else:
+            assert isinstance(piece, CallArguments)
+            call = ChatDeltaToolCall(index=piece.index, function=DeltaFunction(arguments=piece.fragment))
+        return ChatDelta(tool_calls=[call])
+
+    def _answer(self, text: str, *, final: bool = False) -> list[ChatDelta]:
+        if self.forced is not None:
+            if not final:
+                return [ChatDelta(tool_calls=[p]) for p in self.forced.feed(text)]
+            pieces, content = self.forced.finish()
+            return [ChatDelta(tool_calls=[p]) for p in pieces] + ([ChatDelta(content=content)] if content else [])
+        if self.calls is not None:
+            parsed = self.calls.feed(text) + (self.calls.finish() if final else [])
+            return [self._call_delta(p) for p in parsed]
+        return [ChatDelta(content=text)] if text else []
+
+    def deltas(self, text: str, *, final: bool = False) -> list[ChatDelta]:
+        """What ``text`` (and with ``final``, the end of the output) makes ready to send."""
+        if self.reasoning is None:
+            return self._answer(text, final=final)
+        splits = self.reasoning.feed(text) + (self.reasoning.finish() if final else [])
+        out: list[ChatDelta] = []
+        for split in splits:
+            out += [ChatDelta(reasoning_content=split.text, reasoning=split.text)] if split.reasoning else []
+            out += self._answer(split.text) if not split.reasoning else []
+        return out + (self._answer("", final=True) if final else [])
 
 
 @dataclass
@@ -123,64 +201,51 @@ class ChatStream:
     def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> ChatCompletionChunk:
         return self._chunk(index, ChatDelta(content=text), _logprobs(self.body, logprobs))
 
-    def _held(self) -> _Held:
+    def _reading(self, accepted: Accepted | None) -> _Reading:
         body = self.body
+        reasoning = _reasoning_splitter(body, accepted)
         if body.forced_tools():
-            return _Held(forced=CallStream(body.tool_choice))
-        return _Held(plain=not body.tools_offered())
+            return _Reading(reasoning, forced=CallStream(body.tool_choice))
+        return _Reading(reasoning, calls=_call_parser(body, accepted) if body.tools_offered() else None)
+
+    def _sent(self, index: int, kept: _Reading, deltas: list[ChatDelta]) -> list[ChatCompletionChunk]:
+        """The chunks of ``deltas``; the logprobs of the tokens read so far go with the first."""
+        return [self._chunk(index, d, _logprobs(self.body, kept.take_logprobs())) for d in deltas]
 
     async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
         body, streams = self.body, self.streams
-        held: dict[int, _Held] = {}
+        first = streams[0].pending_first
+        accepted = first if isinstance(first, Accepted) else None
+        readings: dict[int, _Reading] = {}
         completion_tokens = 0
         for index in range(body.n):
             yield self._chunk(index, ChatDelta(role="assistant", content=""))
         async for position, event in merged(streams):
-            if isinstance(event, Delta):
+            if isinstance(event, Accepted):
+                accepted = event  # restarted on another worker: choices not begun are read as its model writes
+            elif isinstance(event, Delta):
                 # With logprobs every token is reported, also one whose text is still held back (a partial
                 # character, a possible stop string).
                 if not (event.text or (body.logprobs and event.token_ids)):
                     continue
                 streams[position].committed = True  # from here on, a restart elsewhere would repeat output
-                kept = held.get(event.index) or held.setdefault(event.index, self._held())
+                kept = readings.get(event.index) or readings.setdefault(event.index, self._reading(accepted))
                 if kept.plain:
                     yield self._content(event.index, event.text, event.logprobs)
                     continue
                 kept.logprobs += event.logprobs or []
-                if kept.forced is not None:
-                    for piece in kept.forced.feed(event.text):
-                        delta = ChatDelta(tool_calls=[piece])
-                        yield self._chunk(event.index, delta, _logprobs(body, kept.take_logprobs()))
-                    continue
-                kept.text += event.text
-                if may_become_call(kept.text):
-                    continue  # a call is sent whole, once the choice is done
-                yield self._content(event.index, kept.text, kept.logprobs)
-                held[event.index] = _Held(plain=True)
+                for chunk in self._sent(event.index, kept, kept.deltas(event.text)):
+                    yield chunk
             elif isinstance(event, Done):
                 completion_tokens += event.usage.completion_tokens
                 finish_reason = event.finish_reason.value
-                kept = held.pop(event.index) if event.index in held else self._held()
-                if kept.forced is not None:
-                    pieces, text = kept.forced.finish()
-                    for piece in pieces:
-                        yield self._chunk(
-                            event.index, ChatDelta(tool_calls=[piece]), _logprobs(body, kept.take_logprobs())
-                        )
-                    if text:
-                        yield self._content(event.index, text, kept.take_logprobs())
-                    if kept.forced.called:
-                        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
-                elif kept.text:
-                    text, calls = _calls_in(body, kept.text)
-                    if calls:
-                        delta = ChatDelta(tool_calls=[c.as_openai(i) for i, c in enumerate(calls)])
-                        yield self._chunk(event.index, delta, _logprobs(body, kept.logprobs))
-                        finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
-                    elif text:
-                        yield self._content(event.index, text, kept.logprobs)
-                # a forced call's tokens held back to the end (whitespace, a closing brace) report their logprobs last
-                rest = _logprobs(body, kept.take_logprobs()) if kept.forced is not None and kept.logprobs else None
+                kept = readings.pop(event.index) if event.index in readings else self._reading(accepted)
+                for chunk in self._sent(event.index, kept, kept.deltas("", final=True)):
+                    yield chunk
+                if kept.called:
+                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+                # tokens whose text was held back to the end (whitespace, a closing brace) report their logprobs last
+                rest = _logprobs(body, kept.take_logprobs()) if kept.logprobs else None
                 yield self._chunk(event.index, ChatDelta(), rest, finish_reason=finish_reason)
         if body.stream_options and body.stream_options.include_usage:
             usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)

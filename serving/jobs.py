@@ -139,6 +139,7 @@ class Collected:
 
     choices: dict[int, ChoiceText] = field(default_factory=dict)
     prompt_tokens: int = 0
+    accepted: Accepted | None = None  # the last job's (it tells how the worker's model writes its output)
 
     def add(self, index: int, event: AnyEvent) -> None:
         choice = self.choices.setdefault(index, ChoiceText())
@@ -188,10 +189,12 @@ async def collect(streams: Sequence[JobEvents], per_job: int) -> Collected:
     """Every job's whole answer, choices numbered ``position * per_job + index``; the jobs are closed after. A job
     that restarts on another worker starts its choices over."""
     collected = Collected()
+    collected.accepted = next((s.pending_first for s in streams if isinstance(s.pending_first, Accepted)), None)
     try:
         async for position, event in merged(streams):
-            if isinstance(event, Accepted):  # the job restarted on another worker
+            if isinstance(event, Accepted):  # the job (re)started on a worker
                 collected.restart(range(position * per_job, (position + 1) * per_job))
+                collected.accepted = event
             elif isinstance(event, Delta | Done):
                 collected.add(position * per_job + event.index, event)
     finally:

@@ -96,6 +96,10 @@ class ChatCompletionMessageToolCall(BaseModel):
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    # a reasoning model's reasoning, apart from the answer (with the worker's --reasoning-parser): vLLM's
+    # ``reasoning_content``, and ``reasoning``, the name its newer versions use, both with the same text
+    reasoning_content: str | None = Omitted()
+    reasoning: str | None = Omitted()
     tool_calls: list[ChatCompletionMessageToolCall] | None = Omitted()
 
 
@@ -133,6 +137,8 @@ class ChatDeltaToolCall(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = Omitted()
     content: str | None = Omitted()
+    reasoning_content: str | None = Omitted()  # a piece of the reasoning, in chunks of their own
+    reasoning: str | None = Omitted()
     tool_calls: list[ChatCompletionMessageToolCall | ChatDeltaToolCall] | None = Omitted()
 
 

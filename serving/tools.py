@@ -2,9 +2,8 @@
 
 A forced call (``tool_choice`` "required" or a named function) is generated under a JSON-schema constraint, so it
 is always well-formed: a named call's output is the arguments object itself; "required" outputs
-``{"name": ..., "arguments": {...}}`` for one of the tools. With "auto" the model decides; calls are recognised
-in the Hermes format (``<tool_call>{"name": ..., "arguments": ...}</tool_call>``) that the chat template, or the
-tools prompt the worker adds for templates without tool support, asks for.
+``{"name": ..., "arguments": {...}}`` for one of the tools. With "auto" the model decides, and writes its calls
+in its own format, read by :mod:`serving.parsers`.
 """
 
 from __future__ import annotations
@@ -47,9 +46,6 @@ class NamedToolChoice(BaseModel):
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | None
-
-TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
-TOOL_CALL_OPEN = "<tool_call>"
 
 
 @dataclass
@@ -252,26 +248,3 @@ class CallStream:
     def called(self) -> bool:
         """Whether the output was a whole call (known after :meth:`finish`)."""
         return self.call is not None and _is_object(self.call.arguments)
-
-
-def parse_calls(text: str) -> tuple[str, list[ToolCall]]:
-    """Hermes-format calls in free text: (the text without them, the calls). Blocks that are not a JSON object
-    with a name stay in the text."""
-    calls: list[ToolCall] = []
-
-    def take(match: re.Match[str]) -> str:
-        try:
-            call = json.loads(match.group(1))
-            calls.append(ToolCall(str(call["name"]), json.dumps(call.get("arguments", {}))))
-            return ""
-        except (ValueError, KeyError, TypeError):
-            return match.group(0)
-
-    content = TOOL_CALL.sub(take, text)
-    return content.strip() if calls else content, calls
-
-
-def may_become_call(text: str) -> bool:
-    """Whether streamed text could still turn out to be a call, so it must be held back, not sent as content."""
-    head = text.lstrip()
-    return head.startswith(TOOL_CALL_OPEN) or TOOL_CALL_OPEN.startswith(head)

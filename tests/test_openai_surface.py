@@ -291,14 +291,17 @@ def test_tool_choice_must_name_a_given_tool(stack: Stack) -> None:
 
 
 def test_hermes_tool_calls_are_parsed_from_text() -> None:
-    from serving.tools import parse_calls
+    from serving.parsers import call_parser
+    from serving.parsers.calls import read_whole
 
-    content, calls = parse_calls(
-        'Let me check.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
+    content, calls = read_whole(
+        call_parser("hermes"),
+        'Let me check.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>',
     )
-    assert content == "Let me check."
+    assert content == "Let me check.\n"
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_time", {"zone": "UTC"})]
-    assert parse_calls("<tool_call>not json</tool_call>") == ("<tool_call>not json</tool_call>", [])
+    not_json = "<tool_call>not json</tool_call>"
+    assert read_whole(call_parser("hermes"), not_json) == (not_json, [])
 
 
 def test_a_one_megabyte_prompt_is_refused_before_the_model(stack: Stack) -> None:

@@ -454,7 +454,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]},
         "input_image",
     ),
-    ("a reasoning item", {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "reasoning"),
+    ("a reasoning item without its summary", {"input": [{"type": "reasoning", "id": "rs_1"}]}, "summary"),
     ("an item reference", {"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference"),
     (
         "a function call without call_id",

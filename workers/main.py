@@ -55,6 +55,8 @@ class WorkerOptions:
     quantization: str | None = None
     enforce_eager: bool = False
     engine_args: dict[str, Any] = field(default_factory=dict)
+    reasoning_parser: str | None = None
+    tool_call_parser: str = "auto"
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -75,6 +77,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
     from broker.registry import WorkerCard, WorkerRegistration, new_worker_id
     from workers.embeddings import SentenceEmbedder, is_sentence_transformers
     from workers.engines import EngineOptions, build, set_threads
+    from workers.parsing import OutputParsers
     from workers.prompts import load_chat_template
     from workers.service import ModelWorker
 
@@ -121,6 +124,9 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         )
         engine, tokenizer, device = built.engine, built.tokenizer, built.device
         log.info("engine: %s on %s", built.kind, device)
+    parsers = OutputParsers.choose(
+        options.reasoning_parser, options.tool_call_parser, chat_template or getattr(tokenizer, "chat_template", None)
+    )
     keys = Keys(settings.key_prefix)
     worker_id = new_worker_id()
     # XREADGROUP blocks up to 0.5 s, so the socket timeout must be longer than that
@@ -139,6 +145,8 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         version=qc_version,
         max_model_len=engine.max_model_len,
         embeddings=embedder is not None,
+        reasoning_parser=None if embedder else parsers.reasoning,
+        tool_call_parser=None if embedder else parsers.tool_calls,
     )
     worker = ModelWorker(
         engine,
@@ -167,6 +175,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         max_tokens_cap=settings.max_tokens_cap,
         stall_timeout=settings.stall_timeout,
         stall_factor=settings.stall_factor,
+        parsers=parsers,
     )
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics, scrape_client
@@ -277,13 +286,29 @@ def worker_command(
     engine_arg: Annotated[
         list[str] | None, typer.Option(help="vLLM: any other engine argument, KEY=VALUE (repeatable)")
     ] = None,
+    reasoning_parser: Annotated[
+        str | None,
+        typer.Option(help="Return reasoning apart from the answer: deepseek_r1 or qwen3 (<think>...</think>)"),
+    ] = None,
+    tool_call_parser: Annotated[
+        str,
+        typer.Option(
+            help="How the model writes tool calls: auto (from the chat template), hermes, llama3_json, "
+            "mistral or qwen3_coder"
+        ),
+    ] = "auto",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Load a model and serve its job streams from Redis."""
     from broker import tracing
     from broker.logs import configure_logging
     from broker.settings import Settings
+    from workers.parsing import check_flags
 
+    try:
+        check_flags(reasoning_parser, tool_call_parser)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     configure_logging(log_level)
     tracing.configure("queuechat-worker")
     settings = Settings.load(redis_url)
@@ -316,6 +341,8 @@ def worker_command(
         quantization=quantization,
         enforce_eager=enforce_eager,
         engine_args=_engine_args(engine_arg),
+        reasoning_parser=reasoning_parser,
+        tool_call_parser=tool_call_parser,
     )
     serve(options, settings)
 

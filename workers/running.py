@@ -32,6 +32,7 @@ class RunningJob:
     failed: bool = False
     expired: bool = False
     prompt_logprobs: list[TokenLogprob] | None = None
+    reasoning_open: bool = False  # the prompt ended inside a reasoning block (see workers/parsing.py)
     continued: bool = False  # taken over from a worker that died or stopped, and continued where it left off
     # choices a continuation found complete in their tokens (their end was not published): ended at admission
     ended_at_admission: list[int] = field(default_factory=list)

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
-from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, TokenLogprob, Usage
+from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, TokenLogprob, Usage
 from workers.admission import (
     ANSWERED_AT_ADMISSION,
     MAX_PROMPT_LOGPROBS_TOKENS,
@@ -44,6 +44,7 @@ from workers.admission import (
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
 from workers.pacing import StreamInterval, TokenRate
+from workers.parsing import OutputParsers
 from workers.progress import EngineProgress
 from workers.prompts import PromptError, longest_token_chars
 from workers.running import Choice, RunningJob, seq_id, split_seq_id
@@ -73,6 +74,7 @@ class ModelWorker:
         stall_timeout: float = 30.0,
         stall_factor: float = 10.0,
         on_wedged: Callable[[], None] | None = None,
+        parsers: OutputParsers | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -81,6 +83,7 @@ class ModelWorker:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.chat_template = chat_template
+        self.parsers = parsers or OutputParsers()
         self.drain_timeout = drain_timeout
         self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.stream_interval = StreamInterval(stream_interval)
@@ -332,6 +335,7 @@ class ModelWorker:
                         attempt=job.attempt,
                         prompt_tokens=running.prompt_tokens,
                         prompt_logprobs=None if running.continued else running.prompt_logprobs,
+                        **self._parsers_of(job, running),
                     ),
                 )
             )
@@ -351,6 +355,14 @@ class ModelWorker:
         self.totals["failed"] += sum(c["failed"] for c in counters.values())
         if any(r.ended_at_admission for r in self.jobs.values()):
             self._finish(set())
+
+    def _parsers_of(self, job: Job, running: RunningJob) -> dict[str, Any]:
+        """What a chat job's ``accepted`` event tells of how to read its output."""
+        if job.kind != JobKind.CHAT:
+            return {}
+        parsers = self.parsers
+        return {"reasoning_parser": parsers.reasoning, "tool_call_parser": parsers.tool_calls,
+                "reasoning_open": running.reasoning_open}  # fmt: skip
 
     @staticmethod
     def _all_done(job: Job, past: JobLog) -> bool:
@@ -373,8 +385,13 @@ class ModelWorker:
         max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
         params = job.params
         end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
-        choices = [Choice(TextStream(self.tokenizer, params.stop, end_ids)) for _ in range(params.n)]
+        skip = not self.parsers.keeps_special_tokens(job)
+        choices = [
+            Choice(TextStream(self.tokenizer, params.stop, end_ids, skip_special_tokens=skip)) for _ in range(params.n)
+        ]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
+        if job.kind == JobKind.CHAT:
+            running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)
         requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
         if past is not None and past.exists:
             if past.whole and params.json_schema is None:

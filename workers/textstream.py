@@ -13,9 +13,16 @@ from tokenizers.decoders import DecodeStream
 
 
 class TextStream:
-    def __init__(self, tokenizer: Any, stop: Iterable[str] = (), end_token_ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        stop: Iterable[str] = (),
+        end_token_ids: Iterable[int] = (),
+        *,
+        skip_special_tokens: bool = True,
+    ) -> None:
         self._backend = tokenizer.backend_tokenizer
-        self._decoder = DecodeStream(skip_special_tokens=True)
+        self._decoder = DecodeStream(skip_special_tokens=skip_special_tokens)
         self._stops = [s for s in stop if s]
         self._end_ids = frozenset(end_token_ids)
         self._pending = ""

@@ -1,8 +1,9 @@
 """Anthropic Messages request bodies, validated strictly: a parameter queuechat cannot honour is a 400 naming it.
 
 Content blocks are one flat model (not a tagged union) so that an error names the block as
-``messages[i].content[j]``; image, document and thinking blocks parse but are refused by name, since no model
-queuechat serves reads them.
+``messages[i].content[j]``; image and document blocks parse but are refused by name, since no model queuechat
+serves reads them. Thinking blocks (a reasoning model's, sent back with the turn they came in) are accepted and
+left out of the prompt, as chat templates leave out the reasoning of earlier turns.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from serving.requests import MAX_STOP_SEQUENCES
 BlockType = Literal[
     "text", "tool_use", "tool_result", "image", "document", "thinking", "redacted_thinking", "search_result"
 ]
-UNSUPPORTED_BLOCKS = frozenset({"image", "document", "thinking", "redacted_thinking", "search_result"})
+UNSUPPORTED_BLOCKS = frozenset({"image", "document", "search_result"})
 # Fields of each supported block besides ``type`` (and ``cache_control``, accepted everywhere: queuechat caches
 # every prompt's prefix by itself, so the hint is honoured without being needed).
 BLOCK_FIELDS: dict[str, frozenset[str]] = {
     "text": frozenset({"text"}),
     "tool_use": frozenset({"id", "name", "input"}),
     "tool_result": frozenset({"tool_use_id", "content", "is_error"}),
+    "thinking": frozenset({"thinking", "signature"}),
+    "redacted_thinking": frozenset({"data"}),
 }
 
 
@@ -67,8 +70,9 @@ class ContentBlock(BaseModel):
         extra = sorted(present - allowed)
         if extra:
             raise ValueError(f"a '{self.type}' block cannot have {', '.join(extra)}")
-        required = {"text": ("text",), "tool_use": ("id", "name", "input"), "tool_result": ("tool_use_id",)}
-        missing = [n for n in required[self.type] if getattr(self, n) is None]
+        required = {"text": ("text",), "tool_use": ("id", "name", "input"), "tool_result": ("tool_use_id",),
+                    "thinking": ("thinking",), "redacted_thinking": ("data",)}  # fmt: skip
+        missing = [n for n in required[self.type] if getattr(self, n, None) is None]
         if missing:
             raise ValueError(f"a '{self.type}' block needs {', '.join(missing)}")
         return self

@@ -141,6 +141,8 @@ def to_message(completion: dict[str, Any]) -> dict[str, Any]:
     choice = completion["choices"][0]
     message = choice["message"]
     content: list[dict[str, Any]] = []
+    if message.get("reasoning_content"):  # no signature: the reasoning is the model's own text, not Claude's
+        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     content += [_tool_use(call) for call in message.get("tool_calls") or []]
@@ -160,8 +162,8 @@ def to_message(completion: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class StreamTranslator:
     """Turns the chat stream's chunks (dicts) into Anthropic's events: ``message_start``, then for each content
-    block ``content_block_start``, its deltas and ``content_block_stop``, then ``message_delta`` (stop reason,
-    output tokens) and ``message_stop``. Events are (name, data) pairs."""
+    block (a reasoning model's ``thinking`` first) ``content_block_start``, its deltas and ``content_block_stop``,
+    then ``message_delta`` (stop reason, output tokens) and ``message_stop``. Events are (name, data) pairs."""
 
     model: str
     input_tokens: int
@@ -188,6 +190,12 @@ class StreamTranslator:
             self._output_tokens = chunk["usage"]["completion_tokens"]
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                if self._open != "thinking":
+                    yield from self._close()
+                    yield from self._begin({"type": "thinking", "thinking": "", "signature": ""})
+                    self._open = "thinking"
+                yield self._delta({"type": "thinking_delta", "thinking": delta["reasoning_content"]})
             if delta.get("content"):
                 if self._open != "text":
                     yield from self._close()

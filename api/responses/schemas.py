@@ -15,7 +15,7 @@ MAX_METADATA_KEYS = 16  # OpenAI's limits on metadata
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 
-TEXT_PARTS = frozenset({"input_text", "output_text", "refusal"})
+TEXT_PARTS = frozenset({"input_text", "output_text", "refusal", "reasoning_text"})
 MEDIA_PARTS = {"input_image": "images", "input_file": "files", "input_audio": "audio"}
 # What each role may put in a content list (OpenAI's own rules: output text and refusals only from the assistant)
 ROLE_PARTS = {
@@ -24,13 +24,17 @@ ROLE_PARTS = {
     "system": frozenset({"input_text"}),
     "developer": frozenset({"input_text"}),
 }
-# Input item types queuechat reads; the others (hosted tools' calls, reasoning, item references) are refused.
+# Input item types queuechat reads; the others (hosted tools' calls, item references) are refused. Reasoning
+# items (a reasoning model's, sent back with the turn they came in) are kept and left out of the prompt, as chat
+# templates leave out the reasoning of earlier turns.
 ITEM_FIELDS: dict[str, frozenset[str]] = {
+    "reasoning": frozenset({"id", "summary", "content", "encrypted_content", "status"}),
     "message": frozenset({"role", "content", "id", "status", "phase"}),
     "function_call": frozenset({"call_id", "name", "arguments", "id", "status"}),
     "function_call_output": frozenset({"call_id", "output", "id", "status"}),
 }
 ITEM_REQUIRED: dict[str, tuple[str, ...]] = {
+    "reasoning": ("summary",),
     "message": ("role", "content"),
     "function_call": ("call_id", "name", "arguments"),
     "function_call_output": ("call_id", "output"),
@@ -119,7 +123,7 @@ class InputItem(BaseModel):
         extra = sorted(present - ITEM_FIELDS[self.type])
         if extra:
             raise ValueError(f"a '{self.type}' item cannot have {', '.join(extra)}")
-        missing = [n for n in ITEM_REQUIRED[self.type] if getattr(self, n) is None]
+        missing = [n for n in ITEM_REQUIRED[self.type] if getattr(self, n, None) is None]
         if missing:
             raise ValueError(f"a '{self.type}' item needs {', '.join(missing)}")
         if self.role is not None and isinstance(self.content, list):

@@ -54,6 +54,15 @@ def stored_item(item: InputItem) -> dict[str, Any]:
             "arguments": item.arguments,
             "status": item.status or "completed",
         }
+    if item.type == "reasoning":
+        reasoning = item.content if isinstance(item.content, list) else []
+        return {
+            "id": item.id or new_id("rs"),
+            "type": "reasoning",
+            "summary": (item.model_extra or {}).get("summary") or [],
+            "content": [{"type": "reasoning_text", "text": p.text or ""} for p in reasoning],
+            "status": item.status or "completed",
+        }
     if item.type == "function_call_output":
         return {
             "id": item.id or new_id("fco"),
@@ -260,6 +269,17 @@ def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     }
 
 
+def reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    """A reasoning model's reasoning (the worker's --reasoning-parser), as its text: there is no summary."""
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": status,
+    }
+
+
 def call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
     function = call["function"]
     return {
@@ -279,7 +299,11 @@ def output_of(completion: dict[str, Any]) -> tuple[list[dict[str, Any]], str | N
     calls = message.get("tool_calls") or []
     output: list[dict[str, Any]] = []
     cut = choice["finish_reason"] == "length"
-    if message.get("content") or not calls:
+    reasoning = message.get("reasoning_content")
+    if reasoning:
+        ended = "incomplete" if cut and not (message.get("content") or calls) else "completed"
+        output.append(reasoning_item(new_id("rs"), reasoning, ended))
+    if message.get("content") or (not calls and not reasoning):
         output.append(message_item(new_id("msg"), message.get("content") or "", "incomplete" if cut else "completed"))
     output += [call_item(call) for call in calls]
     return output, choice["finish_reason"]
@@ -304,7 +328,9 @@ class StreamTranslator:
     """Turns the chat stream's chunks (dicts) into the Responses stream events, each with its
     ``sequence_number``: ``response.created`` (and ``response.queued`` in the background),
     ``response.in_progress``; per output item
-    ``response.output_item.added``, for a message ``response.content_part.added``, its
+    ``response.output_item.added``, for reasoning ``response.content_part.added``, its
+    ``response.reasoning_text.delta`` events, ``response.reasoning_text.done`` and ``response.content_part.done``,
+    for a message ``response.content_part.added``, its
     ``response.output_text.delta`` events, ``response.output_text.done`` and ``response.content_part.done``, for a
     function call ``response.function_call_arguments.delta`` and ``.done``, then ``response.output_item.done``;
     last ``response.completed`` (``response.incomplete`` when cut by max_output_tokens, ``response.failed`` when
@@ -312,6 +338,8 @@ class StreamTranslator:
 
     response: dict[str, Any]  # the response object as created (status in_progress, no output)
     _sequence: int = 0
+    _reasoning: dict[str, Any] | None = None  # the reasoning item being streamed
+    _reasoning_text: list[str] = field(default_factory=list)
     _message: dict[str, Any] | None = None  # the message item being streamed
     _text: list[str] = field(default_factory=list)
     _finish_reason: str | None = None
@@ -343,14 +371,57 @@ class StreamTranslator:
             self._output_tokens = chunk["usage"]["completion_tokens"]
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                yield from self._close_message()
+                yield from self._close_call()
+                yield from self._reasoning_delta(delta["reasoning_content"])
             if delta.get("content"):
+                yield from self._close_reasoning()
                 yield from self._close_call()
                 yield from self._text_delta(delta["content"])
             for call in delta.get("tool_calls") or []:
+                yield from self._close_reasoning()
                 yield from self._close_message()
                 yield from self._call_piece(call)
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
+
+    def _reasoning_delta(self, text: str) -> Iterator[Event]:
+        if self._reasoning is None:
+            self._reasoning = reasoning_item(new_id("rs"), "", "in_progress")
+            self._reasoning["content"] = []
+            self.output.append(self._reasoning)
+            index = len(self.output) - 1
+            yield self._event("response.output_item.added", output_index=index, item=_copy(self._reasoning))
+            yield self._event(
+                "response.content_part.added",
+                item_id=self._reasoning["id"],
+                output_index=index,
+                content_index=0,
+                part={"type": "reasoning_text", "text": ""},
+            )
+        self._reasoning_text.append(text)
+        yield self._event(
+            "response.reasoning_text.delta",
+            item_id=self._reasoning["id"],
+            output_index=self.output.index(self._reasoning),
+            content_index=0,
+            delta=text,
+        )
+
+    def _close_reasoning(self) -> Iterator[Event]:
+        item = self._reasoning
+        if item is None:
+            return
+        index, text = self.output.index(item), "".join(self._reasoning_text)
+        part = {"type": "reasoning_text", "text": text}
+        common = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        yield self._event("response.reasoning_text.done", **common, text=text)
+        yield self._event("response.content_part.done", **common, part=part)
+        item["content"] = [part]
+        item["status"] = "incomplete" if self._finish_reason == "length" and item is self.output[-1] else "completed"
+        yield self._event("response.output_item.done", output_index=index, item=_copy(item))
+        self._reasoning, self._reasoning_text = None, []
 
     def _text_delta(self, text: str) -> Iterator[Event]:
         if self._message is None:
@@ -429,6 +500,7 @@ class StreamTranslator:
     def finish(self) -> Iterator[Event]:
         if not self.output:  # an empty answer is still a message, as the non-streaming answer has it
             yield from self._text_delta("")
+        yield from self._close_reasoning()
         yield from self._close_message()
         yield from self._close_call()
         self.response["usage"] = usage_of(self._input_tokens, self._output_tokens)
@@ -438,6 +510,7 @@ class StreamTranslator:
 
     def fail(self, exc: QueuechatError) -> Iterator[Event]:
         """The job failed midway: the items streamed so far, and ``response.failed``."""
+        yield from self._close_reasoning()
         yield from self._close_message()
         failed(self.response, exc)
         yield self._event("response.failed", response=_copy(self.response))

@@ -14,6 +14,10 @@ import yaml
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.connection import sync_client
+from broker.keys import Keys
+from broker.settings import Settings
+from broker.tenants import TenantLimits, TenantStore
 from tests.conftest import ApiServer, RunningWorker, free_port, wait_for
 from tests.test_compose import _compose
 
@@ -33,31 +37,34 @@ def queries() -> list[str]:
     return exprs
 
 
-def exported(*urls: str) -> dict[str, set[str]]:
+def exported(*urls: str, headers: dict[str, str] | None = None) -> dict[str, set[str]]:
     """Sample name -> label names, from scrapes of these endpoints."""
     names: dict[str, set[str]] = {}
     for url in urls:
-        for family in text_string_to_metric_families(httpx.get(url, timeout=15).text):
+        for family in text_string_to_metric_families(httpx.get(url, headers=headers, timeout=15).text):
             for sample in family.samples:
                 names.setdefault(sample.name, set()).update(sample.labels)
     return names
 
 
 def test_every_dashboard_query_finds_an_exported_metric(
-    start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer]
+    start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer], settings: Settings
 ) -> None:
     metrics_port = free_port()
     start_worker(metrics_port=metrics_port, metrics_host="127.0.0.1")
     api = start_api()
-    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
-    client = OpenAI(base_url=f"{api.base_url}/v1", api_key="unused", max_retries=0)
+    # a key of a tenant, so the per-key panels have series to find
+    key = TenantStore(sync_client(settings.redis_url or ""), Keys(settings.key_prefix)).add("team", TenantLimits())
+    auth = {"Authorization": f"Bearer {key}"}
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models", headers=auth).json()["data"])
+    client = OpenAI(base_url=f"{api.base_url}/v1", api_key=key, max_retries=0)
     for _ in client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
     ):
         pass
     worker_url = f"http://127.0.0.1:{metrics_port}/metrics"
     wait_for(lambda: "queuechat:worker_jobs_total" in exported(worker_url))
-    names = exported(f"{api.base_url}/metrics", worker_url)
+    names = exported(f"{api.base_url}/metrics", worker_url, headers=auth)
 
     used = {name for expr in queries() for name in METRIC.findall(expr)}
     assert len(used) >= 12, used

@@ -53,7 +53,9 @@ async def chat_answer(
         created=created,
         model=body.model,
         choices=[_choice(body, index, choice) for index, choice in sorted(collected.choices.items())],
-        usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
+        usage=CompletionUsage.of(
+            prompt_tokens_of(streams), collected.completion_tokens, collected.cached_tokens(body.n)
+        ),
     )
 
 
@@ -74,12 +76,14 @@ def _logprobs(body: ChatCompletionRequest, entries: list[TokenLogprob] | None) -
 
 def _choice(body: ChatCompletionRequest, index: int, choice: ChoiceText) -> ChatChoice:
     content, calls = _calls_in(body, "".join(choice.text))
+    if not calls and body.echoed():
+        content = body.echoed() + (content or "")
     message = ChatCompletionMessage(content=content, tool_calls=[call.as_openai() for call in calls] or None)
     finish_reason = choice.finish_reason
     if calls:
         finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
     return ChatChoice(index=index, message=message, logprobs=_logprobs(body, choice.logprobs),
-                      finish_reason=finish_reason)  # fmt: skip
+                      finish_reason=finish_reason, stop_reason=choice.stop_reason)  # fmt: skip
 
 
 @dataclass
@@ -105,6 +109,7 @@ class ChatStream:
     streams: list[JobEvents]
     response_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    generated: int = 0  # tokens generated so far, over all choices (for continuous_usage_stats)
 
     def lines(self) -> AsyncIterator[str]:
         """What each SSE ``data:`` line holds, ``[DONE]`` last; the job is closed however the stream ends."""
@@ -116,8 +121,11 @@ class ChatStream:
         delta: ChatDelta,
         logprobs: ChatLogprobs | None = None,
         finish_reason: str | None = None,
+        stop_reason: str | int | None = None,
     ) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        choice = ChatChunkChoice(
+            index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason
+        )
         return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.body.model, choices=[choice])
 
     def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> ChatCompletionChunk:
@@ -130,13 +138,26 @@ class ChatStream:
         return _Held(plain=not body.tools_offered())
 
     async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        """The stream's chunks; with ``continuous_usage_stats`` each carries the usage so far (vLLM's)."""
+        options = self.body.stream_options
+        continuous = options is not None and options.continuous_usage_stats
+        async for chunk in self._chunks():
+            if continuous and chunk.usage is None:
+                chunk.usage = CompletionUsage.of(prompt_tokens_of(self.streams), self.generated)
+            yield chunk
+
+    async def _chunks(self) -> AsyncIterator[ChatCompletionChunk]:
         body, streams = self.body, self.streams
         held: dict[int, _Held] = {}
         completion_tokens = 0
+        cached_tokens: int | None = None
         for index in range(body.n):
             yield self._chunk(index, ChatDelta(role="assistant", content=""))
+            if body.echoed():
+                yield self._chunk(index, ChatDelta(content=body.echoed()))
         async for position, event in merged(streams):
             if isinstance(event, Delta):
+                self.generated += len(event.token_ids)
                 # With logprobs every token is reported, also one whose text is still held back (a partial
                 # character, a possible stop string).
                 if not (event.text or (body.logprobs and event.token_ids)):
@@ -159,6 +180,8 @@ class ChatStream:
                 held[event.index] = _Held(plain=True)
             elif isinstance(event, Done):
                 completion_tokens += event.usage.completion_tokens
+                if event.usage.cached_tokens is not None:
+                    cached_tokens = event.usage.cached_tokens
                 finish_reason = event.finish_reason.value
                 kept = held.pop(event.index) if event.index in held else self._held()
                 if kept.forced is not None:
@@ -181,9 +204,9 @@ class ChatStream:
                         yield self._content(event.index, text, kept.logprobs)
                 # a forced call's tokens held back to the end (whitespace, a closing brace) report their logprobs last
                 rest = _logprobs(body, kept.take_logprobs()) if kept.forced is not None and kept.logprobs else None
-                yield self._chunk(event.index, ChatDelta(), rest, finish_reason=finish_reason)
+                yield self._chunk(event.index, ChatDelta(), rest, finish_reason, event.stop_reason)
         if body.stream_options and body.stream_options.include_usage:
-            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
+            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens, cached_tokens)
             yield ChatCompletionChunk(
                 id=self.response_id, created=self.created, model=body.model, choices=[], usage=usage
             )

@@ -195,7 +195,11 @@ class ContinuousBatchingEngine:
         if request.grammar is not None:
             self._extras.grammar.register(request.seq_id, request.grammar)
             sampling_kwargs[processors.GRAMMAR_KWARG] = request.grammar
-        eos = sorted(self.eos_token_ids | set(request.stop_token_ids))
+        ends = (set() if request.ignore_eos else set(self.eos_token_ids)) | set(request.stop_token_ids)
+        rules = processors.Rules.of(request.logit_bias, request.allowed_token_ids, request.min_tokens, ends)
+        if rules is not None:
+            self._extras.rules.register(request.seq_id, rules)
+            sampling_kwargs[processors.RULES_KWARG] = 1
         with self._lock:
             self._sent[request.seq_id] = 0
             if request.logprobs is not None:
@@ -205,7 +209,8 @@ class ContinuousBatchingEngine:
             request_id=request.seq_id,
             max_new_tokens=request.max_new_tokens,
             streaming=True,
-            eos_token_id=eos or None,
+            # the manager takes None for its generation config's EOS; -1 is none at all (ignore_eos)
+            eos_token_id=sorted(ends) or -1,
             **sampling_kwargs,
         )
         if added is None:

@@ -58,8 +58,7 @@ def test_min_tokens_holds_back_a_stop_string(client: openai.OpenAI, ids: dict[st
     )  # fmt: skip
     choice = r.choices[0]
     assert choice.finish_reason == "stop" and choice.stop_reason == "a"  # type: ignore[attr-defined]
-    assert choice.text.startswith("aaa")
-    assert r.usage is not None and 4 <= r.usage.completion_tokens < 20
+    assert choice.text == "aaa"  # the fourth "a" is the first one looked at
 
 
 def test_min_tokens_holds_back_a_stop_token_and_stop_reason_names_it(

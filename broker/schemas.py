@@ -61,12 +61,19 @@ class SamplingParams(BaseModel):
     frequency_penalty: float = 0.0
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     json_schema: dict[str, Any] | None = None  # the output must be JSON that follows this schema
+    regex: str | None = None  # or match this regular expression (vLLM's guided_regex)
+    choice: list[str] | None = None  # or be one of these strings (vLLM's guided_choice)
     # vLLM's extras
     ignore_eos: bool = False  # generate past the model's end-of-sequence tokens (stop strings and ids still end)
     min_tokens: int = Field(default=0, ge=0)  # no end (EOS, stop token id, stop string) before this many tokens
     include_stop_str_in_output: bool = False  # a matched stop string stays at the end of the text
     allowed_token_ids: list[int] | None = None  # the only tokens that may be generated
     logit_bias: dict[int, float] | None = None  # added to the token's logit before sampling (OpenAI's)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a grammar constrains the output (a matcher that a continuation could not replay)."""
+        return self.json_schema is not None or self.regex is not None or self.choice is not None
 
 
 class TokenOptions(BaseModel):

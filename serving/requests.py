@@ -54,6 +54,11 @@ class _Request(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    # constrained output, as vLLM takes it: its older guided_* parameters, or structured_outputs
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = Field(default=None, min_length=1)
+    guided_choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -98,6 +103,21 @@ class _Request(BaseModel):
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
+    @model_validator(mode="after")
+    def _one_constraint(self) -> _Request:
+        given = [name for name in GUIDED if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{given[0]} and {given[1]} cannot be combined: the output follows one constraint")
+        return self
+
+    def guided(self) -> tuple[dict[str, Any] | None, str | None, list[str] | None]:
+        """(JSON schema, regex, choices) the output must follow, from the guided_* or structured_outputs."""
+        outputs = self.structured_outputs
+        if outputs is not None:
+            schema = {"type": "object"} if outputs.json_object else outputs.json_
+            return schema, outputs.regex, outputs.choice
+        return self.guided_json, self.guided_regex, self.guided_choice
+
     def top_k_or_none(self) -> int | None:
         return None if self.top_k in (None, -1, 0) else self.top_k
 
@@ -120,6 +140,28 @@ class _Request(BaseModel):
             "include_stop_str_in_output": self.include_stop_str_in_output,
             "allowed_token_ids": self.allowed_token_ids,
         }
+
+
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "structured_outputs")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs``: exactly one of its constraints (grammars and structural tags are not taken)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+    regex: str | None = Field(default=None, min_length=1)
+    choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    json_object: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [n for n in ("json_", "regex", "choice") if getattr(self, n) is not None] + (
+            ["json_object"] if self.json_object else []
+        )
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, regex, choice and json_object")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -169,7 +211,6 @@ class ChatCompletionRequest(_Request):
     continue_final_message: bool = False
     echo: bool = False  # the answer begins with the last message's content when that is the assistant's
     chat_template_kwargs: dict[str, Any] | None = None
-    guided_json: dict[str, Any] | None = None  # vLLM's older name for a JSON schema the output follows
 
     # Field validators (not a model validator) so that a 400 names the parameter at fault.
     @field_validator("top_logprobs")
@@ -201,18 +242,6 @@ class ChatCompletionRequest(_Request):
             raise ValueError(f"{clash[0]!r} is an argument of the template call itself, not a template variable")
         return value
 
-    @field_validator("guided_json")
-    @classmethod
-    def _one_output_format(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        response_format = info.data.get("response_format")
-        if value is not None and response_format is not None and response_format.type != "text":
-            raise ValueError("guided_json and a response_format cannot be combined")
-        if value is not None and (
-            info.data.get("tool_choice") == "required" or isinstance(info.data.get("tool_choice"), NamedToolChoice)
-        ):
-            raise ValueError("a forced tool call and guided_json cannot be combined")
-        return value
-
     @field_validator("continue_final_message")
     @classmethod
     def _continuation_is_open(cls, value: bool, info: ValidationInfo) -> bool:
@@ -223,6 +252,15 @@ class ChatCompletionRequest(_Request):
             if messages and messages[-1].role != "assistant":
                 raise ValueError("continue_final_message needs the last message to be the assistant's")
         return value
+
+    @model_validator(mode="after")
+    def _guided_alone(self) -> ChatCompletionRequest:
+        given = next((name for name in GUIDED if getattr(self, name) is not None), None)
+        if given is not None and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError(f"{given} and a response_format cannot be combined")
+        if given is not None and self.forced_tools():
+            raise ValueError(f"a forced tool call and {given} cannot be combined")
+        return self
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -247,13 +285,14 @@ class ChatCompletionRequest(_Request):
         schema = forced_call_schema(self.tools, self.tool_choice) or (
             self.response_format.output_schema() if self.response_format else None
         )
-        if schema is None and self.guided_json is not None:
-            schema = self.guided_json
+        guided_schema, regex, choice = self.guided()
         return SamplingParams(
             max_tokens=self.max_new_tokens(),
+            json_schema=schema if schema is not None else guided_schema,
+            regex=regex,
+            choice=choice,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs or 0,
-            json_schema=schema,
             **self._common_params(),
         )
 
@@ -315,7 +354,11 @@ class CompletionRequest(_Request):
 
     def sampling_params(self) -> SamplingParams:
         # best_of: generate that many, answer with the n of highest cumulative logprob (so logprobs are needed)
+        schema, regex, choice = self.guided()
         return SamplingParams(
+            json_schema=schema,
+            regex=regex,
+            choice=choice,
             max_tokens=DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
             logprobs=self.logprobs is not None or (self.best_of or self.n) > self.n,
             top_logprobs=self.logprobs or 0,

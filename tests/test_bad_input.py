@@ -31,7 +31,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("/v1/chat/completions", "n is zero", {"model": "tiny", "messages": MSG, "n": 0}, 400),
     ("/v1/chat/completions", "too many stops", {"model": "tiny", "messages": MSG, "stop": list("abcde")}, 400),
     ("/v1/chat/completions", "stream not bool", {"model": "tiny", "messages": MSG, "stream": "yes please"}, 400),
-    ("/v1/chat/completions", "unsupported parameter", {"model": "tiny", "messages": MSG, "guided_regex": "a+"}, 400),
+    ("/v1/chat/completions", "unsupported parameter", {"model": "tiny", "messages": MSG, "guided_grammar": "x"}, 400),
     ("/v1/chat/completions", "stream_options without stream",
      {"model": "tiny", "messages": MSG, "stream_options": {"include_usage": True}}, 400),
     ("/v1/chat/completions", "seed beyond 64 bits", {"model": "tiny", "messages": MSG, "seed": 2**70}, 400),

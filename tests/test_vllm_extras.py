@@ -9,6 +9,7 @@ certain, which is how EOS, a stop token or a stop string is made to come when th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,28 @@ def test_guided_json_gives_json(client: openai.OpenAI) -> None:
         assert content.startswith('{"n":')
 
 
+def test_guided_regex_and_choice_constrain_the_output(client: openai.OpenAI) -> None:
+    for temperature in (0.0, 1.0):
+        r = client.completions.create(
+            model="tiny", prompt="x", max_tokens=20, temperature=temperature, extra_body={"guided_regex": "ab{2,4}c"}
+        )
+        assert re.fullmatch("ab{2,4}c", r.choices[0].text), r.choices[0].text
+        assert r.choices[0].finish_reason == "stop"
+    choices = ["yes", "no", "maybe not"]
+    r = client.chat.completions.create(
+        model="tiny", messages=MSG, max_tokens=20, n=4, temperature=1.5, extra_body={"guided_choice": choices}
+    )
+    assert all(c.message.content in choices for c in r.choices)
+    r = client.chat.completions.create(
+        model="tiny", messages=MSG, max_tokens=20, extra_body={"structured_outputs": {"choice": ["left", "right"]}}
+    )
+    assert r.choices[0].message.content in ("left", "right")
+    r = client.chat.completions.create(
+        model="tiny", messages=MSG, max_tokens=20, extra_body={"structured_outputs": {"regex": "[0-9]{3}"}}
+    )
+    assert re.fullmatch("[0-9]{3}", r.choices[0].message.content or "")
+
+
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/chat/completions", {"logit_bias": {"1": 101}}, "logit_bias"),
     ("/v1/chat/completions", {"logit_bias": {"1": -100.5}}, "logit_bias"),
@@ -248,10 +271,20 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         {"guided_json": {"type": "object"}, "response_format": {"type": "json_object"}},
         "guided_json",
     ),
+    ("/v1/chat/completions", {"guided_regex": "("}, "guided_regex"),  # from the worker: llguidance's error
+    ("/v1/completions", {"guided_regex": ""}, "guided_regex"),
+    ("/v1/chat/completions", {"guided_choice": []}, "guided_choice"),
+    ("/v1/chat/completions", {"guided_choice": ["a", ""]}, "guided_choice"),
+    ("/v1/chat/completions", {"guided_choice": "a"}, "guided_choice"),
+    ("/v1/completions", {"guided_choice": ["a"], "guided_regex": "a"}, "guided_regex"),
+    ("/v1/chat/completions", {"guided_regex": "a", "response_format": {"type": "json_object"}}, "guided_regex"),
+    ("/v1/chat/completions", {"structured_outputs": {}}, "structured_outputs"),
+    ("/v1/chat/completions", {"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+    ("/v1/completions", {"structured_outputs": {"choice": ["a"]}, "guided_json": {}}, "structured_outputs"),
     # still unsupported: refused by name
-    ("/v1/chat/completions", {"guided_regex": "a+"}, "guided_regex"),
-    ("/v1/chat/completions", {"guided_choice": ["a", "b"]}, "guided_choice"),
-    ("/v1/chat/completions", {"structured_outputs": {"regex": "a+"}}, "structured_outputs"),
+    ("/v1/chat/completions", {"guided_grammar": "start: a"}, "guided_grammar"),
+    ("/v1/chat/completions", {"structured_outputs": {"grammar": "start: a"}}, "structured_outputs"),
+    ("/v1/chat/completions", {"structured_outputs": {"structural_tag": "x"}}, "structured_outputs"),
     ("/v1/completions", {"prompt_logprobs": 1}, "prompt_logprobs"),
     ("/v1/completions", {"logit_bias": {"1": 200}}, "logit_bias"),
     ("/v1/completions", {"min_tokens": "3"}, "min_tokens"),

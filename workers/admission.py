@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from broker.schemas import Accepted, ChatOptions, Delta, Done, Error, FinishReason, Job, JobKind, Usage
 from serving.prompt_size import text_chars
 from workers.engine import GenerationRequest, SamplingDefaults
-from workers.grammar import json_grammar
+from workers.grammar import grammar_of
 from workers.prompts import PromptError, chat_prompt_ids, check_prompt_chars, completion_prompt_ids
 from workers.running import seq_id
 
@@ -124,7 +124,7 @@ def generation_requests(
 ) -> list[GenerationRequest]:
     """One engine request per choice; parameters the job leaves out take the model's defaults."""
     params = job.params
-    grammar = json_grammar(params.json_schema) if params.json_schema is not None else None
+    grammar = grammar_of(params.json_schema, params.regex, params.choice)
     return [
         GenerationRequest(
             seq_id=seq_id(job.id, index),

@@ -389,7 +389,7 @@ class ModelWorker:
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
         requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
         if past is not None and past.exists:
-            if past.whole and params.json_schema is None:
+            if past.whole and not params.constrained:
                 running.continued = True
                 running.seq = past.next_seq
             else:

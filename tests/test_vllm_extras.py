@@ -313,3 +313,16 @@ def test_token_ids_outside_the_vocabulary_are_400(stack: Stack, param: str) -> N
     assert openai_error(r.json()).param == param
     ok = httpx.post(f"{stack.base_url}/v1/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": 1})
     assert ok.status_code == 200
+
+
+def test_cached_tokens_count_the_prefix_cache(client: openai.OpenAI, engine_kind: str) -> None:  # noqa: F811
+    prompt = " ".join(f"word{i}" for i in range(120))  # several KV blocks
+    first = client.completions.create(model="tiny", prompt=prompt, max_tokens=1)
+    again = client.completions.create(model="tiny", prompt=prompt, max_tokens=1)
+    assert first.usage is not None and again.usage is not None
+    details = again.usage.prompt_tokens_details
+    if engine_kind == "transformers":  # it shares the blocks but does not say how many
+        assert details is None
+        return
+    assert details is not None and details.cached_tokens is not None
+    assert 0 < details.cached_tokens < again.usage.prompt_tokens

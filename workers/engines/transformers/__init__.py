@@ -32,7 +32,7 @@ from workers.engine import (
     eos_ids_of,
     sampling_defaults_of,
 )
-from workers.engines.transformers import processors, sampling
+from workers.engines.transformers import prefix, processors, sampling
 
 __all__ = [
     "GREEDY_TEMPERATURE",
@@ -130,6 +130,7 @@ class ContinuousBatchingEngine:
         self._recorded: set[str] = set()  # seq ids whose logprobs come from our recorder
         self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
         self.fast_path = _install_fast_path(model)
+        prefix.install()  # counts each prompt's tokens found in the prefix cache
         self._manager = self._start_manager()
 
     @staticmethod
@@ -244,6 +245,7 @@ class ContinuousBatchingEngine:
         self._sampler.release(seq_id)
         self._extras.release(seq_id)
         self._recorded.discard(seq_id)
+        prefix.take(seq_id)
 
     @property
     def running(self) -> int:
@@ -293,6 +295,7 @@ class ContinuousBatchingEngine:
                     top = [alternatives for _, alternatives in recorded]
                 failed = out.status == RequestStatus.FAILED
                 finished = out.is_finished()
+                cached = prefix.take(out.request_id)  # before _release forgets it
                 if finished:
                     del self._sent[out.request_id]
                     self._release(out.request_id)
@@ -306,6 +309,7 @@ class ContinuousBatchingEngine:
                         top_logprobs=top,
                         finished=finished,
                         error=(out.error or "generation failed") if failed else None,
+                        cached_tokens=cached,
                     )
                 )
         return updates

@@ -61,6 +61,19 @@ class SamplingParams(BaseModel):
     frequency_penalty: float = 0.0
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     json_schema: dict[str, Any] | None = None  # the output must be JSON that follows this schema
+    regex: str | None = None  # or match this regular expression (vLLM's guided_regex)
+    choice: list[str] | None = None  # or be one of these strings (vLLM's guided_choice)
+    # vLLM's extras
+    ignore_eos: bool = False  # generate past the model's end-of-sequence tokens (stop strings and ids still end)
+    min_tokens: int = Field(default=0, ge=0)  # no end (EOS, stop token id, stop string) before this many tokens
+    include_stop_str_in_output: bool = False  # a matched stop string stays at the end of the text
+    allowed_token_ids: list[int] | None = None  # the only tokens that may be generated
+    logit_bias: dict[int, float] | None = None  # added to the token's logit before sampling (OpenAI's)
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a grammar constrains the output (a matcher that a continuation could not replay)."""
+        return self.json_schema is not None or self.regex is not None or self.choice is not None
 
 
 class TokenOptions(BaseModel):
@@ -71,6 +84,16 @@ class TokenOptions(BaseModel):
     add_special_tokens: bool = True  # a prompt's BOS and the like; a chat template writes its own
     add_generation_prompt: bool = True  # messages end with the assistant's turn opened
     token_strs: bool = False  # also each id's token string
+
+
+class ChatOptions(BaseModel):
+    """How a chat job's messages become its prompt, beyond the defaults (vLLM's chat extras)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add_generation_prompt: bool = True  # end with the assistant's turn opened
+    continue_final_message: bool = False  # leave the last (assistant) message open, for the model to go on with it
+    template_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra variables for the chat template
 
 
 class Job(BaseModel):
@@ -88,6 +111,7 @@ class Job(BaseModel):
     inputs: list[str] | list[list[int]] | None = None  # embedding jobs: texts or token id lists
     dimensions: int | None = None  # embedding jobs: the size the client asked for, checked by the worker
     token_options: TokenOptions | None = None  # tokenize jobs that want the ids, not only their count
+    chat_options: ChatOptions | None = None  # chat jobs: how the template renders the messages
     created: float = Field(default_factory=time.time)
     deadline: float
     attempt: int = 1
@@ -108,6 +132,7 @@ class EventType(StrEnum):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # of the prompt, found in the engine's prefix cache (where it tells)
 
     @property
     def total_tokens(self) -> int:
@@ -162,6 +187,8 @@ class Done(_Event):
     index: int = 0
     finish_reason: FinishReason
     usage: Usage
+    # what ended a choice that stopped: the stop string or stop token id; None at EOS or length (vLLM's)
+    stop_reason: str | int | None = None
     # embedding jobs only: one vector per input, in input order, each base64 of little-endian float32 (OpenAI's
     # ``encoding_format=base64``): a third of the size of JSON floats, and exact
     embeddings: list[str] | None = None

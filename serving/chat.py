@@ -61,7 +61,9 @@ async def chat_answer(
         choices=[
             _choice(body, collected.accepted, index, choice) for index, choice in sorted(collected.choices.items())
         ],
-        usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
+        usage=CompletionUsage.of(
+            prompt_tokens_of(streams), collected.completion_tokens, collected.cached_tokens(body.n)
+        ),
     )
 
 
@@ -103,6 +105,8 @@ def _choice(body: ChatCompletionRequest, accepted: Accepted | None, index: int, 
     content, calls = _calls_in(body, accepted, text)
     if reasoning is not None and not content:
         content = None  # all reasoning, no answer (cut short while thinking)
+    if not calls and body.echoed():
+        content = body.echoed() + (content or "")
     message = ChatCompletionMessage(
         content=content,
         reasoning_content=reasoning,
@@ -113,7 +117,7 @@ def _choice(body: ChatCompletionRequest, accepted: Accepted | None, index: int, 
     if calls:
         finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
     return ChatChoice(index=index, message=message, logprobs=_logprobs(body, choice.logprobs),
-                      finish_reason=finish_reason)  # fmt: skip
+                      finish_reason=finish_reason, stop_reason=choice.stop_reason)  # fmt: skip
 
 
 @dataclass
@@ -183,6 +187,7 @@ class ChatStream:
     streams: list[JobEvents]
     response_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    generated: int = 0  # tokens generated so far, over all choices (for continuous_usage_stats)
 
     def lines(self) -> AsyncIterator[str]:
         """What each SSE ``data:`` line holds, ``[DONE]`` last; the job is closed however the stream ends."""
@@ -194,8 +199,11 @@ class ChatStream:
         delta: ChatDelta,
         logprobs: ChatLogprobs | None = None,
         finish_reason: str | None = None,
+        stop_reason: str | int | None = None,
     ) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        choice = ChatChunkChoice(
+            index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason
+        )
         return ChatCompletionChunk(id=self.response_id, created=self.created, model=self.body.model, choices=[choice])
 
     def _content(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> ChatCompletionChunk:
@@ -213,17 +221,30 @@ class ChatStream:
         return [self._chunk(index, d, _logprobs(self.body, kept.take_logprobs())) for d in deltas]
 
     async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        """The stream's chunks; with ``continuous_usage_stats`` each carries the usage so far (vLLM's)."""
+        options = self.body.stream_options
+        continuous = options is not None and options.continuous_usage_stats
+        async for chunk in self._chunks():
+            if continuous and chunk.usage is None:
+                chunk.usage = CompletionUsage.of(prompt_tokens_of(self.streams), self.generated)
+            yield chunk
+
+    async def _chunks(self) -> AsyncIterator[ChatCompletionChunk]:
         body, streams = self.body, self.streams
         first = streams[0].pending_first
         accepted = first if isinstance(first, Accepted) else None
         readings: dict[int, _Reading] = {}
         completion_tokens = 0
+        cached_tokens: int | None = None
         for index in range(body.n):
             yield self._chunk(index, ChatDelta(role="assistant", content=""))
+            if body.echoed():
+                yield self._chunk(index, ChatDelta(content=body.echoed()))
         async for position, event in merged(streams):
             if isinstance(event, Accepted):
                 accepted = event  # restarted on another worker: choices not begun are read as its model writes
             elif isinstance(event, Delta):
+                self.generated += len(event.token_ids)
                 # With logprobs every token is reported, also one whose text is still held back (a partial
                 # character, a possible stop string).
                 if not (event.text or (body.logprobs and event.token_ids)):
@@ -238,6 +259,8 @@ class ChatStream:
                     yield chunk
             elif isinstance(event, Done):
                 completion_tokens += event.usage.completion_tokens
+                if event.usage.cached_tokens is not None:
+                    cached_tokens = event.usage.cached_tokens
                 finish_reason = event.finish_reason.value
                 kept = readings.pop(event.index) if event.index in readings else self._reading(accepted)
                 for chunk in self._sent(event.index, kept, kept.deltas("", final=True)):
@@ -246,9 +269,9 @@ class ChatStream:
                     finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
                 # tokens whose text was held back to the end (whitespace, a closing brace) report their logprobs last
                 rest = _logprobs(body, kept.take_logprobs()) if kept.logprobs else None
-                yield self._chunk(event.index, ChatDelta(), rest, finish_reason=finish_reason)
+                yield self._chunk(event.index, ChatDelta(), rest, finish_reason, event.stop_reason)
         if body.stream_options and body.stream_options.include_usage:
-            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
+            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens, cached_tokens)
             yield ChatCompletionChunk(
                 id=self.response_id, created=self.created, model=body.model, choices=[], usage=usage
             )

@@ -47,7 +47,9 @@ async def completion_answer(
         created=created,
         model=body.model,
         choices=choices,
-        usage=CompletionUsage.of(prompt_tokens_of(streams), collected.completion_tokens),
+        usage=CompletionUsage.of(
+            prompt_tokens_of(streams), collected.completion_tokens, collected.cached_tokens(per_prompt)
+        ),
     )
 
 
@@ -79,7 +81,9 @@ def _choice(
         logprobs = _logprobs_start(body, events).add(choice.logprobs).as_openai()
     if body.echo:
         text = _echo(prompt, events) + text
-    return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason)
+    return CompletionChoice(
+        index=index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason, stop_reason=choice.stop_reason
+    )
 
 
 @dataclass
@@ -90,6 +94,7 @@ class CompletionStream:
     streams: list[JobEvents]
     response_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    generated: int = 0  # tokens generated so far, over all choices (for continuous_usage_stats)
 
     def lines(self) -> AsyncIterator[str]:
         """What each SSE ``data:`` line holds, ``[DONE]`` last; the jobs are closed however the stream ends."""
@@ -101,11 +106,23 @@ class CompletionStream:
         text: str,
         logprobs: responses.CompletionLogprobs | None = None,
         finish_reason: str | None = None,
+        stop_reason: str | int | None = None,
     ) -> Completion:
-        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason)
+        choice = CompletionChoice(
+            index=index, text=text, logprobs=logprobs, finish_reason=finish_reason, stop_reason=stop_reason
+        )
         return Completion(id=self.response_id, created=self.created, model=self.body.model, choices=[choice])
 
     async def chunks(self) -> AsyncIterator[Completion]:
+        """The stream's chunks; with ``continuous_usage_stats`` each carries the usage so far (vLLM's)."""
+        options = self.body.stream_options
+        continuous = options is not None and options.continuous_usage_stats
+        async for chunk in self._chunks():
+            if continuous and chunk.usage is None:
+                chunk.usage = CompletionUsage.of(prompt_tokens_of(self.streams), self.generated)
+            yield chunk
+
+    async def _chunks(self) -> AsyncIterator[Completion]:
         body, streams = self.body, self.streams
         running: dict[int, CompletionLogprobs] = {}  # per choice index, so text offsets continue across chunks
         for position, (prompt, events) in enumerate(zip(body.prompts(), streams, strict=True)):
@@ -116,18 +133,22 @@ class CompletionStream:
                     echoed = running[index].take() if body.logprobs is not None else None
                     yield self._chunk(index, _echo(prompt, events), echoed)
         completion_tokens = 0
+        cached: dict[int, int | None] = {}  # per job: the prompt tokens its engine found cached
         async for position, event in merged(streams):
             index = position * body.n + event.index if isinstance(event, Delta | Done) else 0
             if isinstance(event, Delta):
+                self.generated += len(event.token_ids)
                 if event.text or (body.logprobs is not None and event.token_ids):
                     streams[position].committed = True
                     logprobs = running[index].add(event.logprobs or []).take() if body.logprobs is not None else None
                     yield self._chunk(index, event.text, logprobs)
             elif isinstance(event, Done):
                 completion_tokens += event.usage.completion_tokens
-                yield self._chunk(index, "", finish_reason=event.finish_reason.value)
+                cached[position] = event.usage.cached_tokens
+                yield self._chunk(index, "", finish_reason=event.finish_reason.value, stop_reason=event.stop_reason)
         if body.stream_options and body.stream_options.include_usage:
-            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens)
+            known = [c for c in cached.values() if c is not None]
+            usage = CompletionUsage.of(prompt_tokens_of(streams), completion_tokens, sum(known) if known else None)
             yield Completion(id=self.response_id, created=self.created, model=body.model, choices=[], usage=usage)
 
 

@@ -126,7 +126,9 @@ class ChoiceText:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_reason: str | int | None = None
     completion_tokens: int = 0
+    cached_tokens: int | None = None
 
     @property
     def cumulative_logprob(self) -> float:
@@ -150,7 +152,9 @@ class Collected:
                 choice.logprobs += event.logprobs
         elif isinstance(event, Done):
             choice.finish_reason = event.finish_reason.value
+            choice.stop_reason = event.stop_reason
             choice.completion_tokens = event.usage.completion_tokens
+            choice.cached_tokens = event.usage.cached_tokens
 
     def restart(self, indices: range) -> None:
         """Forget what these choices gathered: their job is being run again by another worker."""
@@ -160,6 +164,15 @@ class Collected:
     @property
     def completion_tokens(self) -> int:
         return sum(c.completion_tokens for c in self.choices.values())
+
+    def cached_tokens(self, per_job: int) -> int | None:
+        """The prompt tokens the engines found cached, over all jobs (each job's prompt counted once); None where
+        no engine told."""
+        per_position: dict[int, int] = {}
+        for index, choice in self.choices.items():
+            if choice.cached_tokens is not None:
+                per_position[index // per_job] = max(per_position.get(index // per_job, 0), choice.cached_tokens)
+        return sum(per_position.values()) if per_position else None
 
 
 async def done_of(producer: Producer, job: Job, observer: JobObserver | None = None) -> Done | None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from broker.schemas import Job, JobKind, SamplingParams
+from broker.schemas import ChatOptions, Job, JobKind, SamplingParams
 from serving.messages import ChatMessage, reject_media
 from serving.tools import NamedToolChoice, ToolChoice, ToolDefinition, forced_call_schema
 from serving.wellformed import check_wellformed
@@ -17,6 +17,13 @@ MAX_STOP_SEQUENCES = 4
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limits
 MAX_COMPLETION_LOGPROBS = 5
+LOGIT_BIAS_RANGE = 100.0  # OpenAI's: -100 bans a token, +100 all but forces it
+# apply_chat_template's own arguments, which chat_template_kwargs must not override
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+     "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+     "return_assistant_tokens_mask", "tokenizer_kwargs"}
+)  # fmt: skip
 # What /v1/completions generates without max_tokens: OpenAI's legacy endpoint and vLLM default to 16. (A chat
 # completion without one may fill the rest of the context, as in vLLM; a worker's QUEUECHAT_MAX_TOKENS_CAP bounds
 # that.)
@@ -41,6 +48,17 @@ class _Request(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)  # Hugging Face's, as vLLM accepts it
+    logit_bias: dict[str, float] | None = None  # OpenAI's: token id (a JSON key) -> bias in [-100, 100]
+    # vLLM's extras, as its benchmark clients (guidellm, aiperf) send them
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    # constrained output, as vLLM takes it: its older guided_* parameters, or structured_outputs
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = Field(default=None, min_length=1)
+    guided_choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -61,11 +79,44 @@ class _Request(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return stops
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_by_token_id(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers), not {key!r}")
+            if not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
+                raise ValueError(f"the bias of token {key} is {bias}: it must be between -100 and 100")
+        return value
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_within_max(cls, value: int, info: ValidationInfo) -> int:
+        most = info.data.get("max_tokens")
+        if most is not None and value > most:
+            raise ValueError(f"min_tokens ({value}) must be at most max_tokens ({most})")
+        return value
+
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _Request:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> _Request:
+        given = [name for name in GUIDED if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{given[0]} and {given[1]} cannot be combined: the output follows one constraint")
+        return self
+
+    def guided(self) -> tuple[dict[str, Any] | None, str | None, list[str] | None]:
+        """(JSON schema, regex, choices) the output must follow, from the guided_* or structured_outputs."""
+        outputs = self.structured_outputs
+        if outputs is not None:
+            schema = {"type": "object"} if outputs.json_object else outputs.json_
+            return schema, outputs.regex, outputs.choice
+        return self.guided_json, self.guided_regex, self.guided_choice
 
     def top_k_or_none(self) -> int | None:
         return None if self.top_k in (None, -1, 0) else self.top_k
@@ -83,12 +134,40 @@ class _Request(BaseModel):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "repetition_penalty": self.repetition_penalty,
+            "logit_bias": {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+            "ignore_eos": self.ignore_eos,
+            "min_tokens": self.min_tokens,
+            "include_stop_str_in_output": self.include_stop_str_in_output,
+            "allowed_token_ids": self.allowed_token_ids,
         }
+
+
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "structured_outputs")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs``: exactly one of its constraints (grammars and structural tags are not taken)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+    regex: str | None = Field(default=None, min_length=1)
+    choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    json_object: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [n for n in ("json_", "regex", "choice") if getattr(self, n) is not None] + (
+            ["json_object"] if self.json_object else []
+        )
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, regex, choice and json_object")
+        return self
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: the usage so far on every chunk
 
 
 class JsonSchemaFormat(BaseModel):
@@ -127,6 +206,11 @@ class ChatCompletionRequest(_Request):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice = None
     parallel_tool_calls: bool | None = None
+    # vLLM's chat extras
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    echo: bool = False  # the answer begins with the last message's content when that is the assistant's
+    chat_template_kwargs: dict[str, Any] | None = None
 
     # Field validators (not a model validator) so that a 400 names the parameter at fault.
     @field_validator("top_logprobs")
@@ -150,18 +234,65 @@ class ChatCompletionRequest(_Request):
             raise ValueError("a forced tool call and a response_format cannot be combined")
         return value
 
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs_not_reserved(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        clash = sorted(set(value or {}) & RESERVED_TEMPLATE_KWARGS)
+        if clash:
+            raise ValueError(f"{clash[0]!r} is an argument of the template call itself, not a template variable")
+        return value
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continuation_is_open(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            if info.data.get("add_generation_prompt", True):
+                raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+            messages = info.data.get("messages") or []
+            if messages and messages[-1].role != "assistant":
+                raise ValueError("continue_final_message needs the last message to be the assistant's")
+        return value
+
+    @model_validator(mode="after")
+    def _guided_alone(self) -> ChatCompletionRequest:
+        given = next((name for name in GUIDED if getattr(self, name) is not None), None)
+        if given is not None and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError(f"{given} and a response_format cannot be combined")
+        if given is not None and self.forced_tools():
+            raise ValueError(f"a forced tool call and {given} cannot be combined")
+        return self
+
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def echoed(self) -> str:
+        """What ``echo`` puts before the answer: the last message's text, when it is the assistant's."""
+        last = self.messages[-1]
+        if not self.echo or last.role != "assistant":
+            return ""
+        return str(last.as_template_message().get("content") or "")
+
+    def chat_options(self) -> ChatOptions | None:
+        if self.add_generation_prompt and not self.continue_final_message and not self.chat_template_kwargs:
+            return None
+        return ChatOptions(
+            add_generation_prompt=self.add_generation_prompt,
+            continue_final_message=self.continue_final_message,
+            template_kwargs=self.chat_template_kwargs or {},
+        )
 
     def sampling_params(self) -> SamplingParams:
         schema = forced_call_schema(self.tools, self.tool_choice) or (
             self.response_format.output_schema() if self.response_format else None
         )
+        guided_schema, regex, choice = self.guided()
         return SamplingParams(
             max_tokens=self.max_new_tokens(),
+            json_schema=schema if schema is not None else guided_schema,
+            regex=regex,
+            choice=choice,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs or 0,
-            json_schema=schema,
             **self._common_params(),
         )
 
@@ -176,6 +307,7 @@ class ChatCompletionRequest(_Request):
             if self.tools_offered() and self.tools
             else None,
             params=self.sampling_params(),
+            chat_options=self.chat_options(),
             deadline=time.time() + timeout,
             request_id=request_id,
         )
@@ -222,7 +354,11 @@ class CompletionRequest(_Request):
 
     def sampling_params(self) -> SamplingParams:
         # best_of: generate that many, answer with the n of highest cumulative logprob (so logprobs are needed)
+        schema, regex, choice = self.guided()
         return SamplingParams(
+            json_schema=schema,
+            regex=regex,
+            choice=choice,
             max_tokens=DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
             logprobs=self.logprobs is not None or (self.best_of or self.n) > self.n,
             top_logprobs=self.logprobs or 0,

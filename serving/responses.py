@@ -24,17 +24,23 @@ def Omitted() -> Any:  # reads as a field default
 # ------------------------------------------------------------------ shared
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = Omitted()  # where the engine tells its prefix cache's share
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> CompletionUsage:
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=None if cached_tokens is None else PromptTokensDetails(cached_tokens=cached_tokens),
         )
 
 
@@ -108,6 +114,7 @@ class ChatChoice(BaseModel):
     message: ChatCompletionMessage
     logprobs: ChatLogprobs | None
     finish_reason: str | None
+    stop_reason: str | int | None = None  # vLLM's: the stop string or stop token id that ended the choice
 
 
 class ChatCompletion(BaseModel):
@@ -147,6 +154,7 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDelta
     logprobs: ChatLogprobs | None
     finish_reason: str | None
+    stop_reason: str | int | None = Omitted()  # on the choice's last chunk
 
 
 class ChatCompletionChunk(BaseModel):
@@ -157,7 +165,8 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: CompletionUsage | None = Omitted()  # the last chunk's, with stream_options.include_usage
+    # the last chunk's, with stream_options.include_usage; every chunk's with continuous_usage_stats
+    usage: CompletionUsage | None = Omitted()
 
 
 # ------------------------------------------------------------------ completions
@@ -168,6 +177,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
+    stop_reason: str | int | None = None  # vLLM's: the stop string or stop token id that ended the choice
 
 
 class Completion(BaseModel):

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, Usage
+from broker.schemas import Accepted, ChatOptions, Delta, Done, Error, FinishReason, Job, JobKind, Usage
 from serving.prompt_size import text_chars
 from workers.engine import GenerationRequest, SamplingDefaults
-from workers.grammar import json_grammar
+from workers.grammar import grammar_of
 from workers.prompts import PromptError, chat_prompt_ids, check_prompt_chars, completion_prompt_ids
 from workers.running import seq_id
 
@@ -60,24 +60,39 @@ def prompt_ids_of(
     ``max_chars`` characters is refused untokenised."""
     check_prompt_bound(job, max_chars, limit)
     if job.kind == JobKind.CHAT:
-        prompt_ids = chat_prompt_ids(tokenizer, job.messages or [], chat_template, job.tools)
+        options = job.chat_options or ChatOptions()
+        prompt_ids = chat_prompt_ids(
+            tokenizer,
+            job.messages or [],
+            chat_template,
+            job.tools,
+            add_generation_prompt=options.add_generation_prompt,
+            continue_final_message=options.continue_final_message,
+            template_kwargs=options.template_kwargs,
+        )
     else:
         prompt_ids = completion_prompt_ids(tokenizer, job.prompt or "", vocab_size)
     if not prompt_ids:
         raise PromptError("the prompt is empty")
-    check_stop_token_ids(job, vocab_size)
+    check_token_ids(job, vocab_size)
     return prompt_ids
 
 
-def check_stop_token_ids(job: Job, vocab_size: int) -> None:
-    """400 for a stop token id the model cannot generate (vLLM's answer). Checked here, not in the API: only the
-    worker knows the model's vocabulary, and a job that fails at admission costs no engine step."""
-    bad = next((t for t in job.params.stop_token_ids if not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise PromptError(
-            f"stop_token_ids contains {bad}, which is outside this model's vocabulary (0..{vocab_size - 1})",
-            param="stop_token_ids",
-        )
+def check_token_ids(job: Job, vocab_size: int) -> None:
+    """400 for a token id in the parameters that the model cannot generate (vLLM's answer). Checked here, not in
+    the API: only the worker knows the model's vocabulary, and a job that fails at admission costs no engine step."""
+    params = job.params
+    named = {
+        "stop_token_ids": params.stop_token_ids,
+        "allowed_token_ids": params.allowed_token_ids or [],
+        "logit_bias": list(params.logit_bias or {}),
+    }
+    for param, ids in named.items():
+        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise PromptError(
+                f"{param} contains {bad}, which is outside this model's vocabulary (0..{vocab_size - 1})", param=param
+            )
 
 
 def max_new_tokens(job: Job, prompt_tokens: int, limit: int, cap: int | None = None) -> int:
@@ -109,7 +124,7 @@ def generation_requests(
 ) -> list[GenerationRequest]:
     """One engine request per choice; parameters the job leaves out take the model's defaults."""
     params = job.params
-    grammar = json_grammar(params.json_schema) if params.json_schema is not None else None
+    grammar = grammar_of(params.json_schema, params.regex, params.choice)
     return [
         GenerationRequest(
             seq_id=seq_id(job.id, index),
@@ -124,6 +139,10 @@ def generation_requests(
             logprobs=params.top_logprobs if params.logprobs else None,
             penalties=(params.repetition_penalty, params.presence_penalty, params.frequency_penalty),
             grammar=grammar,
+            ignore_eos=params.ignore_eos,
+            min_tokens=params.min_tokens,
+            logit_bias=dict(params.logit_bias) if params.logit_bias else None,
+            allowed_token_ids=list(params.allowed_token_ids) if params.allowed_token_ids else None,
         )
         for index in range(params.n)
     ]

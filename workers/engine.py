@@ -27,6 +27,10 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; N: the chosen token's and the N most likely alternatives
     penalties: tuple[float, float, float] | None = None  # (repetition, presence, frequency)
     grammar: str | None = None  # an llguidance grammar the output must follow
+    ignore_eos: bool = False  # the model's EOS tokens do not end the sequence (stop_token_ids still do)
+    min_tokens: int = 0  # neither EOS nor a stop token id is generated before this many tokens
+    logit_bias: dict[int, float] | None = None  # added to the logits before sampling
+    allowed_token_ids: list[int] | None = None  # every other token is masked out
 
 
 @dataclass
@@ -39,6 +43,7 @@ class SeqUpdate:
     top_logprobs: list[list[tuple[int, float]]] | None = None
     finished: bool = False
     error: str | None = None
+    cached_tokens: int | None = None  # of the prompt, found in the prefix cache (engines that tell)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""JSON schemas (JSON mode, ``json_schema``, forced tool calls) as llguidance grammars, for any engine."""
+"""JSON schemas (JSON mode, ``json_schema``, forced tool calls), regular expressions and choices among strings as
+llguidance grammars, for any engine."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from workers.prompts import PromptError
@@ -20,3 +22,42 @@ def json_grammar(schema: dict[str, Any]) -> str:
     if problem:
         raise PromptError(f"the JSON schema cannot be used: {problem}", param="response_format")
     return grammar
+
+
+def _checked(make: Any, param: str) -> str:
+    import llguidance
+
+    try:
+        grammar = str(make())
+        problem = llguidance.LLMatcher.validate_grammar(grammar)
+    except Exception as exc:  # llguidance reports some bad input by raising
+        problem = str(exc)
+    if problem:
+        raise PromptError(f"the {param} cannot be used: {problem}", param=param)
+    return grammar
+
+
+def regex_grammar(regex: str) -> str:
+    """The llguidance grammar for output matching ``regex`` (Rust regex syntax, as vLLM's guided_regex)."""
+    import llguidance
+
+    return _checked(lambda: llguidance.LLMatcher.grammar_from_regex(regex), "guided_regex")
+
+
+def choice_grammar(choices: list[str]) -> str:
+    """The llguidance grammar for output that is exactly one of ``choices``."""
+    import llguidance
+
+    lark = "start: " + " | ".join(json.dumps(c) for c in choices)  # JSON string literals are Lark's
+    return _checked(lambda: llguidance.LLMatcher.grammar_from_lark(lark), "guided_choice")
+
+
+def grammar_of(schema: dict[str, Any] | None, regex: str | None, choice: list[str] | None) -> str | None:
+    """The grammar of whichever constraint a job has, None for none."""
+    if schema is not None:
+        return json_grammar(schema)
+    if regex is not None:
+        return regex_grammar(regex)
+    if choice is not None:
+        return choice_grammar(choice)
+    return None

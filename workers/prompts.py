@@ -104,6 +104,8 @@ def chat_prompt_ids(
     tools: list[dict[str, Any]] | None = None,
     *,
     add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> list[int]:
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
@@ -111,7 +113,9 @@ def chat_prompt_ids(
             "this model has no chat template; use /v1/completions or start the worker with --conv-template"
         )
     messages = developer_as_system(messages, template)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(template_kwargs or {})  # variables first: the call's own arguments win
+    if continue_final_message:
+        extra["continue_final_message"] = True
     if "tool_calls" not in str(template):  # earlier calls would vanish from the prompt: write them out as text
         messages = [calls_as_text(m) for m in messages]
     if tools:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.consumer import Delivery
-from broker.schemas import Job, TokenLogprob
+from broker.schemas import Job, TokenLogprob, Usage
 from workers.engine import SeqUpdate
 from workers.textstream import TextStream
 
@@ -33,6 +33,7 @@ class RunningJob:
     expired: bool = False
     prompt_logprobs: list[TokenLogprob] | None = None
     reasoning_open: bool = False  # the prompt ended inside a reasoning block (see workers/parsing.py)
+    cached_tokens: int | None = None  # of the prompt, found in the engine's prefix cache (engines that tell)
     continued: bool = False  # taken over from a worker that died or stopped, and continued where it left off
     # choices a continuation found complete in their tokens (their end was not published): ended at admission
     ended_at_admission: list[int] = field(default_factory=list)
@@ -45,6 +46,11 @@ class RunningJob:
     @property
     def job(self) -> Job:
         return self.delivery.job
+
+    def usage_of(self, choice: Choice) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=choice.tokens, cached_tokens=self.cached_tokens
+        )
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -81,4 +87,5 @@ def merge_updates(earlier: SeqUpdate, later: SeqUpdate) -> SeqUpdate:
         top_logprobs=joined(earlier.top_logprobs, later.top_logprobs),
         finished=later.finished,
         error=later.error,
+        cached_tokens=earlier.cached_tokens if later.cached_tokens is None else later.cached_tokens,
     )

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
-from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, TokenLogprob, Usage
+from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, TokenLogprob
 from workers.admission import (
     ANSWERED_AT_ADMISSION,
     MAX_PROMPT_LOGPROBS_TOKENS,
@@ -384,17 +384,28 @@ class ModelWorker:
         )
         max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
         params = job.params
-        end_ids = set(self.engine.eos_token_ids) | set(params.stop_token_ids)
+        end_ids = (set() if params.ignore_eos else set(self.engine.eos_token_ids)) | set(params.stop_token_ids)
         skip = not self.parsers.keeps_special_tokens(job)
         choices = [
-            Choice(TextStream(self.tokenizer, params.stop, end_ids, skip_special_tokens=skip)) for _ in range(params.n)
+            Choice(
+                TextStream(
+                    self.tokenizer,
+                    params.stop,
+                    end_ids,
+                    skip_special_tokens=skip,
+                    stop_token_ids=params.stop_token_ids,
+                    min_tokens=params.min_tokens,
+                    include_stop=params.include_stop_str_in_output,
+                )
+            )
+            for _ in range(params.n)
         ]
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
         if job.kind == JobKind.CHAT:
             running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)
         requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
         if past is not None and past.exists:
-            if past.whole and params.json_schema is None:
+            if past.whole and not params.constrained:
                 running.continued = True
                 running.seq = past.next_seq
             else:
@@ -466,9 +477,10 @@ class ModelWorker:
         if text:
             out.append(Delta(seq=running.next_seq(), index=index, text=text, token_ids=[]))
         stopped = choice.text.stopped or choice.text.ended_by_token
-        usage = Usage(prompt_tokens=running.prompt_tokens, completion_tokens=choice.tokens)
         reason = FinishReason.STOP if stopped else FinishReason.LENGTH
-        out.append(Done(seq=running.next_seq(), index=index, finish_reason=reason, usage=usage))
+        done = Done(seq=running.next_seq(), index=index, finish_reason=reason, usage=running.usage_of(choice))
+        done.stop_reason = choice.text.stop_reason
+        out.append(done)
         return out
 
     def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
@@ -506,6 +518,8 @@ class ModelWorker:
                 running.failed = True
                 continue
             choice.tokens += len(update.token_ids)
+            if update.cached_tokens is not None:
+                running.cached_tokens = update.cached_tokens
             if update.token_ids and running.first_token_at is None:
                 running.first_token_at = now
             text = choice.text.feed(update.token_ids)
@@ -547,7 +561,8 @@ class ModelWorker:
                             seq=running.next_seq(),
                             index=index,
                             finish_reason=FinishReason.STOP if stopped else FinishReason.LENGTH,
-                            usage=Usage(prompt_tokens=running.prompt_tokens, completion_tokens=choice.tokens),
+                            usage=running.usage_of(choice),
+                            stop_reason=choice.text.stop_reason,
                         ),
                     )
                 )

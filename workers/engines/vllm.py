@@ -195,6 +195,10 @@ class VllmEngine:
             presence_penalty=float(presence),
             frequency_penalty=float(frequency),
             structured_outputs=StructuredOutputsParams(grammar=lark_of(request.grammar)) if request.grammar else None,
+            ignore_eos=request.ignore_eos,
+            min_tokens=request.min_tokens,
+            logit_bias=dict(request.logit_bias) if request.logit_bias else None,
+            allowed_token_ids=list(request.allowed_token_ids) if request.allowed_token_ids else None,
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -281,6 +285,8 @@ class VllmEngine:
                     previous.top_logprobs += update.top_logprobs
                 previous.finished = previous.finished or update.finished
                 previous.error = previous.error or update.error
+                if update.cached_tokens is not None:
+                    previous.cached_tokens = update.cached_tokens
         with self._lock:
             live = set(self._live)
             for update in merged.values():
@@ -399,7 +405,12 @@ class VllmEngine:
             with self._lock:
                 self._top.pop(request_id, None)
         return SeqUpdate(
-            seq_id=request_id, token_ids=tokens, logprobs=logprobs, top_logprobs=top, finished=output.finished
+            seq_id=request_id,
+            token_ids=tokens,
+            logprobs=logprobs,
+            top_logprobs=top,
+            finished=output.finished,
+            cached_tokens=getattr(output, "num_cached_tokens", None),  # the prefix cache's share of the prompt
         )
 
     def _die(self, exc: BaseException) -> None:

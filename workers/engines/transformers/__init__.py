@@ -32,7 +32,7 @@ from workers.engine import (
     eos_ids_of,
     sampling_defaults_of,
 )
-from workers.engines.transformers import processors, sampling
+from workers.engines.transformers import prefix, processors, sampling
 
 __all__ = [
     "GREEDY_TEMPERATURE",
@@ -130,6 +130,7 @@ class ContinuousBatchingEngine:
         self._recorded: set[str] = set()  # seq ids whose logprobs come from our recorder
         self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
         self.fast_path = _install_fast_path(model)
+        prefix.install()  # counts each prompt's tokens found in the prefix cache
         self._manager = self._start_manager()
 
     @staticmethod
@@ -195,7 +196,11 @@ class ContinuousBatchingEngine:
         if request.grammar is not None:
             self._extras.grammar.register(request.seq_id, request.grammar)
             sampling_kwargs[processors.GRAMMAR_KWARG] = request.grammar
-        eos = sorted(self.eos_token_ids | set(request.stop_token_ids))
+        ends = (set() if request.ignore_eos else set(self.eos_token_ids)) | set(request.stop_token_ids)
+        rules = processors.Rules.of(request.logit_bias, request.allowed_token_ids, request.min_tokens, ends)
+        if rules is not None:
+            self._extras.rules.register(request.seq_id, rules)
+            sampling_kwargs[processors.RULES_KWARG] = 1
         with self._lock:
             self._sent[request.seq_id] = 0
             if request.logprobs is not None:
@@ -205,7 +210,8 @@ class ContinuousBatchingEngine:
             request_id=request.seq_id,
             max_new_tokens=request.max_new_tokens,
             streaming=True,
-            eos_token_id=eos or None,
+            # the manager takes None for its generation config's EOS; -1 is none at all (ignore_eos)
+            eos_token_id=sorted(ends) or -1,
             **sampling_kwargs,
         )
         if added is None:
@@ -239,6 +245,7 @@ class ContinuousBatchingEngine:
         self._sampler.release(seq_id)
         self._extras.release(seq_id)
         self._recorded.discard(seq_id)
+        prefix.take(seq_id)
 
     @property
     def running(self) -> int:
@@ -288,6 +295,7 @@ class ContinuousBatchingEngine:
                     top = [alternatives for _, alternatives in recorded]
                 failed = out.status == RequestStatus.FAILED
                 finished = out.is_finished()
+                cached = prefix.take(out.request_id)  # before _release forgets it
                 if finished:
                     del self._sent[out.request_id]
                     self._release(out.request_id)
@@ -301,6 +309,7 @@ class ContinuousBatchingEngine:
                         top_logprobs=top,
                         finished=finished,
                         error=(out.error or "generation failed") if failed else None,
+                        cached_tokens=cached,
                     )
                 )
         return updates

@@ -1,6 +1,6 @@
 """Per-request logits processors that transformers' continuous-batching manager lacks: log-probabilities with the
-top alternatives, OpenAI's and Hugging Face's repetition penalties, and grammar-constrained output (JSON mode,
-JSON schemas, forced tool calls) through llguidance.
+top alternatives, OpenAI's and Hugging Face's repetition penalties, logit bias, allowed tokens and min_tokens, and
+grammar-constrained output (JSON mode, JSON schemas, forced tool calls) through llguidance.
 
 The manager hands a processor the requests of a step (``prepare_tensor_args``) and then the step's logits, one row
 per request in the same order (``__call__``); between the two only an int32 tensor travels. Each processor puts a
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LOGPROBS_KWARG = "qc_logprobs"  # int: how many top alternatives (0: only the chosen token's)
 PENALTIES_KWARG = "qc_penalties"  # tuple: (repetition, presence, frequency)
 GRAMMAR_KWARG = "qc_grammar"  # str: an llguidance grammar (JSON)
+RULES_KWARG = "qc_rules"  # int 1: the request registered TokenRules (logit bias, allowed tokens, min_tokens)
 
 
 class KeyedProcessor(ContinuousBatchingLogitsProcessor):
@@ -174,6 +175,78 @@ class Penalties(KeyedProcessor):
 
 
 @dataclass
+class Rules:
+    """One request's token rules, as tensors ready to apply to its row."""
+
+    bias_ids: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
+    min_tokens: int = 0
+    end_ids: torch.Tensor | None = None  # masked until min_tokens tokens were generated
+
+    @classmethod
+    def of(
+        cls,
+        logit_bias: dict[int, float] | None,
+        allowed: list[int] | None,
+        min_tokens: int,
+        end_ids: set[int],
+    ) -> Rules | None:
+        if not logit_bias and not allowed and not (min_tokens and end_ids):
+            return None
+        rules = cls(min_tokens=min_tokens)
+        if logit_bias:
+            rules.bias_ids = torch.tensor(list(logit_bias), dtype=torch.long)
+            rules.bias = torch.tensor(list(logit_bias.values()), dtype=torch.float32)
+        if allowed:
+            rules.allowed = torch.tensor(sorted(set(allowed)), dtype=torch.long)
+        if min_tokens and end_ids:
+            rules.end_ids = torch.tensor(sorted(end_ids), dtype=torch.long)
+        return rules
+
+
+class TokenRules(KeyedProcessor):
+    """OpenAI's ``logit_bias`` (added to the logits) and vLLM's ``allowed_token_ids`` (every other token masked)
+    and ``min_tokens`` (no EOS or stop token id before that many tokens)."""
+
+    supported_kwargs = {RULES_KWARG: int}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rules: dict[str, Rules] = {}
+
+    def register(self, request_id: str, rules: Rules) -> None:
+        with self._lock:
+            self._rules[request_id] = rules
+
+    def payload_of(self, request: Any) -> Any:
+        if not _kwargs(request).get(RULES_KWARG):
+            return None
+        rules = self._rules.get(_request_id(request))
+        if rules is None:
+            return None
+        return rules, len(request.state.generated_tokens)
+
+    def apply(self, scores: torch.Tensor, row: int, payload: Any) -> None:
+        rules, generated = payload
+        logits = scores[row]
+        device = logits.device
+        if rules.allowed is not None:
+            allowed = rules.allowed.to(device)
+            kept = logits[allowed]
+            logits.fill_(float("-inf"))
+            logits[allowed] = kept
+        if rules.bias_ids is not None and rules.bias is not None:
+            logits.index_add_(0, rules.bias_ids.to(device), rules.bias.to(device=device, dtype=logits.dtype))
+        if rules.end_ids is not None and generated < rules.min_tokens:
+            logits[rules.end_ids.to(device)] = float("-inf")
+
+    def release(self, request_id: str) -> None:
+        with self._lock:
+            self._rules.pop(request_id, None)
+
+
+@dataclass
 class _Constrained:
     matcher: Any
     consumed: int = 0
@@ -248,19 +321,21 @@ class GrammarConstraint(KeyedProcessor):
 class Installed:
     logprobs: LogprobRecorder
     penalties: Penalties
+    rules: TokenRules
     grammar: GrammarConstraint
 
     def release(self, request_id: str) -> None:
         self.logprobs.release(request_id)
+        self.rules.release(request_id)
         self.grammar.release(request_id)
 
 
 def install(manager: Any, tokenizer: Any) -> Installed:
     """Put the processors at the head of a manager's chain, in this order: record logprobs of the raw logits,
-    apply penalties, mask by grammar; then the sampler (workers/sampling.py, last) sees only allowed tokens.
-    Call before ``manager.start()``."""
-    installed = Installed(LogprobRecorder(), Penalties(), GrammarConstraint(tokenizer))
-    for processor in reversed([installed.logprobs, installed.penalties, installed.grammar]):
+    apply penalties, then logit bias, allowed tokens and min_tokens, mask by grammar; then the sampler
+    (workers/sampling.py, last) sees only allowed tokens. Call before ``manager.start()``."""
+    installed = Installed(LogprobRecorder(), Penalties(), TokenRules(), GrammarConstraint(tokenizer))
+    for processor in reversed([installed.logprobs, installed.penalties, installed.rules, installed.grammar]):
         add_to_chain(manager, processor, first=True)
     return installed
 

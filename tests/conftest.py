@@ -113,13 +113,14 @@ def start_worker(
     settings: Settings, tiny_model_dir: Path, engine_kind: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., RunningWorker]]:
     """Factory: a real model worker (tiny model, real engine, real Redis) running in a thread of this process."""
-    from workers.main import WorkerOptions, build_worker
+    from workers.main import build_worker
+    from workers.settings import WorkerSettings
 
     started: list[RunningWorker] = []
     shared = request.getfixturevalue("vllm_engine") if engine_kind == "vllm" else None
 
     def start(names: str = "tiny", settings_: Settings | None = None, **options: Any) -> RunningWorker:
-        opts = WorkerOptions(
+        opts = WorkerSettings(
             model_path=str(tiny_model_dir),
             model_names=names.split(","),
             device="cpu",

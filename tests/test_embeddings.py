@@ -43,14 +43,15 @@ def embed_stack(redis_url: str, tiny_model_dir: Path) -> Iterator[EmbedStack]:
     """An embeddings worker (minilm), a tiny generation worker and an API, shared by this module's tests: loading
     the model once keeps them quick."""
     from api.app import create_app
-    from workers.main import WorkerOptions, build_worker
+    from workers.main import build_worker
+    from workers.settings import WorkerSettings
 
     prefix = f"qctest-{uuid.uuid4().hex[:10]}"
     settings = Settings(redis_url=redis_url, key_prefix=prefix, heartbeat_interval=0.5, heartbeat_ttl=2.0)
     workers = [
-        build_worker(WorkerOptions(model_path=str(minilm_dir()), model_names=["minilm"], device="cpu"), settings),
+        build_worker(WorkerSettings(model_path=str(minilm_dir()), model_names=["minilm"], device="cpu"), settings),
         build_worker(
-            WorkerOptions(model_path=str(tiny_model_dir), model_names=["tiny"], device="cpu", num_blocks=64),
+            WorkerSettings(model_path=str(tiny_model_dir), model_names=["tiny"], device="cpu", num_blocks=64),
             settings,
         ),
     ]

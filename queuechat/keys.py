@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from broker.fairness import MAX_WEIGHT
 from broker.tenants import TenantLimits, TenantStore
@@ -108,8 +108,9 @@ def revoke(name: Annotated[str, typer.Argument(help="the tenant's name")], redis
 def list_keys(redis_url: RedisUrl = None) -> None:
     """The keys, their limits and their usage (never their secrets)."""
     store = _store(redis_url)
+    name = Column("name", no_wrap=True)  # a name folded over two lines could not be copied from the list
     table = Table(
-        "name", "state", "rpm", "tpm", "concurrency", "models", "weight", "requests", "rejected", "tokens in/out"
+        name, "state", "rpm", "tpm", "concurrency", "models", "weight", "requests", "rejected", "tokens in/out"
     )
     for tenant in store.all():
         used, lim = store.usage(tenant.name), tenant.limits

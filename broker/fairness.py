@@ -100,11 +100,10 @@ else
   for i = 1, #registry, 2 do
     streams[#streams + 1] = registry[i]
     local name, priority = string.match(registry[i + 1], '^([^\\t]*)\\t(-?%d+)$')
-    if name then
-      if not tenants[name] then tenants[name] = {streams={}}; ring[#ring + 1] = name end
-      local own = tenants[name].streams
-      own[#own + 1] = {tonumber(priority), registry[i]}
-    end
+    if not name then name, priority = '', '1000' end  -- an entry it cannot read: still served, last of no key's
+    if not tenants[name] then tenants[name] = {streams={}}; ring[#ring + 1] = name end
+    local own = tenants[name].streams
+    own[#own + 1] = {tonumber(priority), registry[i]}
   end
   table.sort(ring)
   for _, tenant in pairs(tenants) do table.sort(tenant.streams, function(a, b) return a[1] < b[1] end) end

@@ -177,3 +177,16 @@ def test_a_bad_priority_is_refused_by_name(stack: Stack, value: object, why: str
     assert openai_error(r.json()).param == "priority"
     ok = httpx.post(f"{stack.base_url}/v1/chat/completions", json={**body, "priority": -100}, timeout=60)
     assert ok.status_code == 200
+
+
+async def test_a_stream_whose_listing_cannot_be_read_is_still_served(
+    settings: Settings, client: redis.Redis, producer: Producer
+) -> None:
+    """A tenant stream listed with an entry the read script cannot parse (another version wrote it, or by hand)
+    is read all the same, after the jobs without a key: its jobs are never stranded."""
+    keys = Keys(settings.key_prefix)
+    reader = JobConsumer(client, keys, [MODEL], "reader")
+    await queue(producer, "a", 1)
+    client.hset(keys.fair_streams(MODEL), keys.fair_jobs(MODEL, "a", 0), "not a tenant entry")
+    await queue(producer, None, 1, priority=1)
+    assert taken_one_at_a_time(reader, 2) == ["-:0", "a:0"]

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
 
+from api.metrics import BrokerCollector
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
 from broker.keys import Keys
@@ -190,3 +192,17 @@ async def test_a_stream_whose_listing_cannot_be_read_is_still_served(
     client.hset(keys.fair_streams(MODEL), keys.fair_jobs(MODEL, "a", 0), "not a tenant entry")
     await queue(producer, None, 1, priority=1)
     assert taken_one_at_a_time(reader, 2) == ["-:0", "a:0"]
+
+
+async def test_metrics_count_the_waiting_jobs_of_every_key(
+    settings: Settings, client: redis.Redis, producer: Producer
+) -> None:
+    """/metrics' queue depth counts every key's streams, and each key's waiting jobs are a series of their own."""
+    await queue(producer, "a", 3)
+    await queue(producer, None, 2, priority=1)
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(client, Keys(settings.key_prefix)))
+    text = generate_latest(registry).decode()
+    assert f'queuechat:num_requests_waiting{{model_name="{MODEL}"}} 5.0' in text
+    assert f'queuechat:key_requests_waiting{{key_name="a",model_name="{MODEL}"}} 3.0' in text
+    assert f'queuechat:key_requests_waiting{{key_name="",model_name="{MODEL}"}} 2.0' in text

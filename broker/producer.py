@@ -527,8 +527,8 @@ class Producer:
         ``low_priority`` queues it on the model's batch stream, which workers read only when no interactive job
         is waiting (the Batch API's lines). An interactive job of an API key (``current_tenant``), or of a priority
         other than 0, goes to that key's stream of that priority, which workers read by turns (broker/fairness.py).
-        ``resume`` is kept in the log for a front server that resumes the
-        job's stream for its client (see :meth:`attach`): who may, and how the stream was asked for."""
+        ``resume`` is kept in the log for a front server that resumes the job's stream for its client (see
+        :meth:`attach`): who may, and how the stream was asked for."""
         await self.check_model(job.model)
         channel = self.keys.events(job.id)
         queue = await self.router.subscribe(channel)

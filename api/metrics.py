@@ -277,7 +277,15 @@ class BrokerCollector(Collector):
         jobs = CounterMetricFamily(
             PREFIX + "jobs", "Jobs of the model by outcome, counted by the workers.", labels=[*labels, "outcome"]
         )
+        by_key = GaugeMetricFamily(
+            PREFIX + "key_requests_waiting",
+            "Requests queued for a worker, by API key (key_name empty: requests without a key), once keys queue "
+            "jobs of their own (fair queuing).",
+            labels=[*labels, "key_name"],
+        )
         for q in snap.queues:
+            for key_name, count in sorted(q.waiting_by_key.items()):
+                by_key.add_metric([q.model, key_name], count)
             waiting.add_metric([q.model], q.waiting)
             waiting_tokens.add_metric([q.model], q.waiting_tokens)
             running.add_metric([q.model], q.running)
@@ -291,7 +299,7 @@ class BrokerCollector(Collector):
         logs.add_metric([], self._logs[0])
         log_bytes = GaugeMetricFamily(PREFIX + "event_log_bytes", "Memory of the jobs' event logs (MEMORY USAGE).")
         log_bytes.add_metric([], self._logs[1])
-        yield from (waiting, waiting_tokens, running, oldest, workers, slots, jobs, logs, log_bytes)
+        yield from (waiting, waiting_tokens, by_key, running, oldest, workers, slots, jobs, logs, log_bytes)
         yield from self._tenants()
 
     def _tenants(self) -> Iterator[Metric]:

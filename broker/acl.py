@@ -28,29 +28,41 @@ ROLES: dict[str, Role] = {
     # submit jobs (a Lua script checks the backlog, adds the job and begins its event log in one step), listen to
     # their events (and read their logs), mark jobs whose client left, read the registry (and prune expired cards),
     # look up API keys and count their tenants' limits and usage (Lua scripts too), serve /metrics, and create the
-    # job stream and group of a model declared in wait_for_worker that no worker has created yet (scale from zero)
+    # job stream and group of a model declared in wait_for_worker that no worker has created yet (scale from zero);
+    # a key's first job of a model makes the key's stream (with its group) and lists it for the workers
+    # (broker/fairness.py)
     "front": Role(
-        keys=("%R~{p}:*", "~{p}:jobs:*", "~{p}:workers", "~{p}:log:*", "~{p}:cancel:*", "~{p}:tenant:*"),
+        keys=(
+            "%R~{p}:*",
+            "~{p}:jobs:*",
+            "~{p}:workers",
+            "~{p}:log:*",
+            "~{p}:cancel:*",
+            "~{p}:tenant:*",
+            "~{p}:fair:*",
+            "~{p}:fairstreams:*",
+            "~{p}:drr:*",
+        ),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load script|exists xadd xlen exists hgetall hdel mget subscribe "
         "unsubscribe xgroup|create time scan xinfo|groups xrange pexpire set pubsub|numsub "
-        "hlen hget hkeys hincrby get incr decr incrby del pttl",
+        "hlen hget hkeys hincrby get incr decr incrby del pttl hset",
     ),
-    # consume the streams (interactive before batch: one Lua script), publish events, count, heartbeat, take over a
-    # dead worker's jobs (counting the deaths of the workers that held them), dead-letter
+    # consume the streams (interactive before batch, each key's by turns: one Lua script per model), publish events,
+    # count, heartbeat, take over a dead worker's jobs (counting the deaths of the workers that held them), dead-letter
     "worker": Role(
         keys=("~{p}:*",),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load script|exists "
         "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
-        "hincrby hset hdel hgetall set get del mget exists time expire pexpire multi exec incrby",
+        "hincrby hset hdel hgetall hkeys set get del mget exists time expire pexpire multi exec incrby",
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(
         keys=("%R~{p}:*",),
         channels=(),
-        commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange zrevrange exists memory|usage",
+        commands=f"{_CONNECTION} time scan hgetall hkeys mget xinfo|groups xlen xrange zrevrange exists memory|usage",
     ),
 }
 

@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from broker import eventlog
 from broker.eventlog import JobLog
+from broker.fairness import FAIR_READ_SCRIPT
 from broker.keys import CONSUMER_GROUP, LOG_META_ID, Keys
 from broker.registry import WEDGED, status_of
 from broker.schemas import Accepted, Delta, Done, Error, Job
@@ -71,22 +72,6 @@ class Reclaimed:
     dead_lettered: list[str]
 
 
-# Read the interactive streams (KEYS[1..ARGV[4]]) and, only when they have nothing, the batch streams (the rest
-# of KEYS): the priority costs no extra round trip. XREADGROUP without BLOCK is allowed in scripts.
-PRIORITY_READ_SCRIPT = """
-local group, consumer, count, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local function read(first, last)
-  local args = {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS'}
-  for i = first, last do args[#args + 1] = KEYS[i] end
-  for i = first, last do args[#args + 1] = '>' end
-  return redis.call(unpack(args)) or {}
-end
-local interactive = read(1, n)
-if #interactive > 0 or n == #KEYS then return interactive end
-return read(n + 1, #KEYS)
-"""
-
-
 class JobConsumer:
     def __init__(
         self,
@@ -116,7 +101,10 @@ class JobConsumer:
         # worker has heartbeaten (it lives) more than a TTL after the delivery, long after it would have admitted it.
         self.lost_delivery_ms = int(2 * heartbeat_ttl * 1000)
         self.claim_min_idle_ms = int(claim_min_idle * 1000)
-        self._priority_read = client.register_script(PRIORITY_READ_SCRIPT)
+        self._fair_read = client.register_script(FAIR_READ_SCRIPT)
+        # every stream of this worker's models -> its model; the tenants' streams are added as they are learnt
+        self._model_of: dict[str, str] = {s: m for m in self.models for s in (keys.jobs(m), keys.batch_jobs(m))}
+        self.fair_streams: dict[str, list[str]] = {m: [] for m in self.models}  # each model's tenant streams
         self._fenced_publish = client.register_script(eventlog.FENCED_PUBLISH_SCRIPT)
         self.event_log = event_log
         self.event_log_ttl = event_log_ttl
@@ -137,7 +125,8 @@ class JobConsumer:
 
     def ensure_groups(self) -> None:
         """Create each stream and its consumer group (idempotent). A front server treats an existing stream as
-        a known model, so this is also how a model becomes known."""
+        a known model, so this is also how a model becomes known. (A tenant's stream is made with its group by
+        the script that queues its first job.)"""
         for stream in self.streams + self.low_streams:
             try:
                 self.client.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -145,29 +134,61 @@ class JobConsumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def read(self, count: int, block_ms: int | None) -> list[Delivery | Malformed]:
-        """Up to ``count`` new jobs per stream; blocks up to ``block_ms`` when there are none (None: don't block).
+    def model_of(self, stream: str) -> str:
+        """The model a stream of this worker belongs to."""
+        return self._model_of.get(stream) or self.keys.model_of_jobs(stream)
 
-        Interactive jobs come first: the batch streams are only read when the interactive ones gave nothing, so
-        a job sent while a batch keeps this worker busy takes the next free slot. Both reads are one script, so a
-        busy worker still makes one round trip per read; only an idle one then blocks in a second.
+    def _learn(self, model: str, streams: Iterable[Any]) -> None:
+        names = [_text(s) for s in streams]
+        self.fair_streams[model] = names
+        self._model_of.update(dict.fromkeys(names, model))
+
+    def refresh_streams(self) -> None:
+        """Read the models' registries of tenant streams (one round trip), for the takeover passes."""
+        pipe = self.client.pipeline(transaction=False)
+        for model in self.models:
+            pipe.hkeys(self.keys.fair_streams(model))
+        for model, names in zip(self.models, pipe.execute(), strict=True):
+            self._learn(model, names)
+
+    def all_streams(self) -> list[str]:
+        """Every stream this worker reads, interactive ones first (each model's own, then its tenants'), batch
+        streams last; the tenant streams as last learnt."""
+        fair = [s for m in self.models for s in self.fair_streams[m]]
+        return self.streams + fair + self.low_streams
+
+    def read(self, count: int, block_ms: int | None) -> list[Delivery | Malformed]:
+        """Up to ``count`` new jobs per model; blocks up to ``block_ms`` when there are none (None: don't block).
+
+        Each model's tenants take turns by weight (see :mod:`broker.fairness`), one script per model, all in one
+        pipeline: a busy worker makes one round trip per read. Interactive jobs come first: the batch streams are
+        only read when the interactive ones gave nothing, so a job sent while a batch keeps this worker busy takes
+        the next free slot (a worker of several models reads its batch streams in a second round trip).
         """
+        single = len(self.models) == 1
         try:
-            reply = self._priority_read(
-                keys=[*self.streams, *self.low_streams],
-                args=[CONSUMER_GROUP, self.consumer, count, len(self.streams)],
-            )
-            items = self._entries(reply, flat_fields=True)
+            pipe = self.client.pipeline(transaction=False)
+            for model in self.models:
+                keys = [self.keys.jobs(model), self.keys.fair_streams(model), self.keys.fair_state(model)]
+                if single:
+                    keys.append(self.keys.batch_jobs(model))
+                self._fair_read(keys=keys, args=[CONSUMER_GROUP, self.consumer, count], client=pipe)
+            items: list[Delivery | Malformed] = []
+            for model, (reply, streams) in zip(self.models, pipe.execute(), strict=True):
+                self._learn(model, streams)
+                items += self._entries(reply, flat_fields=True)
+            if not items and not single:
+                reply = self.client.xreadgroup(
+                    CONSUMER_GROUP, self.consumer, dict.fromkeys(self.low_streams, ">"), count=count
+                )
+                items = self._entries(reply, flat_fields=False)
             if items or block_ms is None:
                 return items
-            # Nothing anywhere: wait for the first job of either kind. Whichever stream wakes the read is the only
-            # one served, so an interactive job arriving now is never taken together with a batch's.
+            # Nothing anywhere: wait for the first job of any kind. Whichever stream wakes the read is the only
+            # one served, so an interactive job arriving now is never taken together with a batch's. (A tenant's
+            # first job of a model, whose stream is new, waits for the next read: at most block_ms.)
             reply = self.client.xreadgroup(
-                CONSUMER_GROUP,
-                self.consumer,
-                dict.fromkeys(self.streams + self.low_streams, ">"),
-                count=count,
-                block=block_ms,
+                CONSUMER_GROUP, self.consumer, dict.fromkeys(self.all_streams(), ">"), count=count, block=block_ms
             )
             return self._entries(reply, flat_fields=False)
         except ResponseError as exc:
@@ -202,7 +223,8 @@ class JobConsumer:
         """
         taken: list[Delivery | Malformed] = []
         dead_lettered: list[str] = []
-        for stream in self.streams + self.low_streams:  # interactive jobs first
+        self.refresh_streams()
+        for stream in self.all_streams():  # interactive jobs first
             if len(taken) >= count:
                 break
             pending: list[Any] = self.client.xpending_range(
@@ -246,8 +268,9 @@ class JobConsumer:
 
     def holding(self) -> int:
         """How many entries of this worker's streams are pending to it (delivered, not acknowledged)."""
+        self.refresh_streams()
         pipe = self.client.pipeline(transaction=False)
-        for stream in self.streams + self.low_streams:
+        for stream in self.all_streams():
             pipe.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1, consumername=self.consumer)
         return sum(len(reply) for reply in pipe.execute())
 
@@ -302,7 +325,8 @@ class JobConsumer:
         Nobody else takes a live worker's entries, so left alone it would stay pending forever. The worker
         acknowledges the ones whose log says they ended and continues the others, as for a dead worker's."""
         taken: list[Delivery | Malformed] = []
-        for stream in self.streams + self.low_streams:
+        self.refresh_streams()
+        for stream in self.all_streams():
             if len(taken) >= count:
                 break
             pending: list[Any] = self.client.xpending_range(

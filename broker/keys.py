@@ -13,6 +13,9 @@
 | ``{p}:stats:{model}``    | hash     | counters (completed, failed, tokens, ...)         |
 | ``{p}:dead:{model}``     | stream   | dead-lettered jobs                                |
 | ``{p}:batch:{model}``    | stream   | batch lines: read only when ``jobs`` gives nothing |
+| ``{p}:fair:{model}:{t}:{n}`` | stream | tenant t's jobs of priority n, group ``workers`` (broker/fairness.py) |
+| ``{p}:fairstreams:{model}`` | hash | tenant stream -> "tenant<TAB>priority": the streams workers read |
+| ``{p}:drr:{model}``      | hash     | round robin: whose turn, jobs left in it, each tenant's weight |
 | ``{p}:files``            | zset     | file ids by creation time                         |
 | ``{p}:files:{id}``       | hash     | a file's metadata (JSON) and where it is stored   |
 | ``{p}:batches``          | zset     | batch ids by creation time                        |
@@ -91,6 +94,20 @@ class Keys:
     def batch_jobs(self, model: str) -> str:
         """The low-priority stream of a model: batch lines wait here until no interactive job is waiting."""
         return f"{self.prefix}:batch:{model}"
+
+    def fair_jobs(self, model: str, tenant: str, priority: int) -> str:
+        """The stream of one tenant's jobs of one priority (``tenant`` "": requests without a key, whose priority-0
+        jobs stay on :meth:`jobs`). Not matched by :meth:`jobs_pattern`: the model's streams are listed in
+        :meth:`fair_streams`. A tenant's name has no colon, so the name reads back unambiguously from the right."""
+        return f"{self.prefix}:fair:{model}:{tenant}:{priority}"
+
+    def fair_streams(self, model: str) -> str:
+        """The model's tenant streams (hash: stream -> "tenant<TAB>priority"), for the workers' read script."""
+        return f"{self.prefix}:fairstreams:{model}"
+
+    def fair_state(self, model: str) -> str:
+        """The model's deficit round robin state (hash: ``turn``, ``left``, ``w:{tenant}`` weights)."""
+        return f"{self.prefix}:drr:{model}"
 
     @property
     def files(self) -> str:

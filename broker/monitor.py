@@ -3,8 +3,9 @@
 Reading never writes: expired worker cards are left for the workers and front servers to prune, so a monitoring
 account needs only read commands. A snapshot costs three round trips whatever the number of models: the registry
 and Redis' clock, then every stream's group, length and counters, then the oldest waiting entry of the streams
-that have a backlog. Ages are measured against Redis' clock (stream ids are Redis timestamps), so the monitor's own
-clock does not matter; heartbeat ages compare the worker's clock with Redis' and assume the hosts keep time.
+that have a backlog (one more, before it, for the API keys' own streams when there are any: broker/fairness.py).
+Ages are measured against Redis' clock (stream ids are Redis timestamps), so the monitor's own clock does not
+matter; heartbeat ages compare the worker's clock with Redis' and assume the hosts keep time.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import redis
 from pydantic import BaseModel, Field, computed_field
 
 from broker.batches import BatchProgress, batch_progress
+from broker.fairness import tenant_of_entry
 from broker.keys import Keys
 from broker.records import group_info, text
 from broker.registry import LiveWorker, split_registry
+from broker.tenants import usage_by_name
 from broker.waiting import job_tokens
 
 # The fields of {p}:stats:{model} shown per model; a field nobody has counted yet reads as 0.
@@ -62,6 +65,19 @@ class QueueInfo(BaseModel):
     tokens_per_s: float = 0.0  # sum of the live workers' rates (each over its last seconds) for this model
     workers: int = 0  # live workers serving this model
     slots: int = 0  # their slots together
+    # waiting jobs by API key name ("": requests without a key), once keys have streams of their own (fair queuing)
+    waiting_by_key: dict[str, int] = Field(default_factory=dict)
+
+
+class KeyInfo(BaseModel):
+    """One API key's usage totals (broker/tenants.py) and its jobs waiting now, over every model."""
+
+    name: str
+    requests: int = 0
+    rejected: int = 0  # refused by one of its limits (429)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    waiting: int = 0
 
 
 class WorkerInfo(BaseModel):
@@ -86,6 +102,7 @@ class Snapshot(BaseModel):
     queues: list[QueueInfo]
     workers: list[WorkerInfo]
     batches: list[BatchProgress] = Field(default_factory=list)  # the newest batches of the Batch API
+    keys: list[KeyInfo] = Field(default_factory=list)  # the API keys kept in Redis, by name
     event_logs: int = 0  # jobs' event logs in Redis now (running jobs, and ended ones within their retention)
     event_log_bytes: int = 0  # their memory, by MEMORY USAGE (estimated from a sample when there are many)
 
@@ -144,6 +161,7 @@ def snapshot(
     with_queues: bool = True,
     with_batches: bool = False,
     with_logs: bool = False,
+    with_keys: bool = False,
     known: Sequence[str] | None = None,
 ) -> Snapshot:
     """Queues and workers as they are now. ``models`` limits both to those models (a named model that does not
@@ -170,8 +188,24 @@ def snapshot(
     batches = batch_progress(client, keys, limit=10) if with_batches and not models else []
     logs, log_bytes = log_memory(client, keys) if with_logs and not models else (0, 0)
     return Snapshot(
-        updated=time.time(), queues=queues, workers=workers, batches=batches, event_logs=logs, event_log_bytes=log_bytes
+        updated=time.time(),
+        queues=queues,
+        workers=workers,
+        batches=batches,
+        keys=key_infos(client, keys, queues) if with_keys else [],
+        event_logs=logs,
+        event_log_bytes=log_bytes,
     )
+
+
+def key_infos(client: redis.Redis, keys: Keys, queues: Sequence[QueueInfo]) -> list[KeyInfo]:
+    """Every API key's usage, with its waiting jobs in these queues (two round trips)."""
+    infos = []
+    for name, usage in usage_by_name(client, keys).items():
+        fields = {k: v for k, v in usage.items() if k in KeyInfo.model_fields}
+        waiting = sum(q.waiting_by_key.get(name, 0) for q in queues)
+        infos.append(KeyInfo(name=name, **fields, waiting=waiting))
+    return infos
 
 
 def log_memory(client: redis.Redis, keys: Keys, sample: int = LOG_MEMORY_SAMPLE) -> tuple[int, int]:
@@ -198,16 +232,19 @@ def _queues(
         pipe.xlen(keys.jobs(model))
         pipe.hgetall(keys.stats(model))
         pipe.xlen(keys.dead(model))
+        pipe.hgetall(keys.fair_streams(model))
     replies = pipe.execute(raise_on_error=False)  # a model without a stream answers XINFO with an error
     queues: list[QueueInfo] = []
-    backlog: list[tuple[QueueInfo, str]] = []
+    backlog: list[tuple[QueueInfo, str, str]] = []  # (queue, stream, the group's last delivered id)
+    fair: list[tuple[QueueInfo, str, tuple[str, int]]] = []  # the keys' own streams: (queue, stream, (key, prio))
     for i, model in enumerate(names):
-        groups, length, stats, dead_len = replies[4 * i : 4 * i + 4]
+        groups, length, stats, dead_len, registry = replies[5 * i : 5 * i + 5]
         counts = {text(k): int(v) for k, v in (stats or {}).items() if text(k) in STAT_FIELDS}
         serving = [w for w in workers if model in w.models]
+        counted: dict[str, Any] = {**counts, "dead": max(counts.get("dead", 0), int(dead_len or 0))}
         queue = QueueInfo(
             model=model,
-            **{**counts, "dead": max(counts.get("dead", 0), int(dead_len or 0))},
+            **counted,
             tokens_per_s=round(sum(w.tokens_per_s for w in serving), 2),
             workers=len(serving),
             slots=sum(w.slots for w in serving),
@@ -217,18 +254,53 @@ def _queues(
             queue.running = int(group.get("pending", 0))
             queue.waiting = waiting_of(group, int(length or 0))
             if queue.waiting:
-                backlog.append((queue, text(group.get("last-delivered-id", b"0-0"))))
+                backlog.append((queue, keys.jobs(model), text(group.get("last-delivered-id", b"0-0"))))
         elif isinstance(length, int) and length:
             queue.waiting = length  # a stream nobody has consumed from yet: all of it waits
-            backlog.append((queue, "0-0"))
+            backlog.append((queue, keys.jobs(model), "0-0"))
+        if isinstance(registry, dict) and registry:
+            queue.waiting_by_key[""] = queue.waiting
+            fair += [(queue, text(stream), tenant_of_entry(entry)) for stream, entry in registry.items()]
         queues.append(queue)
+    if fair:
+        backlog += _fair_streams(client, fair)
     if backlog:
         pipe = client.pipeline(transaction=False)
-        for queue, last in backlog:
-            pipe.xrange(keys.jobs(queue.model), f"({last}", "+", count=WAITING_SAMPLE)  # the undelivered entries
-        for (queue, _), entries in zip(backlog, pipe.execute(), strict=True):
+        for _, stream, last in backlog:
+            pipe.xrange(stream, f"({last}", "+", count=WAITING_SAMPLE)  # the undelivered entries
+        sampled: dict[str, tuple[QueueInfo, int, int]] = {}  # model -> its queue, entries sampled, their tokens
+        for (queue, _, _), entries in zip(backlog, pipe.execute(), strict=True):
             if entries:
-                queue.oldest_waiting_s = round(max(now - _stream_ms(entries[0][0]) / 1000, 0.0), 3)
-                tokens = sum(job_tokens(fields.get(b"job")) for _, fields in entries)
-                queue.waiting_tokens = round(tokens * max(queue.waiting, len(entries)) / len(entries))
+                age_s = round(max(now - _stream_ms(entries[0][0]) / 1000, 0.0), 3)
+                queue.oldest_waiting_s = max(queue.oldest_waiting_s or 0.0, age_s)
+                _, count, tokens = sampled.get(queue.model, (queue, 0, 0))
+                tokens += sum(job_tokens(fields.get(b"job")) for _, fields in entries)
+                sampled[queue.model] = (queue, count + len(entries), tokens)
+        for queue, count, tokens in sampled.values():
+            queue.waiting_tokens = round(tokens * max(queue.waiting, count) / count)
     return queues
+
+
+def _fair_streams(
+    client: redis.Redis, fair: list[tuple[QueueInfo, str, tuple[str, int]]]
+) -> list[tuple[QueueInfo, str, str]]:
+    """Add the keys' own streams (see broker/fairness.py) to their models' counts, by key; those with jobs
+    waiting, with their groups' last delivered ids."""
+    pipe = client.pipeline(transaction=False)
+    for _, stream, _ in fair:
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+    replies = pipe.execute(raise_on_error=False)
+    backlog: list[tuple[QueueInfo, str, str]] = []
+    for i, (queue, stream, (name, _)) in enumerate(fair):
+        groups, length = replies[2 * i : 2 * i + 2]
+        group = group_info(groups)
+        if group is None:
+            continue
+        waiting = waiting_of(group, int(length or 0)) if isinstance(length, int) else 0
+        queue.running += int(group.get("pending", 0))
+        queue.waiting += waiting
+        queue.waiting_by_key[name] = queue.waiting_by_key.get(name, 0) + waiting
+        if waiting:
+            backlog.append((queue, stream, text(group.get("last-delivered-id", b"0-0"))))
+    return backlog

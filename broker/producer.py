@@ -24,7 +24,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import RedisError, ResponseError
 
-from broker import eventlog
+from broker import eventlog, fairness
 from broker.errors import (
     BrokerUnavailable,
     JobFailed,
@@ -59,21 +59,6 @@ RECONNECTED = b"\x00"
 # A hung-up client's mark for its job's worker lives this long past the job's deadline: a worker that reads the job
 # from its queue any time before then skips it, one that reads it later drops it as expired.
 CANCEL_MARK_SECONDS = 60
-
-# Check the backlog and queue the job in one step, so concurrent requests cannot overfill a queue between the
-# check and the XADD. Returns the backlog it saw, negative (-backlog - 1) when the job was refused.
-ADMIT_SCRIPT = """
-local backlog = redis.call('XLEN', KEYS[1])
-if backlog >= tonumber(ARGV[1]) then
-  return -backlog - 1
-end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'job', ARGV[3])
-if KEYS[2] then  -- the job's event log, begun with what the front server records (broker/eventlog.py)
-  redis.call('XADD', KEYS[2], '0-1', 'meta', ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-return backlog
-"""
 
 
 class EventRouter:
@@ -499,7 +484,7 @@ class Producer:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.router = EventRouter(client)
-        self._admit = client.register_script(ADMIT_SCRIPT)
+        self._admit = client.register_script(fairness.ADMIT_SCRIPT)
         self._live_cache: tuple[float, dict[str, list[LiveWorker]]] = (0.0, {})
         self._live_refresh: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -596,14 +581,16 @@ class Producer:
         same script). Returns its event iterator.
 
         ``low_priority`` queues it on the model's batch stream, which workers read only when no interactive job
-        is waiting (the Batch API's lines). ``resume`` is kept in the log for a front server that resumes the
-        job's stream for its client (see :meth:`attach`): who may, and how the stream was asked for."""
+        is waiting (the Batch API's lines). An interactive job of an API key (``current_tenant``), or of a priority
+        other than 0, goes to that key's stream of that priority, which workers read by turns (broker/fairness.py).
+        ``resume`` is kept in the log for a front server that resumes the job's stream for its client (see
+        :meth:`attach`): who may, and how the stream was asked for."""
         worker_wait = await self.check_model(job.model)
         channel = self.keys.events(job.id)
         queue = await self.router.subscribe(channel)
         events = JobEvents(self, job, queue)
         events.worker_wait = self.settings.wait_for_worker.seconds(job.model)
-        stream = self.keys.batch_jobs(job.model) if low_priority else self.keys.jobs(job.model)
+        stream, entry, weight = self._stream_of(job, low_priority)
         if worker_wait > 0:
             events.waiting_since = time.monotonic()  # no worker is live: the wait for one begins now
             if low_priority:  # a batch line: the autoscaler reads the lag of the batch stream's group too
@@ -614,8 +601,9 @@ class Producer:
                     if isinstance(exc, RedisError | OSError):
                         raise BrokerUnavailable(f"cannot queue the job: {exc}") from exc
                     raise
-        args: list[Any] = [self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json()]
-        keys = [stream]
+        args: list[Any] = [self.settings.max_queue_len, self.settings.stream_maxlen, job.model_dump_json(), entry]
+        args += [f"w:{weight[0]}", weight[1], CONSUMER_GROUP]
+        keys = [stream, self.keys.jobs(job.model), self.keys.fair_streams(job.model), self.keys.fair_state(job.model)]
         if self.settings.event_log:
             keys.append(self.keys.log(job.id))
             args += [
@@ -634,6 +622,20 @@ class Producer:
             raise self._queue_full(job.model, -backlog - 1)
         events.queued = True
         return events
+
+    def _stream_of(self, job: Job, low_priority: bool) -> tuple[str, str, tuple[str, int]]:
+        """The stream a job is queued on, its registry entry ("" for the model's own streams) and its tenant's
+        weight. Batch lines share the batch stream; an interactive job goes to its tenant's stream of its priority
+        (see :mod:`broker.fairness`), a request without a key of priority 0 to the model's stream."""
+        tenant = current_tenant.get()
+        name = tenant.name if tenant is not None else fairness.DEFAULT_TENANT
+        weight = (name, tenant.limits.weight if tenant is not None else 1)
+        if low_priority:
+            return self.keys.batch_jobs(job.model), "", weight
+        if tenant is None and job.priority == 0:
+            return self.keys.jobs(job.model), "", weight
+        stream = self.keys.fair_jobs(job.model, name, job.priority)
+        return stream, fairness.registry_entry(name, job.priority), weight
 
     async def job_log(self, job_id: str) -> eventlog.JobLog:
         """A job's event log as it is now (empty when it is gone)."""

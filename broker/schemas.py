@@ -115,6 +115,9 @@ class Job(BaseModel):
     created: float = Field(default_factory=time.time)
     deadline: float
     attempt: int = 1
+    # lower first within its tenant (vLLM's ``priority``): it picks the stream the job is queued on (see
+    # broker/fairness.py), so it travels in the stream's name, never in the job
+    priority: int = Field(default=0, exclude=True)
     # the client's X-Request-Id (or the one the API made), so a worker's log line names the request it served
     request_id: str | None = Field(default=None, max_length=128)
     # the W3C trace context of the span the job was made in (the front server's request), so the worker's spans

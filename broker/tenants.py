@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.fairness import MAX_WEIGHT
 from broker.keys import Keys
 
 WINDOW_MS = 60_000
@@ -29,7 +30,7 @@ RUNNING_TTL_MS = 3_600_000
 
 
 class TenantLimits(BaseModel):
-    """Zero or None: unlimited."""
+    """Zero or None: unlimited (``weight`` is not a limit: it is at least 1)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +38,8 @@ class TenantLimits(BaseModel):
     tokens_per_minute: int = Field(default=0, ge=0)
     concurrent_requests: int = Field(default=0, ge=0)
     models: list[str] | None = None  # the models the key may use; None: all
+    # the key's share of a model's workers while other keys' jobs wait too: jobs taken per turn of the round robin
+    weight: int = Field(default=1, ge=1, le=MAX_WEIGHT)
 
 
 class Tenant(BaseModel):

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.batches import BatchProgress
-from broker.monitor import QueueInfo, Snapshot, WorkerInfo
+from broker.monitor import KeyInfo, QueueInfo, Snapshot, WorkerInfo
 
 BAR_WIDTH = 24
 STATE_STYLES = {"busy": "green", "idle": "dim", "draining": "yellow", "wedged": "bold red"}
@@ -100,10 +100,19 @@ def _batch_raw(b: BatchProgress) -> str:
     )
 
 
+def _key_raw(k: KeyInfo, snap: Snapshot) -> str:
+    by_model = ",".join(f"{q.model}:{q.waiting_by_key[k.name]}" for q in snap.queues if q.waiting_by_key.get(k.name))
+    return (
+        f"key {k.name} requests={k.requests} rejected={k.rejected} prompt_tokens={k.prompt_tokens} "
+        f"completion_tokens={k.completion_tokens} waiting={k.waiting} waiting_by_model={by_model or '-'}"
+    )
+
+
 def render_raw(snap: Snapshot, *, queues: bool = True, workers: bool = True, by_model: bool = False) -> str:
     lines: list[str] = []
     if queues:
         lines += [_queue_raw(q) for q in snap.queues]
+        lines += [_key_raw(k, snap) for k in snap.keys]
         lines.append(summary_line(snap))
         if snap.event_logs:
             lines.append(logs_line(snap))
@@ -210,6 +219,18 @@ def batches_table(snap: Snapshot) -> Table:
     return table
 
 
+def keys_table(snap: Snapshot) -> Table:
+    """The API keys' usage and the jobs each has waiting (requests without a key too, once keys queue jobs)."""
+    table = _table("key", ">requests", ">429s", ">tokens in/out", ">waiting")
+    for k in snap.keys:
+        tokens = f"{k.prompt_tokens}/{k.completion_tokens}"
+        table.add_row(k.name, str(k.requests), str(k.rejected), tokens, str(k.waiting))
+    unkeyed = sum(q.waiting_by_key.get("", 0) for q in snap.queues)
+    if any("" in q.waiting_by_key for q in snap.queues):
+        table.add_row(Text("(no key)", style="dim"), "-", "-", "-", str(unkeyed))
+    return table
+
+
 def render_rich(
     snap: Snapshot, *, queues: bool = True, workers: bool = True, by_model: bool = False, width: int = 80
 ) -> RenderableType:
@@ -217,6 +238,8 @@ def render_rich(
     if queues:
         parts += [queues_table(snap, width), Text(summary_line(snap))]
         parts += [Text(logs_line(snap)), Text("")] if snap.event_logs else [Text("")]
+        if snap.keys:
+            parts += [keys_table(snap), Text("")]
         if snap.batches:
             parts += [batches_table(snap), Text("")]
     if workers:
@@ -282,6 +305,7 @@ def info_command(
             with_queues=show["queues"] or by_model,
             with_batches=show["queues"],
             with_logs=show["queues"],
+            with_keys=show["queues"],
         )
 
     def emit(snap: Snapshot) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from broker.fairness import MAX_PRIORITY, MIN_PRIORITY
 from broker.schemas import ChatOptions, Job, JobKind, SamplingParams
 from serving.messages import ChatMessage, reject_media
 from serving.tools import NamedToolChoice, ToolChoice, ToolDefinition, forced_call_schema
@@ -59,6 +60,8 @@ class _Request(BaseModel):
     guided_regex: str | None = Field(default=None, min_length=1)
     guided_choice: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     structured_outputs: StructuredOutputs | None = None
+    # vLLM's: lower is served earlier, among the jobs of the same key (see broker/fairness.py); an integer only
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -310,6 +313,7 @@ class ChatCompletionRequest(_Request):
             chat_options=self.chat_options(),
             deadline=time.time() + timeout,
             request_id=request_id,
+            priority=self.priority,
         )
 
     def forced_tools(self) -> bool:
@@ -383,6 +387,7 @@ class CompletionRequest(_Request):
                 params=params,
                 deadline=deadline,
                 request_id=request_id,
+                priority=self.priority,
             )
             for p in self.prompts()
         ]

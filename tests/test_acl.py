@@ -59,8 +59,8 @@ def test_each_role_serves_with_its_own_user(
     start_worker(settings_=settings.model_copy(update={"redis_url": role_urls["worker"]}))
     api = start_api(settings.model_copy(update={"redis_url": role_urls["front"]}))
     wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
-    for stream in (False, True):
-        body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "stream": stream}
+    for stream, priority in ((False, 0), (True, 0), (False, 3)):  # priority 3: a stream of its own
+        body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "stream": stream, "priority": priority}
         response = httpx.post(f"{api.base_url}/v1/completions", json=body, timeout=60)
         assert response.status_code == 200, response.text
     metrics = httpx.get(f"{api.base_url}/metrics", timeout=15).text
@@ -73,7 +73,7 @@ def test_each_role_serves_with_its_own_user(
         )
         assert result.exit_code == 0, result.stderr
         snap = Snapshot.model_validate_json(result.stdout)
-        return snap if snap.queues and snap.queues[0].completed == 2 else None
+        return snap if snap.queues and snap.queues[0].completed == 3 else None
 
     snap = wait_for(info)
     assert [q.model for q in snap.queues] == ["tiny"] and len(snap.workers) == 1

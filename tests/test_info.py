@@ -16,13 +16,15 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from broker.connection import sync_client
+from broker.connection import async_client, sync_client
 from broker.consumer import JobConsumer
 from broker.keys import Keys
 from broker.monitor import Snapshot, snapshot, waiting_of
+from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Job, JobKind
 from broker.settings import Settings
+from broker.tenants import TenantKeys, TenantLimits, TenantStore, current_tenant
 from queuechat.cli import app
 from tests.conftest import Stack, free_port, wait_for
 
@@ -236,3 +238,35 @@ def test_info_follows_real_traffic(stack: Stack, settings: Settings) -> None:
     [worker] = snap.workers
     assert worker.id == stack.worker.id and worker.state == "idle" and worker.models == ["tiny"]
     assert worker.pid == os.getpid() and worker.device == "cpu"
+
+
+async def test_keys_usage_and_waiting_jobs_by_key(scene: Settings) -> None:
+    """Each API key's usage and its jobs waiting (in its own streams: fair queuing), the requests without a key
+    among them; the model's counts cover every key's streams."""
+    assert scene.redis_url
+    client = sync_client(scene.redis_url)
+    keys = Keys(scene.key_prefix)
+    store = TenantStore(client, keys)
+    store.add("team-a", TenantLimits(weight=2))
+    client.hincrby(TenantKeys(keys, "team-a").usage, "requests", 4)
+    producer = Producer(async_client(scene.redis_url), scene)
+    token = current_tenant.set(store.get("team-a"))
+    try:
+        for priority in (0, 0, 5):
+            await producer.submit(Job(kind=JobKind.COMPLETION, model="alpha", prompt="x", deadline=time.time() + 60,
+                                      priority=priority))  # fmt: skip
+    finally:
+        current_tenant.reset(token)
+        await producer.close()
+    snap = snapshot(client, keys, with_keys=True)
+    alpha = snap.queues[0]
+    assert (alpha.waiting, alpha.running) == (6, 2) and alpha.waiting_by_key == {"": 3, "team-a": 3}
+    assert alpha.oldest_waiting_s is not None and alpha.oldest_waiting_s > 3590  # still the hour-old job
+    [key] = snap.keys
+    assert (key.name, key.requests, key.waiting) == ("team-a", 4, 3)
+    code, out, _ = _info(scene, "--raw")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("key team-a "))
+    assert "requests=4" in line and "waiting=3" in line and "waiting_by_model=alpha:3" in line
+    code, out, _ = _info(scene)
+    assert code == 0 and "team-a" in out and "(no key)" in out

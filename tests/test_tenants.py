@@ -176,3 +176,17 @@ def test_bad_key_commands_fail_with_one_line(settings: Settings) -> None:
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     unknown = keys_command(settings, "revoke", "nobody")
     assert unknown.returncode == 1 and "no key named" in unknown.stderr
+
+
+def test_a_keys_weight_is_set_with_its_limits(settings: Settings, store: TenantStore) -> None:
+    """``--weight`` on ``keys add`` and ``keys limits`` (the key's share in fair queuing); listed; 0 is refused."""
+    assert keys_command(settings, "add", "team-w", "--weight", "3").returncode == 0
+    tenant = store.get("team-w")
+    assert tenant is not None and tenant.limits.weight == 3
+    assert keys_command(settings, "limits", "team-w", "--rpm", "5", "--weight", "2").returncode == 0
+    tenant = store.get("team-w")
+    assert tenant is not None and (tenant.limits.weight, tenant.limits.requests_per_minute) == (2, 5)
+    refused = keys_command(settings, "limits", "team-w", "--weight", "0")
+    assert refused.returncode != 0 and "weight" in refused.stderr
+    listed = keys_command(settings, "list")
+    assert listed.returncode == 0 and "weight" in listed.stdout

@@ -262,12 +262,13 @@ async def test_status_counts_workers_running_and_waiting_jobs(
 ) -> None:
     await started(start_worker, producer)
     idle_model(settings, "busy", live=True)
-    for _ in range(3):
-        await producer.submit(Job(kind=JobKind.CHAT, model="busy", messages=[], deadline=time.time() + 30))
+    for priority in (0, 0, 0, 2):  # priority 2: a stream of its own (fair queuing), counted with the model's
+        job = Job(kind=JobKind.CHAT, model="busy", messages=[], deadline=time.time() + 30, priority=priority)
+        await producer.submit(job)
     loads = {m.model: m for m in await model_loads(producer)}
-    assert (loads["busy"].workers, loads["busy"].running, loads["busy"].waiting) == (1, 0, 3)
+    assert (loads["busy"].workers, loads["busy"].running, loads["busy"].waiting) == (1, 0, 4)
     assert (loads["tiny"].workers, loads["tiny"].waiting) == (1, 0)
-    assert "**busy**: 1 worker, 0 running, 3 waiting" in status_markdown(list(loads.values()))
+    assert "**busy**: 1 worker, 0 running, 4 waiting" in status_markdown(list(loads.values()))
     assert status_markdown([]).startswith("No worker is serving any model right now")
 
 

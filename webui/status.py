@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 from broker.errors import BrokerUnavailable
 from broker.monitor import waiting_of
 from broker.producer import Producer
-from broker.records import group_info
+from broker.records import group_info, text
 
 
 @dataclass(frozen=True)
@@ -27,27 +27,38 @@ async def live_models(producer: Producer) -> list[str]:
 
 
 async def model_loads(producer: Producer) -> list[ModelLoad]:
-    """One line per live model, in one round trip after the registry's, with the commands the ``front`` ACL role
-    allows. Raises :class:`BrokerUnavailable` when Redis does not answer."""
+    """One line per live model, in one round trip after the registry's (two once API keys have streams of their
+    own: broker/fairness.py), with the commands the ``front`` ACL role allows. Raises :class:`BrokerUnavailable`
+    when Redis does not answer."""
     live = await producer.live_models()
     models = sorted(live)
+    keys = producer.keys
     try:
         pipe = producer.client.pipeline(transaction=False)
         for model in models:
-            pipe.xinfo_groups(producer.keys.jobs(model))
-            pipe.xlen(producer.keys.jobs(model))
+            pipe.hkeys(keys.fair_streams(model))
+            pipe.xinfo_groups(keys.jobs(model))
+            pipe.xlen(keys.jobs(model))
         replies = await pipe.execute(raise_on_error=False)  # no group yet: XINFO answers with an error
+        fair = [(m, text(s)) for i, m in enumerate(models) for s in replies[3 * i] or []]
+        counts = [(m, replies[3 * i + 1], replies[3 * i + 2]) for i, m in enumerate(models)]
+        if fair:
+            pipe = producer.client.pipeline(transaction=False)
+            for _, stream in fair:
+                pipe.xinfo_groups(stream)
+                pipe.xlen(stream)
+            more = await pipe.execute(raise_on_error=False)
+            counts += [(m, more[2 * i], more[2 * i + 1]) for i, (m, _) in enumerate(fair)]
     except (RedisError, OSError) as exc:
         raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
-    loads = []
-    for i, model in enumerate(models):
-        groups, length = replies[2 * i], replies[2 * i + 1]
+    running = dict.fromkeys(models, 0)
+    waiting = dict.fromkeys(models, 0)
+    for model, groups, length in counts:
         length = length if isinstance(length, int) else 0
         group = group_info(groups)
-        running = int(group.get("pending", 0)) if group else 0
-        waiting = waiting_of(group, length) if group else length
-        loads.append(ModelLoad(model, len(live[model]), running, waiting))
-    return loads
+        running[model] += int(group.get("pending", 0)) if group else 0
+        waiting[model] += waiting_of(group, length) if group else length
+    return [ModelLoad(m, len(live[m]), running[m], waiting[m]) for m in models]
 
 
 def plural(n: int, word: str) -> str:

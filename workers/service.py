@@ -270,7 +270,7 @@ class ModelWorker:
             if isinstance(item, Malformed):
                 log.warning("dropping malformed entry %s on %s: %s", item.entry_id, item.stream, item.reason)
                 finished.append(item)
-                counters[self.consumer.keys.model_of_jobs(item.stream)]["failed"] += 1
+                counters[self.consumer.model_of(item.stream)]["failed"] += 1
                 if item.job_id:
                     events.append((item.job_id, Error(seq=0, code="invalid_job", message=item.reason, status=400)))
                     ended.add(item.job_id)

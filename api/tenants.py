@@ -67,9 +67,10 @@ class TenantGate:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
 
-    # Every read below fails closed: a key that cannot be checked lets no request in (BrokerUnavailable, a 503),
-    # because answering "no keys" or "unknown key" for one failed command would let a request pass without its
-    # limits, or without any key at all.
+    # The reads below fail closed: a key that cannot be checked lets no request in (BrokerUnavailable, a 503), and
+    # neither does a request without a key once keys were seen, because answering "no keys" or "unknown key" for
+    # one failed command would let a request pass without its limits, or without any key at all. An API that has
+    # seen no key stays open (its routes answer 503 for the outage themselves; /metrics still says broker_up 0).
 
     async def any_tenants(self) -> bool:
         """Whether any key is kept in Redis (then every request needs a key)."""
@@ -79,7 +80,9 @@ class TenantGate:
         try:
             known = bool(await self.client.hlen(names_key(self.keys)))
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot check the API key: {exc}") from exc
+            if known:
+                raise BrokerUnavailable(f"cannot check the API key: {exc}") from exc
+            return False
         self._any = (time.monotonic(), known)
         return known
 

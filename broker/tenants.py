@@ -2,7 +2,7 @@
 enforces exactly, in one script per admission.
 
 - ``{prefix}:tenants`` hash: key digest -> the tenant (JSON); ``{prefix}:tenant-names`` hash: name -> digest.
-- ``{prefix}:tenant:{name}:requests`` and ``:tokens``: the current minute's window, which starts at the first
+- ``{prefix}:tenant:{{name}}:requests`` (the name is the counters' hash tag) and ``:tokens``: the current minute's window, which starts at the first
   request after the last one ended (the key's TTL), so a limit of N per minute admits exactly N in any window;
   ``:running``: requests in flight; ``:usage`` hash: totals (requests, rejected, prompt and completion tokens).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.keys import Keys
+from broker.keys import Keys, hash_tag
 
 WINDOW_MS = 60_000
 # a request in flight is forgotten after this long even if its API replica died before releasing it
@@ -122,7 +122,8 @@ class TenantKeys:
     """Redis names of one tenant's counters."""
 
     def __init__(self, keys: Keys, name: str) -> None:
-        base = f"{keys.prefix}:tenant:{name}"
+        # one tag per tenant: its limit scripts touch its counters together, on one slot of a cluster
+        base = f"{keys.prefix}:tenant:{hash_tag(name)}"
         self.requests = f"{base}:requests"
         self.tokens = f"{base}:tokens"
         self.running = f"{base}:running"

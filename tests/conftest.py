@@ -46,7 +46,7 @@ def settings(redis_url: str) -> Iterator[Settings]:
     prefix = f"qctest-{uuid.uuid4().hex[:10]}"
     yield Settings(redis_url=redis_url, key_prefix=prefix, heartbeat_interval=0.5, heartbeat_ttl=2.0)
     client = sync_client(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = [*client.scan_iter(match=f"{prefix}:*", count=1000), *client.scan_iter(match=f"{{{prefix}}}:*", count=1000)]
     if keys:
         client.delete(*keys)
 

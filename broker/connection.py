@@ -25,6 +25,7 @@ follows a failover without a restart; the retries with backoff that survive a Re
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
@@ -322,8 +323,27 @@ def async_client_like(client: redis.Redis, *, command_timeout: float | None = CO
     return aredis.Redis(connection_pool=async_pool)
 
 
+class _WarmedCluster(acluster.RedisCluster):
+    """redis-py's asyncio cluster client, whose first command is sent alone: several first commands at once, before
+    the client had learnt the cluster, broke connections the others were using (``'NoneType' object has no
+    attribute 'writelines'``, a script run twice by a retry) with redis-py 8.1."""
+
+    _warm = False
+    _warming: asyncio.Lock | None = None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._warm:
+            if self._warming is None:
+                self._warming = asyncio.Lock()
+            async with self._warming:
+                if not self._warm:
+                    await super().execute_command("PING")
+                    self._warm = True
+        return await super().execute_command(*args, **kwargs)
+
+
 def _async_cluster(nodes: list[tuple[str, int]], command_timeout: float | None, node: dict[str, Any]) -> aredis.Redis:
-    client = acluster.RedisCluster(
+    client = _WarmedCluster(
         startup_nodes=[acluster.ClusterNode(host, port) for host, port in nodes],
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=command_timeout,

@@ -457,7 +457,7 @@ class JobConsumer:
             else:
                 positions[i] = self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended)
         for job_id, indexes in fenced.items():
-            position = len(pipe.command_stack)
+            position = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack)
             self._send_fenced(pipe, owned[job_id], job_id, [events[i][1] for i in indexes], job_id in ended)
             positions.update(dict.fromkeys(indexes, position))
         replies = pipe.execute(raise_on_error=False)
@@ -501,7 +501,7 @@ class JobConsumer:
                 maxlen=self.event_log_maxlen,
                 approximate=True,
             )
-        position = len(pipe.command_stack)
+        position = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack)
         if self.cluster:
             pipe.spublish(self.keys.events(job_id), payload)
         else:

@@ -77,6 +77,16 @@ return backlog
 """
 
 
+# What an event connection to a cluster node takes of the node's connection arguments: where it is and how to log
+# in. Not the node's shared helpers (event dispatcher, maintenance handler, retry), which act on its pool's own
+# connections.
+_NODE_CONNECTION_ARGS = {"host", "port", "username", "password", "credential_provider", "db", "socket_connect_timeout"}
+
+
+def _own_connection(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in _NODE_CONNECTION_ARGS or k.startswith("ssl")}
+
+
 class EventRouter:
     """Multiplexes one pub/sub connection over all in-flight jobs of this process.
 
@@ -97,7 +107,7 @@ class EventRouter:
         # No read timeout: the connection idles between jobs. A dead peer shows up as a reset or via keepalive.
         # No health check either: redis-py's PING-before-command would read a reply that the reader task owns.
         self._connection_kwargs = {
-            **source.connection_kwargs,
+            **(_own_connection(source.connection_kwargs) if self.sharded else source.connection_kwargs),
             "socket_timeout": None,
             "socket_keepalive": True,
             "health_check_interval": 0,

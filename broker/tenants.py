@@ -2,9 +2,10 @@
 enforces exactly, in one script per admission.
 
 - ``{prefix}:tenants`` hash: key digest -> the tenant (JSON); ``{prefix}:tenant-names`` hash: name -> digest.
-- ``{prefix}:tenant:{{name}}:requests`` (the name is the counters' hash tag) and ``:tokens``: the current minute's window, which starts at the first
+- ``{prefix}:tenant:{{name}}:requests`` and ``:tokens``: the current minute's window, which starts at the first
   request after the last one ended (the key's TTL), so a limit of N per minute admits exactly N in any window;
   ``:running``: requests in flight; ``:usage`` hash: totals (requests, rejected, prompt and completion tokens).
+  (``{name}``, in braces, is the counters' hash tag: the limit scripts touch them together, on one cluster slot.)
 
 Tokens are charged as a job is accepted (its prompt plus ``max_tokens`` per choice, reserved) and the unused part
 is refunded at each choice's ``done``; a request is refused while the window's charged tokens reach the limit.

@@ -48,7 +48,10 @@ def settings(redis_url: str) -> Iterator[Settings]:
     client = sync_client(redis_url)
     keys = [*client.scan_iter(match=f"{prefix}:*", count=1000), *client.scan_iter(match=f"{{{prefix}}}:*", count=1000)]
     if keys:
-        client.delete(*keys)
+        pipe = client.pipeline(transaction=False)  # one DEL each: on a Redis Cluster they are on several slots
+        for key in keys:
+            pipe.delete(key)
+        pipe.execute()
 
 
 @pytest.fixture(scope="session")

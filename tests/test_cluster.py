@@ -3,6 +3,9 @@ three primaries (Debian's redis-server with ``--cluster-enabled yes``, on loopba
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,9 @@ from broker.settings import Settings
 from broker.tenants import TenantKeys
 from tests.cluster_support import LocalCluster, cluster_binaries, needs_cluster
 from tests.conftest import ApiServer, RunningWorker, wait_for
+from tests.faults.conftest import Cluster as Processes
+from tests.faults.load import Load
+from tests.sse import parse_sse
 
 PROMPT = [{"role": "user", "content": "Say something."}]
 # names a deployment may well give its models, the odd ones included
@@ -129,3 +135,53 @@ def test_chat_on_a_cluster_streamed_and_not_with_models_on_two_shards(
     view = snapshot(sync_client(cluster.url), keys)
     assert {q.model: q.completed for q in view.queues} == {first: 2, second: 2}
     assert [w.models for w in view.workers] == [[first, second]]
+
+
+@needs_cluster
+def test_a_stream_is_resumed_by_its_id_alone_on_a_cluster(
+    cluster_settings: Settings, start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer]
+) -> None:
+    """The API replica a client comes back to knows only the completion id: it finds the job's log on the shard of
+    the job's model (the id carries its slot) and sends exactly the rest of the stream."""
+    start_worker("tiny", cluster_settings)
+    api = start_api(cluster_settings)
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": 12, "stream": True}
+    with httpx.stream("POST", f"{api.base_url}/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        events = parse_sse(r.iter_lines())
+    completion_id = json.loads(events[0].data)["id"]
+    cut = len(events) // 2
+    again = httpx.get(
+        f"{api.base_url}/v1/chat/completions/{completion_id}/stream",
+        headers={"Last-Event-ID": events[cut].id or ""},
+        timeout=30,
+    )
+    assert again.status_code == 200, again.text
+    rest = parse_sse(again.iter_lines())
+    assert [(e.id, e.data) for e in rest] == [(e.id, e.data) for e in events[cut + 1 :]]
+
+
+@needs_cluster
+async def test_a_sigkilled_workers_jobs_are_taken_over_on_a_cluster(
+    cluster: LocalCluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two worker processes on the cluster, one SIGKILLed while streams are sending text: the other takes its jobs
+    over (the reclaim reads the registry's slot and each job's log on its model's), and every request completes."""
+    processes = Processes(cluster.url, tiny_model_dir, tmp_path)
+    try:
+        processes.start_worker("worker-a", slots=8)
+        processes.start_worker("worker-b", slots=8)
+        base_url = processes.start_api()
+        victim = processes.wait_workers(2)[0]
+        load = Load(base_url, max_tokens=256)
+        requests = asyncio.create_task(load.run(streaming=6, plain=6))
+        while load.first_tokens < 2 and not requests.done():
+            await asyncio.sleep(0.01)
+        assert not requests.done(), "the load finished before the fault could be injected"
+        processes.worker_process(victim).send_signal(signal.SIGKILL)
+        outcomes = await asyncio.wait_for(requests, timeout=120)
+        assert [o for o in outcomes if not o.answered] == []
+        assert processes.stats().get("reclaimed", 0) >= 1, "the killed worker held no job: the fault tested nothing"
+    finally:
+        processes.stop()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from openai import OpenAI
 from redis.crc import key_slot
+from typer.testing import CliRunner
 
 from broker.connection import BadRedisUrl, is_cluster, parse_cluster_url, sync_client
 from broker.keys import Keys, model_slot
@@ -21,6 +22,7 @@ from broker.monitor import snapshot
 from broker.schemas import Job, JobKind
 from broker.settings import Settings
 from broker.tenants import TenantKeys
+from queuechat.cli import app
 from tests.cluster_support import LocalCluster, cluster_binaries, needs_cluster
 from tests.conftest import ApiServer, RunningWorker, wait_for
 from tests.faults.conftest import Cluster as Processes
@@ -135,6 +137,9 @@ def test_chat_on_a_cluster_streamed_and_not_with_models_on_two_shards(
     view = snapshot(sync_client(cluster.url), keys)
     assert {q.model: q.completed for q in view.queues} == {first: 2, second: 2}
     assert [w.models for w in view.workers] == [[first, second]]
+    shown = CliRunner().invoke(app, ["info", "-u", cluster.url, "--key-prefix", cluster_settings.key_prefix, "--raw"])
+    assert shown.exit_code == 0, shown.output
+    assert f"queue {first} " in shown.output and f"queue {second} " in shown.output
 
 
 @needs_cluster

@@ -58,7 +58,7 @@ ROLES: dict[str, Role] = {
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(
-        keys=("%R~{p}:*", "%R~{{{p}}}:*"),
+        keys=("%R~{p}:*", "%R~{{{p}}}:*", "%R~{{{p}:batches}}*"),
         channels=(),
         commands=f"{_CONNECTION} time scan hgetall mget xinfo|groups xlen xrange zrevrange exists memory|usage "
         "cluster|slots",

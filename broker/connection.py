@@ -324,21 +324,27 @@ def async_client_like(client: redis.Redis, *, command_timeout: float | None = CO
 
 
 class _WarmedCluster(acluster.RedisCluster):
-    """redis-py's asyncio cluster client, whose first command is sent alone: several first commands at once, before
-    the client had learnt the cluster, broke connections the others were using (``'NoneType' object has no
-    attribute 'writelines'``, a script run twice by a retry) with redis-py 8.1."""
+    """redis-py's asyncio cluster client, whose first command is sent alone, and before any pipeline: with redis-py
+    8.1, several first commands at once, before the client had learnt the cluster, broke connections the others
+    were using (``'NoneType' object has no attribute 'writelines'``, a script run twice by a retry). A pipeline made
+    before the first command fails too (a future attached to a different loop): a process sends one command first
+    (the API does at start)."""
 
     _warm = False
     _warming: asyncio.Lock | None = None
 
+    async def _warm_up(self) -> None:
+        if self._warm:
+            return
+        if self._warming is None:
+            self._warming = asyncio.Lock()
+        async with self._warming:
+            if not self._warm:
+                await acluster.RedisCluster.execute_command(self, "PING")
+                self._warm = True
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if not self._warm:
-            if self._warming is None:
-                self._warming = asyncio.Lock()
-            async with self._warming:
-                if not self._warm:
-                    await super().execute_command("PING")
-                    self._warm = True
+        await self._warm_up()
         return await super().execute_command(*args, **kwargs)
 
 

@@ -9,9 +9,9 @@ pipeline of one step stays on one shard of a cluster (on a single Redis the tags
   model's slot number (:func:`new_job_id`), and ``t`` is a short tag of that same slot, so whoever knows only a job
   id (a client resuming a stream by its id) finds its log, with no lookup and no model name in the id.
 - the registry (``{p}``: workers hash, heartbeats, left marks) has its own tag, so its MGETs are one command.
-- a batch's keys (record, finished lines, lease) share the tag of its id: a script marks a line done and counts it
-  in the record at once. Files, stored Responses and the file and batch indexes are untagged: each is one key
-  read or written alone, so they spread over the shards.
+- files (index and records) share one tag, and batches (index, records, finished lines, leases) another: a MULTI
+  adds a record with its index entry, a script marks a batch line done and counts it in the record. Stored
+  Responses are untagged: each is one key read or written alone, so they spread over the shards.
 - a tenant's counters share the tag of its name (broker/tenants.py): its limit scripts touch them together.
 
 | name                        | type     | holds                                             |
@@ -27,15 +27,16 @@ pipeline of one step stays on one shard of a cluster (on a single Redis the tags
 | ``{p}:stats:{model}``       | hash     | counters (completed, failed, tokens, ...)         |
 | ``{p}:dead:{model}``        | stream   | dead-lettered jobs                                |
 | ``{p}:batch:{model}``       | stream   | batch lines: read only when ``jobs`` gives nothing |
-| ``{p}:files``               | zset     | file ids by creation time                         |
-| ``{p}:files:{id}``          | hash     | a file's metadata (JSON) and where it is stored   |
-| ``{p}:batches``             | zset     | batch ids by creation time                        |
-| ``{p}:batches:{{id}}``      | hash     | a batch: its fields, status and live counts       |
-| ``{p}:batchdone:{{id}}``    | hash     | custom_id -> ok/failed, for every finished line   |
-| ``{p}:batchlease:{{id}}``   | string   | the batch worker running the batch, with a TTL    |
+| ``{{p}:files}``             | zset     | file ids by creation time                         |
+| ``{{p}:files}:{id}``        | hash     | a file's metadata (JSON) and where it is stored   |
+| ``{{p}:batches}``           | zset     | batch ids by creation time                        |
+| ``{{p}:batches}:{id}``      | hash     | a batch: its fields, status and live counts       |
+| ``{{p}:batches}:done:{id}`` | hash     | custom_id -> ok/failed, for every finished line   |
+| ``{{p}:batches}:lease:{id}``| string   | the batch worker running the batch, with a TTL    |
 | ``{p}:responses:{id}``      | hash     | a stored Response: owner, status, object, conversation; TTL |
 
-(In the table, ``{model}``, ``{t}`` and the outer braces of ``{{p}}`` and ``{{id}}`` are literal: the hash tags.)
+(In the table, ``{model}``, ``{t}`` and the outer braces of ``{{p}}``, ``{{p}:files}`` and ``{{p}:batches}`` are
+literal: the hash tags.)
 """
 
 from __future__ import annotations
@@ -170,25 +171,28 @@ class Keys:
         """The low-priority stream of a model: batch lines wait here until no interactive job is waiting."""
         return f"{self.prefix}:batch:{hash_tag(model)}"
 
+    # Files and batches each have one tag of their own: a MULTI adds (or deletes) a record with its index entry, and a
+    # script marks a batch's line done and counts it in the batch's record, so all of one kind live on one slot.
+    # They are small records, written a few times per file or per batch line: one shard holds them easily.
     @property
     def files(self) -> str:
-        return f"{self.prefix}:files"
+        return hash_tag(f"{self.prefix}:files")
 
     def file(self, file_id: str) -> str:
-        return f"{self.prefix}:files:{file_id}"
+        return f"{self.files}:{file_id}"
 
     @property
     def batches(self) -> str:
-        return f"{self.prefix}:batches"
+        return hash_tag(f"{self.prefix}:batches")
 
     def batch(self, batch_id: str) -> str:
-        return f"{self.prefix}:batches:{hash_tag(batch_id)}"
+        return f"{self.batches}:{batch_id}"
 
     def batch_done(self, batch_id: str) -> str:
-        return f"{self.prefix}:batchdone:{hash_tag(batch_id)}"
+        return f"{self.batches}:done:{batch_id}"
 
     def batch_lease(self, batch_id: str) -> str:
-        return f"{self.prefix}:batchlease:{hash_tag(batch_id)}"
+        return f"{self.batches}:lease:{batch_id}"
 
     def jobs_pattern(self) -> str:
         """A SCAN pattern that matches every job stream."""

@@ -52,7 +52,9 @@ def test_every_script_touches_one_slot(model: str) -> None:
     assert _one_slot([keys.jobs(model), keys.cancel(job.id), keys.deaths(job.id), keys.stats(model), keys.dead(model)])
     assert key_slot(keys.jobs(model).encode()) == model_slot(model)
     batch = f"batch_{uuid.uuid4().hex}"
-    assert _one_slot([keys.batch_done(batch), keys.batch(batch), keys.batch_lease(batch)])  # MARK_DONE_SCRIPT
+    # MARK_DONE_SCRIPT, and the MULTIs that add a batch or a file with its index entry
+    assert _one_slot([keys.batch_done(batch), keys.batch(batch), keys.batch_lease(batch), keys.batches])
+    assert _one_slot([keys.file(f"file-{uuid.uuid4().hex}"), keys.files])
     tenant = TenantKeys(keys, model)
     assert _one_slot([tenant.requests, tenant.tokens, tenant.running, tenant.usage])  # the tenant limit scripts
     worker = "w-1"
@@ -89,9 +91,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
-def cluster_settings(cluster: LocalCluster) -> Settings:
+def cluster_settings(cluster: LocalCluster, tmp_path: Path) -> Settings:
     return Settings(
-        redis_url=cluster.url, key_prefix=f"qct-{uuid.uuid4().hex[:8]}", heartbeat_interval=0.5, heartbeat_ttl=2.0
+        redis_url=cluster.url,
+        key_prefix=f"qct-{uuid.uuid4().hex[:8]}",
+        heartbeat_interval=0.5,
+        heartbeat_ttl=2.0,
+        files_dir=tmp_path / "files",
     )
 
 
@@ -137,6 +143,11 @@ def test_chat_on_a_cluster_streamed_and_not_with_models_on_two_shards(
     view = snapshot(sync_client(cluster.url), keys)
     assert {q.model: q.completed for q in view.queues} == {first: 2, second: 2}
     assert [w.models for w in view.workers] == [[first, second]]
+    # the Files API's records (a record and its index entry in one MULTI) on the cluster
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": first}}
+    uploaded = client.files.create(file=("lines.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+    assert [f.id for f in client.files.list()] == [uploaded.id]
+    client.files.delete(uploaded.id)
     shown = CliRunner().invoke(app, ["info", "-u", cluster.url, "--key-prefix", cluster_settings.key_prefix, "--raw"])
     assert shown.exit_code == 0, shown.output
     assert f"queue {first} " in shown.output and f"queue {second} " in shown.output

@@ -7,11 +7,13 @@ where its event-routing tasks must live) and kept in ``app.state.producer``, whe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 
 from api import batches, chat, completions, embeddings, files, resume, tokenize
 from api.anthropic.routes import router as anthropic_router
@@ -44,8 +46,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.producer = Producer(async_client(redis_url), settings)
-        await app.state.producer.declare_models()
+        producer = app.state.producer = Producer(async_client(redis_url), settings)
+        if producer.cluster:  # the cluster client learns the cluster before any pipeline (see broker/connection.py)
+            with contextlib.suppress(RedisError, OSError):
+                await producer.client.ping()
+        await producer.declare_models()
         try:
             yield
         finally:

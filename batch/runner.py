@@ -5,7 +5,7 @@ Each line runs exactly as the non-streaming endpoint runs a request (the same va
 no interactive job waits. At most ``batch_max_in_flight`` lines are queued or running at once.
 
 Durability: a line counts as finished once its result is fsynced into the output or error file; Redis then
-records it (``{p}:batchdone:{id}``, and the live counts). A runner that starts on a batch that was already going
+records it (``{{p}:batches}:done:{id}``, and the live counts). A runner that starts on a batch that was already going
 (its worker was killed, or stopped) reopens both files, drops a torn last line, and feeds only the lines whose
 custom_id is in neither file, so every line appears in the results exactly once. A lease key with a TTL names the
 runner at work; a batch worker re-queues batches whose lease expired (see :mod:`batch.worker`).

@@ -19,7 +19,7 @@ _CONNECTION = "ping select client|setname"
 
 @dataclass(frozen=True)
 class Role:
-    keys: tuple[str, ...]  # key patterns under the prefix; "%R~" ones are read-only
+    keys: tuple[str, ...]  # key patterns under the prefix; "%R~" ones are read-only; "{{{p}}}" is the registry's tag
     channels: tuple[str, ...]  # pub/sub channel patterns under the prefix
     commands: str  # space-separated, as in redis-cli
 
@@ -34,8 +34,9 @@ ROLES: dict[str, Role] = {
     "front": Role(
         keys=(
             "%R~{p}:*",
+            "%R~{{{p}}}:*",
             "~{p}:jobs:*",
-            "~{p}:workers",
+            "~{{{p}}}:workers",
             "~{p}:log:*",
             "~{p}:cancel:*",
             "~{p}:tenant:*",
@@ -46,23 +47,27 @@ ROLES: dict[str, Role] = {
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load script|exists xadd xlen exists hgetall hdel mget subscribe "
         "unsubscribe xgroup|create time scan xinfo|groups xrange pexpire set pubsub|numsub "
-        "hlen hget hkeys hincrby get incr decr incrby del pttl hset",
+        "hlen hget hkeys hincrby get incr decr incrby del pttl hset "
+        # on a Redis Cluster: sharded pub/sub, and the slot map
+        "ssubscribe sunsubscribe pubsub|shardnumsub cluster|slots",
     ),
     # consume the streams (interactive before batch, each key's by turns: one Lua script per model), publish events,
     # count, heartbeat, take over a dead worker's jobs (counting the deaths of the workers that held them), dead-letter
     "worker": Role(
-        keys=("~{p}:*",),
+        keys=("~{p}:*", "~{{{p}}}:*"),
         channels=("{p}:events:*",),
         commands=f"{_CONNECTION} evalsha script|load script|exists "
         "xgroup|create xreadgroup xack xdel xadd xlen xrange xautoclaim xclaim xpending "
         "xgroup|delconsumer xinfo|groups xinfo|consumers publish pubsub|numsub "
-        "hincrby hset hdel hgetall hkeys set get del mget exists time expire pexpire multi exec incrby",
+        "hincrby hset hdel hgetall hkeys set get del mget exists time expire pexpire multi exec incrby "
+        "spublish pubsub|shardnumsub cluster|slots",
     ),
     # queuechat info and anything else that only looks
     "monitor": Role(
-        keys=("%R~{p}:*",),
+        keys=("%R~{p}:*", "%R~{{{p}}}:*", "%R~{{{p}:batches}}*"),
         channels=(),
-        commands=f"{_CONNECTION} time scan hgetall hkeys mget xinfo|groups xlen xrange zrevrange exists memory|usage",
+        commands=f"{_CONNECTION} time scan hgetall hkeys mget xinfo|groups xlen xrange zrevrange exists memory|usage "
+        "cluster|slots",
     ),
 }
 

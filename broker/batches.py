@@ -5,7 +5,7 @@ OpenAI fields, one field each (``status``, ``in_progress_at``, ``output_file_id`
 counts...), so the API's cancel and the batch worker's progress never overwrite each other's writes; status
 changes are compare-and-set. Both carry ``owner``, the digest of the API key that made them (a batch's result
 files get its batch's), as stored responses do: the API shows a record only to its owner.
-``{p}:batchdone:{id}`` records every finished line's custom_id, and a lease key with a TTL says which batch worker
+``{{p}:batches}:done:{id}`` records every finished line's custom_id, and a lease key with a TTL says which batch worker
 runs the batch, so a dead one's batch is found and resumed.
 """
 

@@ -17,12 +17,13 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from broker import eventlog
+from broker.connection import is_cluster
 from broker.eventlog import JobLog
 from broker.fairness import FAIR_READ_SCRIPT
-from broker.keys import CONSUMER_GROUP, LOG_META_ID, Keys
+from broker.keys import CONSUMER_GROUP, LOG_META_ID, Keys, model_slot
 from broker.registry import WEDGED, status_of
 from broker.schemas import Accepted, Delta, Done, Error, Job
 
@@ -95,6 +96,16 @@ class JobConsumer:
         self.streams = [keys.jobs(m) for m in self.models]
         # Batch lines: read only when the interactive streams have nothing for this worker.
         self.low_streams = [keys.batch_jobs(m) for m in self.models]
+        self.cluster = is_cluster(client)
+        # A script or an XREADGROUP touches one slot on a cluster: the models of each slot are read apart. (On a
+        # single Redis, every model is read at once.)
+        by_slot: dict[int, list[str]] = {}
+        for model in self.models:
+            by_slot.setdefault(model_slot(model) if self.cluster else 0, []).append(model)
+        self.read_groups = [(
+            [keys.jobs(m) for m in models], [keys.batch_jobs(m) for m in models]
+        ) for models in by_slot.values()]  # fmt: skip
+        self._next_group = 0  # the group a blocking read waits on next, in turn
         self.max_deliveries = max_deliveries
         self.max_worker_deaths = max_worker_deaths
         # An entry pending this long to a live worker that does not say it runs it was lost on its way: by then the
@@ -105,7 +116,10 @@ class JobConsumer:
         # every stream of this worker's models -> its model; the tenants' streams are added as they are learnt
         self._model_of: dict[str, str] = {s: m for m in self.models for s in (keys.jobs(m), keys.batch_jobs(m))}
         self.fair_streams: dict[str, list[str]] = {m: [] for m in self.models}  # each model's tenant streams
-        self._fenced_publish = client.register_script(eventlog.FENCED_PUBLISH_SCRIPT)
+        # sharded pub/sub on a cluster: a classic PUBLISH is sent to every node of the cluster
+        self._fenced_publish = client.register_script(
+            eventlog.SHARDED_FENCED_PUBLISH_SCRIPT if self.cluster else eventlog.FENCED_PUBLISH_SCRIPT
+        )
         self.event_log = event_log
         self.event_log_ttl = event_log_ttl
         self.event_log_maxlen = event_log_maxlen
@@ -157,6 +171,22 @@ class JobConsumer:
         fair = [s for m in self.models for s in self.fair_streams[m]]
         return self.streams + fair + self.low_streams
 
+    def _fair_replies(self, count: int, single: bool) -> list[Any]:
+        """The fair read script's reply for each model (broker/fairness.py): in one pipeline, or one call per model
+        on a cluster (whose pipelines take no scripts). A single model's batch stream is read by the same script."""
+        calls: list[tuple[list[str], list[str | int]]] = []
+        for model in self.models:
+            keys = [self.keys.jobs(model), self.keys.fair_streams(model), self.keys.fair_state(model)]
+            if single:
+                keys.append(self.keys.batch_jobs(model))
+            calls.append((keys, [CONSUMER_GROUP, self.consumer, count]))
+        if self.cluster:
+            return [self._fair_read(keys=keys, args=args) for keys, args in calls]
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self._fair_read(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())
+
     def read(self, count: int, block_ms: int | None) -> list[Delivery | Malformed]:
         """Up to ``count`` new jobs per model; blocks up to ``block_ms`` when there are none (None: don't block).
 
@@ -167,28 +197,32 @@ class JobConsumer:
         """
         single = len(self.models) == 1
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for model in self.models:
-                keys = [self.keys.jobs(model), self.keys.fair_streams(model), self.keys.fair_state(model)]
-                if single:
-                    keys.append(self.keys.batch_jobs(model))
-                self._fair_read(keys=keys, args=[CONSUMER_GROUP, self.consumer, count], client=pipe)
             items: list[Delivery | Malformed] = []
-            for model, (reply, streams) in zip(self.models, pipe.execute(), strict=True):
+            for model, (reply, streams) in zip(self.models, self._fair_replies(count, single), strict=True):
                 self._learn(model, streams)
                 items += self._entries(reply, flat_fields=True)
             if not items and not single:
-                reply = self.client.xreadgroup(
-                    CONSUMER_GROUP, self.consumer, dict.fromkeys(self.low_streams, ">"), count=count
-                )
-                items = self._entries(reply, flat_fields=False)
+                for _, low_streams in self.read_groups:  # one command per cluster slot (one on a single Redis)
+                    reply = self.client.xreadgroup(
+                        CONSUMER_GROUP, self.consumer, dict.fromkeys(low_streams, ">"), count=count
+                    )
+                    items += self._entries(reply, flat_fields=False)
             if items or block_ms is None:
                 return items
             # Nothing anywhere: wait for the first job of any kind. Whichever stream wakes the read is the only
             # one served, so an interactive job arriving now is never taken together with a batch's. (A tenant's
-            # first job of a model, whose stream is new, waits for the next read: at most block_ms.)
+            # first job of a model, whose stream is new, waits for the next read: at most block_ms.) Models on
+            # several cluster slots are waited on in turn, each for a share of the time.
+            streams, low_streams = self.read_groups[self._next_group % len(self.read_groups)]
+            self._next_group += 1
+            share = max(block_ms // len(self.read_groups), 1) if block_ms else block_ms
+            fair = [s for stream in streams for s in self.fair_streams[self.model_of(stream)]]
             reply = self.client.xreadgroup(
-                CONSUMER_GROUP, self.consumer, dict.fromkeys(self.all_streams(), ">"), count=count, block=block_ms
+                CONSUMER_GROUP,
+                self.consumer,
+                dict.fromkeys(streams + fair + low_streams, ">"),
+                count=count,
+                block=share,
             )
             return self._entries(reply, flat_fields=False)
         except ResponseError as exc:
@@ -287,10 +321,9 @@ class JobConsumer:
         they may be the cause: counted as a death). Then the live ones' entries that they say they run."""
         if not consumers:
             return {}, {}
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([self.keys.heartbeat(c) for c in consumers])
-        pipe.mget([self.keys.left(c) for c in consumers])
-        beats, lefts = pipe.execute()
+        # one MGET: heartbeats and left marks share the registry's slot
+        replies = self.client.mget([self.keys.heartbeat(c) for c in consumers] + [self.keys.left(c) for c in consumers])
+        beats, lefts = replies[: len(consumers)], replies[len(consumers) :]
         lost: dict[str, bool] = {}
         holding: dict[str, set[str]] = {}
         for consumer, beat, left in zip(consumers, beats, lefts, strict=True):
@@ -419,7 +452,10 @@ class JobConsumer:
         channels = [self.keys.events(j) for j in job_ids]
         if not channels:
             return []
-        counts = dict(self.client.pubsub_numsub(*channels))
+        if self.cluster:
+            counts = dict(self.client.pubsub_shardnumsub(*channels))
+        else:
+            counts = dict(self.client.pubsub_numsub(*channels))
         return [int(counts.get(c.encode(), counts.get(c, 0))) for c in channels]
 
     def publish(
@@ -438,7 +474,17 @@ class JobConsumer:
         append refused for an id already there is the same event sent again (a retried publish), and skipped."""
         if not events:
             return []
-        owned = owned or {}
+        try:
+            return self._publish(events, ended, owned or {})
+        except NoScriptError:
+            # a cluster node that never saw the script (new, failed over, or flushed): load it on every node and
+            # send again (appends already there are skipped, and front servers drop an event seen twice)
+            self.client.script_load(self._fenced_publish.script)
+            return self._publish(events, ended, owned or {})
+
+    def _publish(
+        self, events: Sequence[tuple[str, AnyEvent]], ended: Iterable[str], owned: Mapping[str, Delivery | Malformed]
+    ) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
         last = {job_id: i for i, (job_id, _) in enumerate(events)}
         ended = set(ended)
@@ -450,10 +496,13 @@ class JobConsumer:
             else:
                 positions[i] = self._send(pipe, job_id, event, ended=last[job_id] == i and job_id in ended)
         for job_id, indexes in fenced.items():
-            position = len(pipe.command_stack)
+            position = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack)
             self._send_fenced(pipe, owned[job_id], job_id, [events[i][1] for i in indexes], job_id in ended)
             positions.update(dict.fromkeys(indexes, position))
         replies = pipe.execute(raise_on_error=False)
+        missing = next((r for r in replies if isinstance(r, NoScriptError)), None)
+        if missing is not None:
+            raise missing
         for reply in replies:
             if isinstance(reply, Exception):
                 log.warning("an event log append failed: %s", reply)
@@ -474,7 +523,11 @@ class JobConsumer:
         ]
         for event in events:
             args += [eventlog.entry_id_of(event), event.model_dump_json(exclude_none=True)]
-        self._fenced_publish(keys=[entry.stream, self.keys.log(job_id)], args=args, client=pipe)
+        keys = [entry.stream, self.keys.log(job_id)]
+        if self.cluster:  # redis-py refuses EVALSHA in a cluster pipeline by name: a missing script is handled above
+            pipe.execute_command("EVALSHA", self._fenced_publish.sha, len(keys), *keys, *args)
+        else:
+            self._fenced_publish(keys=keys, args=args, client=pipe)
 
     def _send(self, pipe: Any, job_id: str, event: AnyEvent, *, ended: bool) -> int:
         """Queue one event's log append and PUBLISH on ``pipe``; returns the PUBLISH's position in the reply."""
@@ -487,8 +540,11 @@ class JobConsumer:
                 maxlen=self.event_log_maxlen,
                 approximate=True,
             )
-        position = len(pipe.command_stack)
-        pipe.publish(self.keys.events(job_id), payload)
+        position = len(pipe)  # queued so far (a cluster pipeline keeps no command_stack)
+        if self.cluster:
+            pipe.spublish(self.keys.events(job_id), payload)
+        else:
+            pipe.publish(self.keys.events(job_id), payload)
         if self.event_log and ended:
             pipe.expire(self.keys.log(job_id), max(int(self.event_log_ttl), 1))
         return position
@@ -518,7 +574,9 @@ class JobConsumer:
         """The jobs whose front server said their client hung up (as opposed to a front server that died)."""
         if not job_ids:
             return set()
-        marks = self.client.mget([self.keys.cancel(j) for j in job_ids])
+        names = [self.keys.cancel(j) for j in job_ids]
+        # the jobs of several models are on several slots of a cluster: one MGET per slot
+        marks = self.client.mget_nonatomic(names) if self.cluster else self.client.mget(names)  # type: ignore[attr-defined]
         return {j for j, mark in zip(job_ids, marks, strict=True) if mark is not None}
 
     def ack(

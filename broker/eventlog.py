@@ -62,6 +62,9 @@ if ARGV[5] ~= '' and ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[6]) e
 return receivers
 """
 
+# The same on a Redis Cluster: the events go out on sharded pub/sub (the channel shares the job's slot).
+SHARDED_FENCED_PUBLISH_SCRIPT = FENCED_PUBLISH_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'")
+
 
 def entry_id_of(event: AnyEvent) -> str:
     """Where an event goes in its job's log."""

@@ -19,6 +19,7 @@ import redis
 from pydantic import BaseModel, Field, computed_field
 
 from broker.batches import BatchProgress, batch_progress
+from broker.connection import is_cluster
 from broker.fairness import tenant_of_entry
 from broker.keys import Keys
 from broker.records import group_info, text
@@ -168,10 +169,13 @@ def snapshot(
     exist shows as an empty queue); without it every known or served model is listed. ``known`` replaces the
     SCAN for job streams with a list the caller keeps (the metrics scrape refreshes it now and then). Raises redis
     errors."""
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.hgetall(keys.workers)
-    (seconds, micros), cards = pipe.execute()
+    if is_cluster(client):  # a cluster pipeline takes no keyless command (TIME): two round trips there
+        (seconds, micros), cards = client.time(), client.hgetall(keys.workers)
+    else:
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(keys.workers)
+        (seconds, micros), cards = pipe.execute()
     now = seconds + micros / 1e6
     ids = [text(w) for w in cards]
     beats = client.mget([keys.heartbeat(w) for w in ids]) if ids else []

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
 from broker import eventlog, fairness
+from broker.connection import is_cluster
 from broker.errors import (
     BrokerUnavailable,
     JobFailed,
@@ -61,6 +63,16 @@ RECONNECTED = b"\x00"
 CANCEL_MARK_SECONDS = 60
 
 
+# What an event connection to a cluster node takes of the node's connection arguments: where it is and how to log
+# in. Not the node's shared helpers (event dispatcher, maintenance handler, retry), which act on its pool's own
+# connections.
+_NODE_CONNECTION_ARGS = {"host", "port", "username", "password", "credential_provider", "db", "socket_connect_timeout"}
+
+
+def _own_connection(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in _NODE_CONNECTION_ARGS or k.startswith("ssl")}
+
+
 class EventRouter:
     """Multiplexes one pub/sub connection over all in-flight jobs of this process.
 
@@ -70,20 +82,25 @@ class EventRouter:
     connection drops, the reader reconnects with backoff and subscribes again to every open channel.
     """
 
-    def __init__(self, client: aredis.Redis) -> None:
-        pool = client.connection_pool
+    def __init__(self, client: aredis.Redis, *, node: Any = None) -> None:
+        """``node``: a cluster node (redis-py's asyncio ``ClusterNode``), whose shard's channels this router
+        carries with sharded pub/sub (SSUBSCRIBE); see :class:`ShardedEventRouter`."""
+        source = node if node is not None else client.connection_pool
+        self.sharded = node is not None
+        self._verbs = {b"SUBSCRIBE": b"SSUBSCRIBE", b"UNSUBSCRIBE": b"SUNSUBSCRIBE"} if self.sharded else {}
+        self._message, self._subscribed = (b"smessage", b"ssubscribe") if self.sharded else (b"message", b"subscribe")
         self.client_name = f"{EVENTS_CLIENT_NAME}-{os.getpid()}-{os.urandom(3).hex()}"
         # No read timeout: the connection idles between jobs. A dead peer shows up as a reset or via keepalive.
         # No health check either: redis-py's PING-before-command would read a reply that the reader task owns.
         self._connection_kwargs = {
-            **pool.connection_kwargs,
+            **(_own_connection(source.connection_kwargs) if self.sharded else source.connection_kwargs),
             "socket_timeout": None,
             "socket_keepalive": True,
             "health_check_interval": 0,
             # so operators find it in CLIENT LIST; the suffix tells the connections of several processes apart
             "client_name": self.client_name,
         }
-        self._connection_class = pool.connection_class
+        self._connection_class = source.connection_class
         self._conn: Any = None
         self._connected = asyncio.Event()
         self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
@@ -142,7 +159,7 @@ class EventRouter:
         if self._queues:
             if self._lost:
                 self._resubscribing = set(self._queues)
-            await conn.send_command(b"SUBSCRIBE", *self._queues)
+            await self._send(conn, b"SUBSCRIBE", list(self._queues))
         self._lost = False
         self._conn = conn
         self._down = False
@@ -184,20 +201,31 @@ class EventRouter:
             await self._connected.wait()
             for verb, channels in batch.items():
                 try:
-                    await self._conn.send_command(verb, *channels)
+                    await self._send(self._conn, verb, channels)
                 except (RedisError, OSError) as exc:
                     # the reader notices the broken connection too, reconnects and subscribes again
                     log.warning("%s failed: %s", verb.decode(), exc)
+
+    async def _send(self, conn: Any, verb: bytes, channels: list[bytes]) -> None:
+        """One (UN)SUBSCRIBE for the channels; sharded, one per slot (SSUBSCRIBE's channels share a slot)."""
+        if not self.sharded:
+            await conn.send_command(verb, *channels)
+            return
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel), []).append(channel)
+        for same_slot in by_slot.values():
+            await conn.send_command(self._verbs[verb], *same_slot)
 
     def _dispatch(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, channel = reply[0], reply[1]
-        if kind == b"message":
+        if kind == self._message:
             queue = self._queues.get(channel)
             if queue is not None:
                 queue.put_nowait(reply[2])
-        elif kind == b"subscribe":
+        elif kind == self._subscribed:
             confirmed = self._confirmations.get(channel)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
@@ -220,6 +248,54 @@ class EventRouter:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.disconnect()
+
+
+class ShardedEventRouter:
+    """The events of a Redis Cluster: sharded pub/sub, one :class:`EventRouter` (one connection) per node, each
+    carrying the channels of the slots that node serves. (A classic PUBLISH on a cluster reaches every node, so
+    each token would cost more with every node added; a sharded one stays on the shard of the job's slot.)
+
+    A channel's node is looked up when it is subscribed. A slot that moves to another node (resharding, or a
+    failover) is not followed by the channels already open there: their jobs read their log once the connection
+    drops, as for any lost connection, and new jobs go to the new node."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client: Any = client  # redis-py's asyncio RedisCluster
+        self._routers: dict[str, EventRouter] = {}
+        self._router_of: dict[str, EventRouter] = {}
+
+    @property
+    def connected(self) -> bool:
+        return all(router.connected for router in self._routers.values())
+
+    @property
+    def channels(self) -> int:
+        return len(self._router_of)
+
+    async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
+        try:
+            await self.client.initialize()  # the slot map, once (a no-op after)
+            node = self.client.get_node_from_key(channel)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
+        router = self._routers.get(node.name)
+        if router is None:
+            router = self._routers[node.name] = EventRouter(self.client, node=node)
+        self._router_of[channel] = router
+        try:
+            return await router.subscribe(channel)
+        except BaseException:
+            self._router_of.pop(channel, None)
+            raise
+
+    def unsubscribe(self, channel: str) -> None:
+        router = self._router_of.pop(channel, None)
+        if router is not None:
+            router.unsubscribe(channel)
+
+    async def close(self) -> None:
+        for router in self._routers.values():
+            await router.close()
 
 
 class JobEvents:
@@ -483,7 +559,10 @@ class Producer:
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.router = EventRouter(client)
+        self.cluster = is_cluster(client)
+        self.router: EventRouter | ShardedEventRouter = (
+            ShardedEventRouter(client) if self.cluster else EventRouter(client)
+        )
         self._admit = client.register_script(fairness.ADMIT_SCRIPT)
         self._live_cache: tuple[float, dict[str, list[LiveWorker]]] = (0.0, {})
         self._live_refresh: asyncio.Task[None] | None = None
@@ -676,7 +755,11 @@ class Producer:
             grace = 0.0 if at_once else self.settings.hangup_grace
             if grace > 0:
                 await asyncio.sleep(grace)
-                listening = await self.client.pubsub_numsub(self.keys.events(job_id))
+                channel = self.keys.events(job_id)
+                if self.cluster:
+                    listening = await self.client.pubsub_shardnumsub(channel)
+                else:
+                    listening = await self.client.pubsub_numsub(channel)
                 if listening and int(listening[0][1]) > 0:
                     return
             ttl = CANCEL_MARK_SECONDS + max(math.ceil(deadline - time.time()), 0)

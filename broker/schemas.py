@@ -6,13 +6,13 @@ Payloads are JSON, never pickle, so write access to Redis never becomes code exe
 from __future__ import annotations
 
 import time
-import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from broker import tracing
+from broker.keys import new_job_id
 
 
 class JobKind(StrEnum):
@@ -101,7 +101,8 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(default_factory=lambda: f"job-{uuid.uuid4().hex}")
+    # made from the model (see broker.keys.new_job_id): the id says which cluster slot holds the job's keys
+    id: str = ""
     kind: JobKind
     model: str
     messages: list[dict[str, Any]] | None = None
@@ -123,6 +124,13 @@ class Job(BaseModel):
     # the W3C trace context of the span the job was made in (the front server's request), so the worker's spans
     # join the request's trace; None with tracing off (see broker/tracing.py)
     trace_context: dict[str, str] | None = Field(default_factory=tracing.current_context)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_of_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("id") and isinstance(data.get("model"), str):
+            return {**data, "id": new_job_id(data["model"])}
+        return data
 
 
 class EventType(StrEnum):

@@ -2,9 +2,10 @@
 enforces exactly, in one script per admission.
 
 - ``{prefix}:tenants`` hash: key digest -> the tenant (JSON); ``{prefix}:tenant-names`` hash: name -> digest.
-- ``{prefix}:tenant:{name}:requests`` and ``:tokens``: the current minute's window, which starts at the first
+- ``{prefix}:tenant:{{name}}:requests`` and ``:tokens``: the current minute's window, which starts at the first
   request after the last one ended (the key's TTL), so a limit of N per minute admits exactly N in any window;
   ``:running``: requests in flight; ``:usage`` hash: totals (requests, rejected, prompt and completion tokens).
+  (``{name}``, in braces, is the counters' hash tag: the limit scripts touch them together, on one cluster slot.)
 
 Tokens are charged as a job is accepted (its prompt plus ``max_tokens`` per choice, reserved) and the unused part
 is refunded at each choice's ``done``; a request is refused while the window's charged tokens reach the limit.
@@ -22,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.fairness import MAX_WEIGHT
-from broker.keys import Keys
+from broker.keys import Keys, hash_tag
 
 WINDOW_MS = 60_000
 # a request in flight is forgotten after this long even if its API replica died before releasing it
@@ -125,7 +126,8 @@ class TenantKeys:
     """Redis names of one tenant's counters."""
 
     def __init__(self, keys: Keys, name: str) -> None:
-        base = f"{keys.prefix}:tenant:{name}"
+        # one tag per tenant: its limit scripts touch its counters together, on one slot of a cluster
+        base = f"{keys.prefix}:tenant:{hash_tag(name)}"
         self.requests = f"{base}:requests"
         self.tokens = f"{base}:tokens"
         self.running = f"{base}:running"

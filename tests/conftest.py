@@ -46,9 +46,12 @@ def settings(redis_url: str) -> Iterator[Settings]:
     prefix = f"qctest-{uuid.uuid4().hex[:10]}"
     yield Settings(redis_url=redis_url, key_prefix=prefix, heartbeat_interval=0.5, heartbeat_ttl=2.0)
     client = sync_client(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = [*client.scan_iter(match=f"{prefix}:*", count=1000), *client.scan_iter(match=f"{{{prefix}}}:*", count=1000)]
     if keys:
-        client.delete(*keys)
+        pipe = client.pipeline(transaction=False)  # one DEL each: on a Redis Cluster they are on several slots
+        for key in keys:
+            pipe.delete(key)
+        pipe.execute()
 
 
 @pytest.fixture(scope="session")

@@ -172,7 +172,7 @@ def test_worker_with_expired_heartbeat_leaves_models(stack: Stack, settings) -> 
     models = lambda: {m["id"] for m in httpx.get(f"{stack.base_url}/v1/models").json()["data"]}  # noqa: E731
     assert models() == {"tiny", "ghostly"}
     wait_for(lambda: models() == {"tiny"}, timeout=5)  # nothing refreshes the ghost's heartbeat
-    assert client_.hget(f"{settings.key_prefix}:workers", "ghost") is None  # and readers pruned its card
+    assert client_.hget(Keys(settings.key_prefix).workers, "ghost") is None  # and readers pruned its card
 
 
 def test_seed_makes_sampling_reproducible_whatever_shares_the_batch(stack: Stack) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
 
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
-from broker.keys import Keys
+from broker.keys import Keys, new_job_id
 from broker.monitor import snapshot
 from broker.producer import JobEvents, Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus, live_workers
@@ -78,7 +77,7 @@ async def test_a_job_taken_over_mid_stream_continues_where_it_stopped(
         plan = [(greedy, 1), (greedy, 7), (greedy, 99), (seeded, 5), (seeded, 5)]
         copies: list[JobEvents] = []
         for original, sent in plan:
-            copy = original.model_copy(update={"id": f"job-{uuid.uuid4().hex}"})
+            copy = original.model_copy(update={"id": new_job_id(original.model)})  # its keys on its model's slot
             events = await producer.submit(copy)
             (delivery,) = wait_for(lambda: ghost.read(1, 100), 10)
             assert isinstance(delivery, Delivery) and delivery.job.id == copy.id

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Annotated, Any, Literal
 
@@ -32,6 +31,7 @@ from api.responses.translate import (
 )
 from api.streaming import event_source
 from broker.errors import InvalidRequest, NotFound
+from broker.keys import new_job_hex
 from broker.producer import JobEvents
 from broker.responses import RUNNING, TERMINAL, ResponsesSettings, ResponseStore, StoredResponse
 from broker.settings import Settings
@@ -111,7 +111,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
     created_at = time.time()
 
     if body.background:
-        response = response_object(body, f"resp_{uuid.uuid4().hex}", created_at, "queued")
+        # the job hex of a response begins with its model's cluster slot, as every job id does (broker/keys.py)
+        response = response_object(body, f"resp_{new_job_hex(chat.model)}", created_at, "queued")
         await store.add(response, owner, conversation, len(items))
         sink = _runs(request).start(store, producer, metrics, body, chat, copy.deepcopy(response))
         if sink is None:
@@ -128,7 +129,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
             await store.add(response, owner, conversation, len(items))
         return response
 
-    job_hex = uuid.uuid4().hex
+    job_hex = new_job_hex(chat.model)
     opened = await unless_client_leaves(request, open_stream(producer, chat, metrics, job_hex))
     if isinstance(opened, Response):
         return opened  # the client left while the job was queued: it was cancelled

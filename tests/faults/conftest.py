@@ -137,9 +137,12 @@ class Cluster:
         for process in self.processes:
             process.wait(timeout=10)
         client = sync_client(self.redis_url)
-        keys = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        keys = [*client.scan_iter(match=f"{self.prefix}:*"), *client.scan_iter(match=f"{{{self.prefix}}}:*")]
         if keys:
-            client.delete(*keys)
+            pipe = client.pipeline(transaction=False)  # one DEL each: on a Redis Cluster they are on several slots
+            for key in keys:
+                pipe.delete(key)
+            pipe.execute()
 
 
 @pytest.fixture

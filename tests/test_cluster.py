@@ -44,9 +44,14 @@ def test_every_script_touches_one_slot(model: str) -> None:
     keys cross slots with CROSSSLOT)."""
     keys = Keys("qc")
     job = Job(kind=JobKind.CHAT, model=model, deadline=0)
-    assert _one_slot([keys.jobs(model), keys.log(job.id)])  # ADMIT_SCRIPT, interactive
-    assert _one_slot([keys.batch_jobs(model), keys.log(job.id)])  # ADMIT_SCRIPT, a batch line
-    assert _one_slot([keys.jobs(model), keys.batch_jobs(model)])  # PRIORITY_READ_SCRIPT
+    fair = [keys.jobs(model), keys.fair_streams(model), keys.fair_state(model)]
+    tenant_stream = keys.fair_jobs(model, "team-a", 3)
+    # fairness.ADMIT_SCRIPT: the stream the job goes to (a key's own, the model's, the batch stream), the model's
+    # stream, its registry of keys' streams and round-robin state, the job's log
+    for stream in (tenant_stream, keys.jobs(model), keys.batch_jobs(model)):
+        assert _one_slot([stream, *fair, keys.log(job.id)])
+    # FAIR_READ_SCRIPT: the keys above, the batch stream, and the keys' streams it finds in the registry
+    assert _one_slot([*fair, keys.batch_jobs(model), tenant_stream])
     assert _one_slot([keys.jobs(model), keys.log(job.id), keys.events(job.id)])  # FENCED_PUBLISH_SCRIPT
     # what a worker step writes of one job (and its model's counters) is one slot: one shard of the pipeline
     assert _one_slot([keys.jobs(model), keys.cancel(job.id), keys.deaths(job.id), keys.stats(model), keys.dead(model)])

@@ -136,7 +136,8 @@ class EventRouter:
         self._confirmations[key] = confirmed
         self._commands.put_nowait((b"SUBSCRIBE", key))
         try:
-            await asyncio.wait_for(asyncio.shield(confirmed), timeout=SUBSCRIBE_TIMEOUT)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):  # not wait_for, which can drop a cancellation (3.11)
+                await asyncio.shield(confirmed)
         except TimeoutError as exc:
             self.unsubscribe(channel)
             raise BrokerUnavailable("the broker did not confirm the subscription to the job's events") from exc
@@ -379,7 +380,11 @@ class JobEvents:
                     wait = min(remaining, self._producer.settings.heartbeat_interval)
                     if self.waiting_since is not None:  # look again when the wait for a worker ends
                         wait = min(wait, max(self.waiting_since + self.worker_wait - time.monotonic(), 0.01))
-                    raw = await asyncio.wait_for(self._queue.get(), timeout=wait)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that arrives as
+                    # the awaited get completes (an event per token makes that common), so a request whose client
+                    # hung up went on to the end of its answer
+                    async with asyncio.timeout(wait):
+                        raw = await self._queue.get()
                 except TimeoutError:
                     await self._check_worker()
                     continue

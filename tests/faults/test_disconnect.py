@@ -61,7 +61,8 @@ async def test_disconnected_streams_stop_generating(smollm2_cluster: Cluster) ->
     per_job = {
         m["job"]: int(m["output"]) - received[m["job"]]
         for m in re.finditer(
-            r"job (?P<job>\S+) model=\S+ cancelled .*?tokens=\d+\+(?P<output>\d+)", cluster.log_text("worker")
+            r"job (?P<job>\S+) request_id=\S+ model=\S+ cancelled .*?tokens=\d+\+(?P<output>\d+)",
+            cluster.log_text("worker"),
         )
     }
     assert sorted(per_job) == sorted(received)

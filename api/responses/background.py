@@ -6,19 +6,22 @@ record to ``cancelled``; the task checks its record every :data:`CANCEL_POLL` se
 sees that (at once when the cancel reaches the replica running it). A streamed background response relays the
 task's events to its client; a client that goes away leaves the task running.
 
-What is not here: a task dies with its API process (its record stays ``in_progress`` until its TTL), and a stream
-cannot be resumed with ``starting_after`` (that needs a per-job event log every replica can read).
+A streamed background response keeps what it needs in its job's event log, so any replica can stream it again
+(``GET /v1/responses/{id}?stream=true&starting_after=N``, see :func:`api.responses.generate.reopen_stream`).
+
+What is not here: a task dies with its API process (its record stays ``in_progress`` until its TTL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
-from api.responses.generate import answer, open_stream
+from api.responses.generate import answer, open_stream, resume_record
 from api.responses.schemas import ResponsesRequest
 from api.responses.translate import Event, StreamTranslator, answer_response, failed, translated_stream
 from broker.errors import QueuechatError
@@ -62,13 +65,15 @@ class BackgroundRuns:
             if sink is None:
                 completion = await answer(producer, chat, metrics)
                 return answer_response(body, completion, response_id, response["created_at"])
+            resume = resume_record(chat, copy.deepcopy(response))  # as created (queued), before the translator runs
             translator = StreamTranslator(response)
             streams: list[JobEvents] = []
             try:
                 for event in translator.start():  # created (queued), then in_progress
                     sink.put_nowait(event)
                 try:
-                    streams, chunks = await open_stream(producer, chat, metrics, response_id.removeprefix("resp_"))
+                    job_hex = response_id.removeprefix("resp_")
+                    streams, chunks = await open_stream(producer, chat, metrics, job_hex, resume)
                 except QueuechatError as exc:
                     for event in translator.fail(exc):
                         sink.put_nowait(event)

@@ -17,7 +17,7 @@ from api.context import observer_of, owner_of, producer_of
 from api.disconnect import unless_client_leaves
 from api.errors import ERROR_RESPONSES
 from api.responses.background import BackgroundRuns, relay
-from api.responses.generate import answer, open_stream
+from api.responses.generate import answer, open_stream, reopen_stream
 from api.responses.schemas import ResponsesRequest
 from api.responses.translate import (
     Event,
@@ -41,9 +41,9 @@ from serving.streams import dumps
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
-RESUME_REFUSED = (
-    "streaming a stored response again (resuming with starting_after) is not supported: it needs a per-job event "
-    "log that every API replica can read"
+NOT_RESUMABLE = (
+    "Only a response created with background=true and stream=true can be streamed again, while its events are kept "
+    "(QUEUECHAT_EVENT_LOG_TTL after it ended)."
 )
 _detached: set[asyncio.Task[Any]] = set()  # record updates started where awaiting is not possible
 
@@ -179,19 +179,39 @@ def _event_stream(events: AsyncGenerator[Event, None], settings: Settings) -> Ev
     return event_source(body(), settings)
 
 
-@router.get("/v1/responses/{response_id}")
+@router.get("/v1/responses/{response_id}", response_model=None)
 async def get_response(
     response_id: str,
     request: Request,
     stream: bool | None = None,
     starting_after: Annotated[int | None, Query(ge=0)] = None,
     include: Annotated[list[str] | None, Query()] = None,
-) -> dict[str, Any]:
-    if stream or starting_after is not None:
-        raise InvalidRequest(RESUME_REFUSED, param="stream" if stream else "starting_after")
+) -> dict[str, Any] | EventSourceResponse:
     if include:
         raise InvalidRequest(f"include {include[0]!r} is not supported: there is nothing to include", param="include")
-    return (await _stored(request, response_id)).response
+    if starting_after is not None and not stream:
+        raise InvalidRequest("starting_after streams a response again: add stream=true", param="starting_after")
+    stored = await _stored(request, response_id)  # another key's response is not found
+    if not stream:
+        return stored.response
+    # A streamed background response again, from any replica, while its job's log lives: the events after
+    # ``starting_after`` (a sequence_number), replayed through the same translation, then the rest live.
+    reopened = await reopen_stream(producer_of(request), response_id.removeprefix("resp_"))
+    if reopened is None:
+        raise InvalidRequest(NOT_RESUMABLE, param="stream")
+    created, events, chunks = reopened
+    translator = StreamTranslator(created)
+    after = -1 if starting_after is None else starting_after
+    return _event_stream(_after(translated_stream(chunks, translator), after, events), producer_of(request).settings)
+
+
+async def _after(events: AsyncIterator[Event], after: int, job: JobEvents) -> AsyncGenerator[Event, None]:
+    try:
+        async for event in events:
+            if event["sequence_number"] > after:
+                yield event
+    finally:
+        job.close()
 
 
 @router.delete("/v1/responses/{response_id}")

@@ -34,11 +34,12 @@ async def test_a_job_whose_delivery_was_lost_is_answered_after_the_heal(cluster:
                     model="tiny", messages=[{"role": "user", "content": MARK}], max_tokens=8, temperature=0
                 )
             )
-            healed = await asyncio.to_thread(proxy.healed.wait, 120)
-            assert healed and proxy.swallowed.is_set(), "the delivery was never lost: the fault tested nothing"
-            assert not request.done(), request
-            # a few heartbeat intervals after the heal (0.5 s each here), bounded generously for a loaded machine
-            reply = await asyncio.wait_for(request, timeout=60)
+            swallowed = await asyncio.to_thread(proxy.swallowed.wait, 120)
+            assert swallowed, "the delivery was never lost: the fault tested nothing"
+            # soon after the worker's connection heals (its socket timeout, or the proxy's reset, whichever comes
+            # first: on a quiet machine the job can be answered before the proxy resets), bounded generously for a
+            # loaded machine; the log line below says it was the lost delivery that the worker took up
+            reply = await asyncio.wait_for(request, timeout=90)
         finally:
             await client.close()
     finally:

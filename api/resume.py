@@ -25,6 +25,7 @@ from api.eventids import parse_id
 from api.streaming import sse_events, stream_response
 from broker.errors import InvalidRequest, NotFound
 from serving.chat import ChatStream
+from serving.jobs import reattach
 from serving.requests import ChatCompletionRequest
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -65,11 +66,6 @@ async def resume_chat_stream(
         body = ChatCompletionRequest.model_validate({**record.get("request", {}), "messages": _NO_MESSAGES})
     except ValidationError as exc:
         raise _not_found(completion_id) from exc
-    events = await producer.attach(job_id, meta)
-    try:
-        events.pending_first = await events.next_event()
-    except BaseException:
-        events.close()
-        raise
+    events = await reattach(producer, job_id, meta)
     stream = ChatStream(body, [events], completion_id, int(record.get("created", 0)))
     return stream_response(sse_events([events], stream.lines(), after=after), producer)

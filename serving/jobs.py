@@ -189,6 +189,18 @@ async def done_of(producer: Producer, job: Job, observer: JobObserver | None = N
     return done
 
 
+async def reattach(producer: Producer, job_id: str, meta: dict[str, Any]) -> JobEvents:
+    """A job another front server submitted, from its first event (read back from its log) on, with that first
+    event already taken (``pending_first``), as :func:`submit_all` leaves a job it submitted. The caller closes it."""
+    events = await producer.attach(job_id, meta)
+    try:
+        events.pending_first = await events.next_event()
+    except BaseException:
+        events.close()
+        raise
+    return events
+
+
 def close_all(streams: Sequence[JobEvents]) -> None:
     for s in streams:
         s.close()

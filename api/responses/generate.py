@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from broker.producer import JobEvents, Producer
 from serving.chat import ChatStream, chat_answer
-from serving.jobs import JobObserver, submit_all
+from serving.jobs import JobObserver, reattach, submit_all
 from serving.requests import ChatCompletionRequest
 
 # The chat request rebuilt to stream a response again, from its recorded options: its messages are not needed.
@@ -59,12 +59,7 @@ async def reopen_stream(
         chat = ChatCompletionRequest.model_validate({**record.get("chat", {}), "messages": _NO_MESSAGES})
     except ValidationError:
         return None
-    events = await producer.attach(job_id, meta)
-    try:
-        events.pending_first = await events.next_event()
-    except BaseException:
-        events.close()
-        raise
+    events = await reattach(producer, job_id, meta)
     return record["response"], events, _chunks(ChatStream(chat, [events], f"chatcmpl-{job_hex}"))
 
 

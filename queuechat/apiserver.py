@@ -7,6 +7,12 @@ from typing import Annotated
 
 import typer
 
+# An idle connection outlives the pools of the clients and proxies in front: a server that closes first races the
+# client's next request on that socket, which then fails with a connection error (httpx, so the openai and
+# anthropic clients, keeps idle connections 5 s, uvicorn's own default; nginx's upstream keep-alive and AWS load
+# balancers keep theirs 60 s). 75 s is nginx's own keep-alive default, above those.
+KEEP_ALIVE_SECONDS = 75
+
 
 def api_command(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -36,8 +42,12 @@ def api_command(
         typer.Option(min=0.1, help="Seconds a connection gets to send a whole request head, else it is closed"),
     ] = 10.0,
     timeout_keep_alive: Annotated[
-        int, typer.Option(min=1, help="Seconds an idle keep-alive connection is kept open")
-    ] = 5,
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds an idle keep-alive connection is kept open; longer than clients and proxies keep theirs",
+        ),
+    ] = KEEP_ALIVE_SECONDS,
 ) -> None:
     """Serve the OpenAI-compatible API."""
     import uvicorn

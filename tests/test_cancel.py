@@ -26,6 +26,13 @@ def _stats(settings: Settings) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
+def _cancel_marks(settings: Settings) -> int:
+    """How many jobs the API has marked cancelled because their client hung up."""
+    assert settings.redis_url
+    marks = sync_client(settings.redis_url).scan_iter(match=f"{settings.key_prefix}:cancel:*")
+    return sum(1 for _ in marks)
+
+
 def _wait_cancelled(stack: Stack, settings: Settings) -> None:
     """The job was cancelled: stopped while it ran, or skipped by the worker if the client left before it began (on
     a loaded machine one second may pass before a worker takes the job); either way the model's counters say so."""
@@ -113,6 +120,9 @@ def test_a_queued_job_whose_client_left_is_skipped(
     blocker = _block(api.base_url, release)
     wait_for(lambda: worker.jobs, timeout=10)
     _time_out(endpoint, api.base_url, stream=stream)  # queued behind the blocker all along
+    # The API marks the job cancelled once it sees the hang-up; on a loaded machine that can come after the client
+    # gave up, so the slot is freed only once the mark is there (or the job would be started, then stopped).
+    wait_for(lambda: _cancel_marks(settings) == 1, timeout=10)
     release.set()
     blocker.join(30)
     # The blocker ran and was cancelled when it hung up; the job of the client that left while it was queued

@@ -3,6 +3,7 @@ timeout; beyond the connection limit a request is a clean 503; normal requests a
 
 from __future__ import annotations
 
+import http.client
 import select
 import socket
 import time
@@ -15,6 +16,7 @@ from tests.faults.conftest import Cluster
 SLOW_SOCKETS = 40
 LIMIT = 20
 HEADER_TIMEOUT = 2
+HTTPX_KEEPALIVE_EXPIRY = 5.0  # httpx.Limits' default keepalive_expiry
 
 
 def test_slow_clients_are_cut_and_normal_requests_served(cluster: Cluster) -> None:
@@ -66,3 +68,32 @@ def test_slow_clients_are_cut_and_normal_requests_served(cluster: Cluster) -> No
     log = cluster.log_text("api")
     assert "Traceback" not in log
     assert len(log.splitlines()) < 100
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_pools(cluster: Cluster) -> None:
+    """A connection idle between two requests is the client's to close: httpx (so the openai and anthropic clients)
+    reuses one for 5 s, so a server that closed it sooner (the header timer re-armed at the end of a response, or
+    uvicorn's 5 s keep-alive) raced those clients' next requests into connection errors."""
+    port = free_port()
+    cluster._spawn(
+        "api", ["-m", "queuechat", "api", "--port", str(port), "--header-timeout", str(HEADER_TIMEOUT)]
+    )  # fmt: skip
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        first.read()
+        sock = conn.sock
+        time.sleep(HTTPX_KEEPALIVE_EXPIRY + 1)  # idle past both the header timeout and httpx's pool expiry
+        conn.request("GET", "/health")
+        again = conn.getresponse()
+        again.read()
+        assert (first.status, again.status) == (200, 200)
+        assert conn.sock is sock, "the second request needed a new connection"
+        # the next head still owes the header timeout from its first byte: a trickled one is cut
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        sock.settimeout(HEADER_TIMEOUT * 5)
+        assert sock.recv(4096) == b""
+    finally:
+        conn.close()

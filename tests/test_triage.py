@@ -7,7 +7,7 @@ from broker.consumer import Malformed
 from broker.schemas import Delta, Error
 from tests.worker_parts import BUDGET, QUEUED_AT, delivery, done, log_of
 from workers.outcomes import Outcomes
-from workers.triage import Triage, triage, unheard
+from workers.triage import Triage, orphans_to_cancel, triage, unheard
 
 NOW = QUEUED_AT + 1  # well within every job's deadline
 
@@ -90,3 +90,8 @@ def test_outcomes_are_taken_once() -> None:
     assert outcomes.take() == {"tiny": {"completed": 1, "output_tokens": 4, "tokens_after_cancel": 4}}
     assert outcomes.take() == {}
     assert outcomes.totals["completed"] == 1
+
+
+def test_a_running_job_nobody_hears_is_cancelled_once_marked_or_after_the_grace() -> None:
+    since = {"marked": 99.0, "fresh": 99.0, "old": 80.0}
+    assert orphans_to_cancel(set(since), {"marked"}, since, now=100.0, grace=10.0) == {"marked", "old"}

@@ -60,7 +60,7 @@ from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
 from workers.token_text import TokenLogprobs
 from workers.tracing import record_job
-from workers.triage import triage, unheard
+from workers.triage import orphans_to_cancel, triage, unheard
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +520,7 @@ class ModelWorker:
         for job_id in unheard:
             self._orphaned.setdefault(job_id, now)
         marked = self.consumer.cancelled(sorted(unheard))
-        return {j for j in unheard if j in marked or now - self._orphaned[j] >= self.orphan_grace}
+        return orphans_to_cancel(unheard, marked, self._orphaned, now, self.orphan_grace)
 
     def _finish(self, gone: set[str]) -> None:
         finished: list[Delivery | Malformed] = []

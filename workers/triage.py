@@ -2,7 +2,8 @@
 engine or a clock (the caller reads those and passes what they said): a malformed entry is dropped with an
 ``invalid_job`` error, a job whose log shows it ended is acknowledged, one past its deadline fails with ``timeout``,
 one whose client left is skipped with ``cancelled``; the others are to start (or continue from their log).
-Each settled entry is counted once, in :class:`~workers.outcomes.Outcomes`.
+Each settled entry is counted once, in :class:`~workers.outcomes.Outcomes`. And of the running jobs nobody
+listens to any more, which are to be cancelled.
 """
 
 from __future__ import annotations
@@ -94,3 +95,12 @@ def triage(
         else:
             out.to_start.append(ToStart(item, past, first_seq))
     return out
+
+
+def orphans_to_cancel(
+    unheard: set[str], marked: set[str], unheard_since: dict[str, float], now: float, grace: float
+) -> set[str]:
+    """Of the running jobs nobody heard (``unheard``), those to cancel: the ones whose front server marked their
+    client gone (``marked``), and the ones unheard since ``grace`` seconds before ``now`` (their front server died;
+    until then the client may resume the stream on another one)."""
+    return {j for j in unheard if j in marked or now - unheard_since[j] >= grace}

@@ -37,7 +37,7 @@ def test_an_exception_goes_over_redis_and_comes_back_the_same(cls: type[Queuecha
     assert WORKER_ERRORS[code] is cls
     event = error_event(cls("it went wrong", param="prompt"), seq=3)
     assert event == Error(seq=3, code=code, message="it went wrong", status=status, param="prompt")
-    again = job_failure(parse_event(event.model_dump_json()))  # type: ignore[arg-type]
+    again = job_failure(parse_event(event.model_dump_json()))
     assert isinstance(again, JobFailed)
     assert (again.status, again.code, again.type, again.message, again.param) == (
         status,

@@ -3,6 +3,8 @@ of outcomes (workers/outcomes.py): decided from Delivery/Malformed objects and l
 
 from __future__ import annotations
 
+from typing import Any
+
 from broker.consumer import Malformed
 from broker.schemas import Delta, Error
 from tests.worker_parts import BUDGET, QUEUED_AT, delivery, done, log_of
@@ -12,7 +14,7 @@ from workers.triage import Triage, orphans_to_cancel, triage, unheard
 NOW = QUEUED_AT + 1  # well within every job's deadline
 
 
-def sort_out(items: list, outcomes: Outcomes, **options) -> Triage:  # type: ignore[no-untyped-def,type-arg]
+def sort_out(items: list[Any], outcomes: Outcomes, **options: Any) -> Triage:
     options = {"skipped": set(), "pasts": {}, "now": NOW, **options}
     return triage(items, model_of=lambda stream: stream.rsplit(":", 1)[-1], outcomes=outcomes, **options)
 

@@ -12,7 +12,11 @@ from api.requestid import request_id_of as _request_id_of
 from broker.producer import Producer
 from broker.tenants import current_tenant
 from serving.jobs import JobObserver, Observers
-from serving.requests import ChatCompletionRequest
+from serving.requests import ChatCompletionRequest, CompletionRequest
+
+# The endpoint a resumable stream came from, in its record: a chat job's stream is resumed as a chat stream only.
+CHAT_ENDPOINT = "chat.completions"
+COMPLETIONS_ENDPOINT = "completions"
 
 
 def producer_of(request: Request) -> Producer:
@@ -51,7 +55,19 @@ def owner_of(request: Request) -> str:
 
 
 def resume_record(request: Request, body: ChatCompletionRequest, created: int) -> dict[str, Any]:
-    """What a streamed job's log keeps for resuming its stream (api/resume.py): the owner and the request's options
-    (not its messages, which were the worker's business only)."""
+    """What a streamed chat job's log keeps for resuming its stream (api/resume.py): the owner and the request's
+    options (not its messages, which were the worker's business only)."""
     options = body.model_dump(mode="json", exclude={"messages"}, exclude_unset=True)
-    return {"owner": owner_of(request), "created": created, "request": options}
+    return {"owner": owner_of(request), "endpoint": CHAT_ENDPOINT, "created": created, "request": options}
+
+
+def completion_resume_record(request: Request, body: CompletionRequest, created: int) -> dict[str, Any]:
+    """The same for a streamed completion: its options and how many prompts (jobs) it has, since only one of a
+    single prompt can be resumed; its prompt only when the stream echoes it (the worker's business otherwise)."""
+    options = body.model_dump(mode="json", exclude={"prompt"}, exclude_unset=True)
+    prompts = body.prompts()
+    record = {"owner": owner_of(request), "endpoint": COMPLETIONS_ENDPOINT, "created": created, "request": options}
+    record["prompts"] = len(prompts)
+    if body.echo and len(prompts) == 1:
+        record["prompt"] = prompts[0]
+    return record

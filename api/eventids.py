@@ -5,7 +5,8 @@ An id is ``{seq}-{k}``: the ``seq`` of the last job event the response had taken
 the chunk's place among the chunks written since that event. A response's chunks are a function of its job's
 events alone, so replaying the job's log through the same code writes the same chunks under the same ids, and a
 resumed stream sends exactly the chunks after the client's last id. A response made of several jobs (completions
-of several prompts) numbers its events ``0-{k}`` and cannot be resumed.
+of several prompts) numbers its events ``0-{k}`` and cannot be resumed; a completion of one prompt is one job,
+whatever its ``n``.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ async def chat_answer(
     )
 
 
-def _reasoning_splitter(body: ChatCompletionRequest, accepted: Accepted | None) -> ReasoningSplitter | None:
+def reasoning_splitter(body: ChatCompletionRequest, accepted: Accepted | None) -> ReasoningSplitter | None:
     """The reader of a choice's reasoning, if the worker's model writes it. Output under a grammar (a forced call, a
     response_format schema) follows it from its first token, so it holds no reasoning."""
     constrained = body.forced_tools() or (body.response_format and body.response_format.output_schema())
@@ -99,7 +99,7 @@ def _logprobs(body: ChatCompletionRequest, entries: list[TokenLogprob] | None) -
 
 def _choice(body: ChatCompletionRequest, accepted: Accepted | None, index: int, choice: ChoiceText) -> ChatChoice:
     text, reasoning = "".join(choice.text), None
-    splitter = _reasoning_splitter(body, accepted)
+    splitter = reasoning_splitter(body, accepted)
     if splitter is not None:
         reasoning, text = splitter.whole(text)
     content, calls = _calls_in(body, accepted, text)
@@ -211,7 +211,7 @@ class ChatStream:
 
     def _reading(self, accepted: Accepted | None) -> _Reading:
         body = self.body
-        reasoning = _reasoning_splitter(body, accepted)
+        reasoning = reasoning_splitter(body, accepted)
         if body.forced_tools():
             return _Reading(reasoning, forced=CallStream(body.tool_choice))
         return _Reading(reasoning, calls=_call_parser(body, accepted) if body.tools_offered() else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker.producer import JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done, Job
@@ -158,8 +159,11 @@ async def open_completion_stream(
     observer: JobObserver | None = None,
     *,
     request_id: str | None = None,
+    resume: dict[str, Any] | None = None,
+    created: int | None = None,
 ) -> CompletionStream:
-    """Queue one job per prompt and wait for each first event (errors before any token are proper 4xx)."""
+    """Queue one job per prompt and wait for each first event (errors before any token are proper 4xx).
+    ``resume`` goes into the jobs' event logs, for a client that resumes the stream elsewhere."""
     jobs = body.to_jobs(producer.settings.request_timeout, request_id=request_id)
-    streams = await submit_all(producer, jobs, observer)
-    return CompletionStream(body, streams, response_id_of(jobs))
+    streams = await submit_all(producer, jobs, observer, resume=resume)
+    return CompletionStream(body, streams, response_id_of(jobs), created or int(time.time()))

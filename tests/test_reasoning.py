@@ -156,7 +156,8 @@ def test_anthropic_messages_have_a_thinking_block_first(scripted: Callable[[list
     assert again.content[-1].type == "text"
 
 
-def _think_template(tmp_path: Path) -> str:
+def think_template(tmp_path: Path) -> str:
+    """A chat template that opens the assistant's turn with ``<think>``, as DeepSeek-R1's does."""
     path = tmp_path / "think.jinja"
     path.write_text(
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
@@ -169,7 +170,7 @@ def test_a_template_that_opens_think_makes_a_tiny_models_output_reasoning(
     start_worker: Callable[..., RunningWorker], start_api: Callable[..., ApiServer], tmp_path: Path
 ) -> None:
     """The random model never closes the block its template opened: all it writes is reasoning, no answer."""
-    worker = start_worker(conv_template=_think_template(tmp_path), reasoning_parser="deepseek_r1")
+    worker = start_worker(conv_template=think_template(tmp_path), reasoning_parser="deepseek_r1")
     assert worker.worker.registration.card.reasoning_parser == "deepseek_r1"
     api = start_api()
     client = _openai(api.base_url)

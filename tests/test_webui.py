@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,9 +24,11 @@ from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Us
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
 from tests.test_acl import role_urls  # noqa: F401  # the fixture: a Redis user per role
-from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
+from tests.test_reasoning import think_template
+from webui.chat import ChatSession, InputRejected, Params, Shown, reply, side_by_side
 from webui.main import parse_auth_file
 from webui.status import ModelLoad, model_loads, status_line, status_markdown
+from webui.tabs import chatbot_value
 from webui.votes import VoteLog
 
 
@@ -53,9 +56,11 @@ def idle_model(settings: Settings, model: str, *, live: bool) -> JobConsumer:
     return consumer
 
 
-async def started(start_worker: Callable[..., RunningWorker], producer: Producer, names: str = "tiny") -> RunningWorker:
+async def started(
+    start_worker: Callable[..., RunningWorker], producer: Producer, names: str = "tiny", **options: Any
+) -> RunningWorker:
     """A tiny worker, once the registry lists it."""
-    running = start_worker(names)
+    running = start_worker(names, **options)
     deadline = time.monotonic() + 30
     while not set(names.split(",")) <= set(await producer.live_models()):
         assert time.monotonic() < deadline, "the worker did not register"
@@ -90,7 +95,7 @@ async def test_a_conversation_streams_and_carries_its_history(
     ]
     await answer(session, producer)
     assert session.turns[1].answer and session.turns[1].error is None
-    assert [role for role, _ in session.display()] == ["user", "assistant", "user", "assistant"]
+    assert [shown.role for shown in session.display()] == ["user", "assistant", "user", "assistant"]
 
 
 async def test_closing_a_reply_cancels_the_job_at_the_worker(
@@ -215,6 +220,70 @@ async def test_a_worker_lost_mid_answer_keeps_the_partial_answer(settings: Setti
     # the next turn does not hide the failure from the model: the partial answer is history like any other
     session.ask("Go on", "fragile", Params())
     assert session.messages()[1] == {"role": "assistant", "content": "Half an ans"}
+
+
+THOUGHT = ["Paris is in France", "; it is sunny there", ".\n</th", "ink>\n\n", "It is sunny", " in Paris."]
+
+
+async def _scripted_reply(settings: Settings, producer: Producer, **parsers: Any) -> ChatSession:
+    """A conversation whose one answer is ``THOUGHT``, from a worker whose ``accepted`` names these parsers."""
+    consumer = idle_model(settings, "thinker", live=True)
+    session = ChatSession()
+    session.ask("Weather in Paris?", "thinker", Params())
+    task = asyncio.ensure_future(answer(session, producer))
+    (delivery,) = await asyncio.to_thread(wait_for, lambda: consumer.read(1, 100), 10)
+    job_id = delivery.job.id
+    accepted = Accepted(seq=0, worker="thinker-worker", attempt=1, prompt_tokens=3, **parsers)
+    deltas = [Delta(seq=i + 1, text=text, token_ids=[i]) for i, text in enumerate(THOUGHT)]
+    usage = Usage(prompt_tokens=3, completion_tokens=len(THOUGHT))
+    done = Done(seq=len(THOUGHT) + 1, finish_reason=FinishReason.STOP, usage=usage)
+    consumer.publish([(job_id, e) for e in [accepted, *deltas, done]])
+    await asyncio.wait_for(task, timeout=10)
+    return session
+
+
+async def test_a_reasoning_models_thinking_is_shown_apart_from_its_answer(
+    settings: Settings, producer: Producer
+) -> None:
+    session = await _scripted_reply(settings, producer, reasoning_parser="deepseek_r1", reasoning_open=True)
+    turn = session.turns[0]
+    assert turn.reasoning == "Paris is in France; it is sunny there.\n"
+    assert turn.answer == "It is sunny in Paris."  # no tag, no thinking in it
+    assert session.display() == [
+        Shown("user", "Weather in Paris?"),
+        Shown("assistant", turn.reasoning, "done"),
+        Shown("assistant", "It is sunny in Paris."),
+    ]
+    thought, shown_answer = chatbot_value(session)[1:]
+    assert thought["metadata"] == {"title": "Thinking", "status": "done"}  # a collapsed thought of its own
+    assert "metadata" not in shown_answer and shown_answer["content"][0]["text"] == "It is sunny in Paris."
+    session.ask("And tomorrow?", "thinker", Params())
+    assert session.messages()[1] == {"role": "assistant", "content": "It is sunny in Paris."}  # no thinking sent back
+
+
+async def test_without_a_reasoning_parser_the_text_is_left_as_it_is(settings: Settings, producer: Producer) -> None:
+    session = await _scripted_reply(settings, producer)
+    assert (session.turns[0].answer, session.turns[0].reasoning) == ("".join(THOUGHT), "")
+    assert [shown.thinking for shown in session.display()] == [None, None]
+
+
+async def test_a_tiny_reasoning_worker_thinks_in_a_pending_thought_then_is_cut_short(
+    start_worker: Callable[..., RunningWorker], producer: Producer, tmp_path: Path
+) -> None:
+    """The template opens ``<think>`` and the random model never closes it: all it writes is thinking."""
+    await started(start_worker, producer, conv_template=think_template(tmp_path), reasoning_parser="deepseek_r1")
+    session = ChatSession()
+    session.ask("Hello", "tiny", Params(max_tokens=12))
+    drawn = []
+    async for _ in reply(session, producer, timeout=60):
+        drawn.append([shown.thinking for shown in session.display()])
+    turn = session.turns[0]
+    assert turn.reasoning and turn.answer == "" and turn.finish_reason == "length"
+    assert any("pending" in frame for frame in drawn[:-1])  # while it thinks, the thought is open
+    assert not any("done" in frame for frame in drawn[:-1])
+    *_, thought, note = session.display()
+    assert (thought.text, thought.thinking) == (turn.reasoning, "done")
+    assert "cut short while the model was thinking" in note.text and turn.reasoning not in note.text
 
 
 async def test_a_restart_before_any_text_is_invisible(settings: Settings, producer: Producer) -> None:

@@ -6,6 +6,7 @@ Every request that leaves the loopback is blocked and recorded, so the page is p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from broker.connection import sync_client
 from broker.keys import Keys
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
+from tests.test_reasoning import think_template
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -47,19 +49,11 @@ class Served:
     blocked: list[str] = field(default_factory=list)
 
 
-@pytest.fixture
-def served(
-    settings: Settings,
-    start_worker: Callable[..., RunningWorker],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Served]:
-    """The tiny worker serving ``tiny`` and ``tiny-b``, and the API with the web UI on a free loopback port."""
+@contextlib.contextmanager
+def _serving(settings: Settings, worker: RunningWorker, log_dir: Path) -> Iterator[Served]:
+    """The API with the web UI on a free loopback port, once ``worker`` is registered."""
     from queuechat.compose import create_app
 
-    log_dir = tmp_path / "votes"
-    monkeypatch.setenv("QUEUECHAT_WEBUI_LOG_DIR", str(log_dir))
-    worker = start_worker("tiny,tiny-b")
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, webui=True), host="127.0.0.1", port=port, log_level="warning")
@@ -78,7 +72,22 @@ def served(
 
 
 @pytest.fixture
-def page(served: Served, tmp_path: Path) -> Iterator[Any]:
+def served(
+    settings: Settings,
+    start_worker: Callable[..., RunningWorker],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Served]:
+    """The tiny worker serving ``tiny`` and ``tiny-b``, and the API with the web UI on a free loopback port."""
+    log_dir = tmp_path / "votes"
+    monkeypatch.setenv("QUEUECHAT_WEBUI_LOG_DIR", str(log_dir))
+    with _serving(settings, start_worker("tiny,tiny-b"), log_dir) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _browser(served: Served, tmp_path: Path) -> Iterator[Any]:
+    """A page of headless chromium that reaches nothing beyond the loopback."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -99,6 +108,12 @@ def page(served: Served, tmp_path: Path) -> Iterator[Any]:
         finally:
             page.screenshot(path=str(tmp_path / "webui.png"), full_page=True)
             browser.close()
+
+
+@pytest.fixture
+def page(served: Served, tmp_path: Path) -> Iterator[Any]:
+    with _browser(served, tmp_path) as page:
+        yield page
 
 
 def open_ui(page: Any, served: Served, query: str = "") -> None:
@@ -255,3 +270,64 @@ def test_sigterm_with_an_open_page_stops_the_api(settings: Settings, tmp_path: P
         if api.poll() is None:
             api.kill()
         log.close()
+
+
+@pytest.fixture
+def thinking(
+    settings: Settings,
+    start_worker: Callable[..., RunningWorker],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Served, Any]]:
+    """``tiny`` served by a worker with a reasoning parser whose chat template opens ``<think>`` (so all the random
+    model writes is reasoning), ``tiny-b`` by a worker without one; the web UI, and a page of it."""
+    log_dir = tmp_path / "votes"
+    monkeypatch.setenv("QUEUECHAT_WEBUI_LOG_DIR", str(log_dir))
+    reasoner = start_worker("tiny", conv_template=think_template(tmp_path), reasoning_parser="deepseek_r1")
+    start_worker("tiny-b")
+    with _serving(settings, reasoner, log_dir) as served, _browser(served, tmp_path) as page:
+        yield served, page
+
+
+def test_a_reasoning_models_thinking_is_a_collapsed_thought_apart_from_the_answer(
+    thinking: tuple[Served, Any], tmp_path: Path
+) -> None:
+    served, page = thinking
+    open_ui(page, served)
+    expect(page.locator("#status-strip")).to_contain_text("tiny-b: 1 worker")
+    expect(page.locator("#chat-model input")).to_have_value("tiny")
+    set_max_tokens(page, 16)
+    page.locator("#chat-input textarea").fill("Hello there")
+    page.locator("#chat-send").click()
+    expect(page.locator("#chat-upvote")).to_be_enabled()  # the answer is over
+
+    thought = page.locator("#chatbot .thought-group")
+    expect(thought).to_have_count(1)
+    expect(thought).to_contain_text("Thinking")
+    bot = page.locator("#chatbot [data-testid='bot']")
+    expect(bot.last).to_contain_text("cut short while the model was thinking")
+    page.locator("#chat-upvote").click()
+    expect(page.locator("#chat-notice")).to_contain_text("your upvote was recorded")
+    (log,) = served.log_dir.glob("*-conv.json")
+    (turn,) = json.loads(log.read_text())["state"]["turns"]
+    assert turn["reasoning"].strip() and turn["answer"] == ""  # all of it was thinking, none of it an answer
+    # closed once over: the reasoning is not on the page until the thought is opened, and then not in the answer
+    assert " ".join(thought.inner_text().split()) == "Thinking"
+    thought.locator("[role='button']").first.click()
+    expect(thought).not_to_have_text("Thinking")
+    body = " ".join(thought.inner_text().split()).removeprefix("Thinking").strip()
+    assert body and body not in " ".join(bot.last.inner_text().split()), body
+    page.screenshot(path=str(tmp_path / "thought-open.png"), full_page=True)
+
+    # Compare: the reasoning model's side has its thought; the other model's text is left as it is
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#compare-model-a input")).to_have_value("tiny")
+    expect(page.locator("#compare-model-b input")).to_have_value("tiny-b")
+    page.locator("#compare-input textarea").fill("Which is the capital of France?")
+    page.locator("#compare-send").click()
+    expect(page.locator("#compare-tievote")).to_be_enabled()
+    expect(page.locator("#chatbot-a .thought-group")).to_have_count(1)
+    expect(page.locator("#chatbot-a .thought-group")).to_contain_text("Thinking")
+    expect(page.locator("#chatbot-b .thought-group")).to_have_count(0)
+    expect(page.locator("#chatbot-b [data-testid='bot']").last).not_to_be_empty()
+    assert served.blocked == []

@@ -1,9 +1,10 @@
 """Conversations and their streamed replies, free of any widget so they can be tested on their own.
 
 A :class:`ChatSession` holds one conversation; :func:`reply` asks a model for the answer to its last turn through
-the broker's producer and yields as the text grows. Closing the iterator (the Stop button, a browser that left)
-closes the job's events, which unsubscribes from its channel: the worker's next PUBLISH reaches nobody and it
-cancels the sequence.
+the broker's producer and yields as the text grows. A reasoning model's thinking (its worker runs with
+``--reasoning-parser``) is read apart from the answer, as the API reads it, and shown as a thought of its own.
+Closing the iterator (the Stop button, a browser that left) closes the job's events, which unsubscribes from its
+channel: the worker's next PUBLISH reaches nobody and it cancels the sequence.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from pydantic import ValidationError
 
 from broker.errors import QueuechatError
 from broker.producer import AnyEvent, JobEvents, Producer
 from broker.schemas import Accepted, Delta, Done
+from serving.chat import reasoning_splitter
+from serving.parsers import ReasoningSplitter
 from serving.requests import ChatCompletionRequest
 from webui import messages
 
@@ -47,6 +50,7 @@ class Turn:
     model: str
     params: Params
     answer: str = ""
+    reasoning: str = ""  # a reasoning model's thinking: shown apart, never sent back to the model
     error: str | None = None
     stopped: bool = False
     finish_reason: str | None = None
@@ -58,6 +62,27 @@ class Turn:
     def answered(self) -> bool:
         """Whether the model said something the next turn should see."""
         return bool(self.answer)
+
+    def take(self, splitter: ReasoningSplitter | None, text: str, *, final: bool = False) -> None:
+        """Add generated text to the answer, or, read by the worker's reasoning parser, to the reasoning or the
+        answer (``final``: the end of the output, where text held back as a possible tag is let out)."""
+        if splitter is None:
+            self.answer += text
+            return
+        for piece in splitter.feed(text) + (splitter.finish() if final else []):
+            if piece.reasoning:
+                self.reasoning += piece.text
+            else:
+                self.answer += piece.text
+
+
+class Shown(NamedTuple):
+    """One message of a chat window: its role, its Markdown, and for a reasoning model's thinking the state of
+    that thought ("pending" while it grows, "done" once the answer begins or the reply ended); None otherwise."""
+
+    role: str
+    text: str
+    thinking: Literal["pending", "done"] | None = None
 
 
 @dataclass
@@ -99,19 +124,25 @@ class ChatSession:
         out.append({"role": "user", "content": last.user})
         return out
 
-    def display(self) -> list[tuple[str, str]]:
-        """(role, Markdown) pairs for a chat window; an answer still empty while streaming is left out."""
-        shown: list[tuple[str, str]] = []
+    def display(self) -> list[Shown]:
+        """The messages of a chat window: each question, the model's thinking if it reasons, and its answer; an
+        answer still empty while streaming is left out."""
+        shown: list[Shown] = []
         for turn in self.turns:
-            shown.append(("user", turn.user))
+            shown.append(Shown("user", turn.user))
+            if turn.reasoning:
+                thinking = turn.finished is None and not turn.answer and not turn.stopped
+                shown.append(Shown("assistant", turn.reasoning, "pending" if thinking else "done"))
             notes = []
             if turn.stopped:
                 notes.append("*(stopped)*")
             if turn.error:
                 notes.append(f"⚠️ {turn.error}")
+            if turn.reasoning and not turn.answer and turn.finish_reason == "length":
+                notes.append("*(the answer was cut short while the model was thinking: allow more output tokens)*")
             text = "\n\n".join([turn.answer, *notes] if turn.answer else notes)
             if text:
-                shown.append(("assistant", text))
+                shown.append(Shown("assistant", text))
         return shown
 
     def stop(self) -> None:
@@ -168,8 +199,10 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
     turn.started = time.time()
     events: JobEvents | None = None
     pending: asyncio.Future[AnyEvent] | None = None
+    splitter: ReasoningSplitter | None = None  # set by the job's accepted event, when its worker's model reasons
     try:
-        job = request_of(session, turn).to_job(timeout)
+        request = request_of(session, turn)
+        job = request.to_job(timeout)
         turn.job_id = job.id
         events = await producer.submit(job)
         shown_at = 0.0
@@ -184,15 +217,17 @@ async def reply(session: ChatSession, producer: Producer, timeout: float) -> Asy
             event, pending = pending.result(), None
             if isinstance(event, Accepted):
                 # the job (re)starts: after its worker died, another runs it again from the beginning
-                turn.answer = ""
+                turn.answer, turn.reasoning = "", ""
+                splitter = reasoning_splitter(request, event)
             elif isinstance(event, Delta) and event.text:
-                turn.answer += event.text
+                turn.take(splitter, event.text)
                 if time.monotonic() - shown_at >= FRAME_SECONDS:
                     shown_at = time.monotonic()
                     # the person has seen text: a restart can no longer be hidden, it is a lost worker
                     events.committed = True
                     yield turn
             elif isinstance(event, Done):
+                turn.take(splitter, "", final=True)
                 turn.finish_reason = event.finish_reason.value
     except QueuechatError as exc:
         turn.error = messages.describe(exc, turn.model)

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from webui.backend import Backend
-from webui.chat import ChatSession, InputRejected, Params, reply, side_by_side
+from webui.chat import ChatSession, InputRejected, Params, Shown, reply, side_by_side
 
 # How long Clear waits for a running reply to notice it and wind down (it looks every STOP_POLL_SECONDS).
 STOP_WAIT_SECONDS = 10.0
@@ -27,10 +27,22 @@ Sessions = tuple[ChatSession, ...]
 Updates = tuple[Any, ...]
 
 
+# The title of a reasoning model's thought: Gradio shows a message with a title as a collapsible block of its own
+# (open with a spinner while "pending", closed once "done"), apart from the answer.
+THINKING_TITLE = "Thinking"
+
+
 def chatbot_value(session: ChatSession) -> list[dict[str, Any]]:
     # Gradio's normalised message form: a plain string goes through inspect.cleandoc, which strips indentation
     # that every line after the first shares (code would lose it).
-    return [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in session.display()]
+    return [_message(shown) for shown in session.display()]
+
+
+def _message(shown: Shown) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": shown.role, "content": [{"type": "text", "text": shown.text}]}
+    if shown.thinking is not None:
+        message["metadata"] = {"title": THINKING_TITLE, "status": shown.thinking}
+    return message
 
 
 def client_ip(request: gr.Request | None) -> str | None:

@@ -237,7 +237,8 @@ async def _scripted_reply(settings: Settings, producer: Producer, **parsers: Any
     deltas = [Delta(seq=i + 1, text=text, token_ids=[i]) for i, text in enumerate(THOUGHT)]
     usage = Usage(prompt_tokens=3, completion_tokens=len(THOUGHT))
     done = Done(seq=len(THOUGHT) + 1, finish_reason=FinishReason.STOP, usage=usage)
-    consumer.publish([(job_id, e) for e in [accepted, *deltas, done]])
+    events: list[Accepted | Delta | Done] = [accepted, *deltas, done]
+    consumer.publish([(job_id, e) for e in events])
     await asyncio.wait_for(task, timeout=10)
     return session
 

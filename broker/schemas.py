@@ -73,7 +73,8 @@ class SamplingParams(BaseModel):
 
     @property
     def constrained(self) -> bool:
-        """Whether a grammar constrains the output (a matcher that a continuation could not replay)."""
+        """Whether a grammar constrains the output (a continuation needs an engine that starts the grammar past
+        the tokens already sent)."""
         return self.json_schema is not None or self.regex is not None or self.choice is not None
 
 

@@ -4,6 +4,7 @@ the job's log says its client already has, so the client sees the same answer as
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -117,3 +118,78 @@ async def test_a_job_taken_over_mid_stream_continues_where_it_stopped(
 def test_a_continued_accepted_is_not_a_restart() -> None:
     """The API passes over a continuation's ``accepted`` (it carries the next seq) instead of starting over."""
     assert Accepted(seq=5, worker="w", attempt=2, prompt_tokens=1).seq == 5
+
+
+VERDICTS = {
+    "type": "object",
+    "properties": {
+        "verdicts": {
+            "type": "array",
+            "minItems": 4,
+            "maxItems": 4,
+            "items": {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+                      "required": ["answer", "sure"], "additionalProperties": False},
+        }
+    },
+    "required": ["verdicts"],
+    "additionalProperties": False,
+}  # fmt: skip
+
+
+async def test_a_constrained_job_continues_under_its_grammar(
+    settings: Settings, start_worker: Callable[..., RunningWorker]
+) -> None:
+    """A job under a JSON schema, taken over after any number of tokens (one, a few, all but its done), goes on with
+    its grammar where the dead worker's stood: the same text and tokens as without the fault, valid JSON."""
+    assert settings.redis_url
+    fast = settings.model_copy(update={"claim_min_idle": 0.05})
+    client = sync_client(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    producer = Producer(async_client(settings.redis_url), fast)
+    first = start_worker(settings_=fast)
+    try:
+        wait_for(lambda: live_workers(client, keys), 30)
+        constrained = Job(
+            kind=JobKind.COMPLETION,
+            model="tiny",
+            prompt="Answer as JSON",
+            params=SamplingParams(max_tokens=200, temperature=0, json_schema=VERDICTS),
+            deadline=time.time() + 120,
+        )
+        reference = await _collect(await producer.submit(constrained))
+        text, ids, done = reference
+        assert done[0].finish_reason == "stop" and len(ids) > 12, "the grammar must end the reference, not max_tokens"
+        log = JobConsumer(client, keys, ["tiny"], "reader").read_logs([constrained.id])[constrained.id]
+        first.stop()
+
+        WorkerRegistration(client, keys, WorkerCard(id="front-view", models=["tiny"]), ttl=60).heartbeat(WorkerStatus())
+        ghost = JobConsumer(client, keys, ["tiny"], "ghost")
+        cuts = [1, 7, len(ids) // 2, 99]  # deltas the ghost sent before dying; 99: all of them, but not its done
+        copies: list[JobEvents] = []
+        for sent in cuts:
+            copy = constrained.model_copy(update={"id": new_job_id(constrained.model)})
+            events = await producer.submit(copy)
+            (delivery,) = wait_for(lambda: ghost.read(1, 100), 10)
+            assert isinstance(delivery, Delivery) and delivery.job.id == copy.id
+            past, deltas = [], 0
+            for event in log.events:
+                if isinstance(event, Delta):
+                    if deltas >= sent:
+                        break
+                    deltas += 1
+                elif isinstance(event, Done):
+                    break
+                past.append((copy.id, event))
+            ghost.publish(past)
+            copies.append(events)
+
+        start_worker(settings_=fast)
+        results = await asyncio.wait_for(asyncio.gather(*(_collect(e) for e in copies)), 120)
+    finally:
+        await producer.close()
+
+    for sent, (got_text, got_ids, got_done), events in zip(cuts, results, copies, strict=True):
+        assert (got_text, got_ids) == (text, ids), f"constrained continuation after {sent} tokens differs"
+        assert [d.finish_reason for d in got_done] == ["stop"], sent
+        assert events.continued == 1, sent
+        assert len(json.loads(got_text)["verdicts"]) == 4

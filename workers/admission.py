@@ -195,8 +195,9 @@ def continuation_seed(seed: int | None, sent: int) -> int | None:
 def continued_requests(running: RunningJob, requests: list[GenerationRequest], past: JobLog) -> list[GenerationRequest]:
     """Of a continued job's engine requests (one per choice, from its prompt), those still to run, each going on from
     the tokens its client has (``past``): the prompt plus those tokens, the remaining ``max_new_tokens``, the seed
-    moved on, its text stream primed with them. A choice whose end is in the log is done; one complete in its tokens
-    (out of tokens, or stopped) ends at admission (``running.ended_at_admission``)."""
+    moved on, its grammar (if any) advanced through them, its text stream primed with them. A choice whose end is in
+    the log is done; one complete in its tokens (out of tokens, or stopped) ends at admission
+    (``running.ended_at_admission``)."""
     to_run: list[GenerationRequest] = []
     for index, (choice, request) in enumerate(zip(running.choices, requests, strict=True)):
         done = past.done(index)
@@ -209,6 +210,8 @@ def continued_requests(running: RunningJob, requests: list[GenerationRequest], p
         request.prompt_ids = request.prompt_ids + sent
         request.max_new_tokens = request.max_new_tokens - len(sent)
         request.seed = continuation_seed(request.seed, len(sent))
+        if request.grammar is not None:
+            request.grammar_prefix = list(sent)  # the grammar goes on from the tokens the client has
         if request.max_new_tokens <= 0 or choice.text.stopped or choice.text.ended_by_token:
             running.ended_at_admission.append(index)
             continue

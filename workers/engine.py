@@ -27,6 +27,9 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; N: the chosen token's and the N most likely alternatives
     penalties: tuple[float, float, float] | None = None  # (repetition, presence, frequency)
     grammar: str | None = None  # an llguidance grammar the output must follow
+    # the tokens the grammar has already matched (the end of prompt_ids): a continuation's tokens its client has,
+    # so the output goes on from where the grammar stood, not from its start
+    grammar_prefix: list[int] = field(default_factory=list)
     ignore_eos: bool = False  # the model's EOS tokens do not end the sequence (stop_token_ids still do)
     min_tokens: int = 0  # neither EOS nor a stop token id is generated before this many tokens
     logit_bias: dict[int, float] | None = None  # added to the logits before sampling
@@ -85,6 +88,8 @@ class Engine(Protocol):
     slots: int
     eos_token_ids: frozenset[int]
     sampling_defaults: SamplingDefaults
+    # whether a request's grammar can start past its grammar_prefix; a continued job needs it (workers/service.py)
+    continues_grammars: bool
 
     def add(self, request: GenerationRequest) -> None: ...
     def prompt_logprobs(

@@ -356,12 +356,13 @@ class ModelWorker:
             running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)
         requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
         if past is not None and past.exists:
-            if past.whole and not params.constrained:
+            if past.whole and (self.engine.continues_grammars or not params.constrained):
                 running.continued = True
                 running.seq = past.next_seq
             else:
-                # A grammar's matcher cannot be replayed here, and a log without its beginning is not the whole
-                # story: run the job again from the start (a stream that already showed text then fails).
+                # A log without its beginning is not the whole story, and an engine that cannot start a grammar past
+                # the tokens sent (vLLM) would constrain the rest from the grammar's start: run the job again from
+                # the start (a stream that already showed text then fails).
                 log.warning("job %s runs again from its start (its log cannot be continued)", job.id)
                 self.consumer.restart_log(job.id, past)
         if params.prompt_logprobs and not running.continued:

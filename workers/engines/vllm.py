@@ -142,6 +142,10 @@ class VllmEngine:
         self.max_model_len = int(model_config.max_model_len)
         self.max_logprobs = int(model_config.max_logprobs)
         self.slots = config.slots
+        # vLLM's structured outputs compile each request's grammar from its start and take no tokens to advance it
+        # by (StructuredOutputsParams has no such field; the prompt never reaches the matcher), so a job under a
+        # grammar cannot be continued mid-output here: it runs again from its start (workers/service.py)
+        self.continues_grammars = False
         self.vocab_size = int(model_config.get_vocab_size())
         generation_config = _generation_config(model_dir)
         self.eos_token_ids = eos_ids_of(generation_config, model_config.hf_config, tokenizer)
@@ -448,6 +452,7 @@ class EngineView:
         self.max_model_len = engine.max_model_len
         self.eos_token_ids = engine.eos_token_ids
         self.sampling_defaults = engine.sampling_defaults
+        self.continues_grammars = engine.continues_grammars
         self.tokenizer = engine.tokenizer
         self._outputs: queue.Queue[list[SeqUpdate]] = queue.Queue()
         self._seqs: set[str] = set()

@@ -119,6 +119,7 @@ class ContinuousBatchingEngine:
         self.eos_token_ids = eos_ids_of(getattr(model, "generation_config", None), model.config, tokenizer)
         self.sampling_defaults = sampling_defaults_of(model)
         self.slots = config.slots
+        self.continues_grammars = True  # the matcher consumes a request's grammar_prefix (processors.py)
         positions = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2**31
         num_blocks = config.num_blocks or self._blocks_for(model, config, int(positions))
         self.num_blocks = num_blocks
@@ -194,7 +195,7 @@ class ContinuousBatchingEngine:
         if request.penalties is not None and request.penalties != (1.0, 0.0, 0.0):
             sampling_kwargs[processors.PENALTIES_KWARG] = tuple(float(p) for p in request.penalties)
         if request.grammar is not None:
-            self._extras.grammar.register(request.seq_id, request.grammar)
+            self._extras.grammar.register(request.seq_id, request.grammar, request.grammar_prefix)
             sampling_kwargs[processors.GRAMMAR_KWARG] = request.grammar
         ends = (set() if request.ignore_eos else set(self.eos_token_ids)) | set(request.stop_token_ids)
         rules = processors.Rules.of(request.logit_bias, request.allowed_token_ids, request.min_tokens, ends)

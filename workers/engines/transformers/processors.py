@@ -266,9 +266,11 @@ class GrammarConstraint(KeyedProcessor):
         self._ll_tokenizer: Any = None
         self._constrained: dict[str, _Constrained] = {}
 
-    def register(self, request_id: str, grammar: str) -> None:
+    def register(self, request_id: str, grammar: str, matched: list[int] | None = None) -> None:
         """Compile a request's grammar before the request reaches the manager; raises ValueError when the grammar
-        is invalid, so a bad grammar fails its own request and never the generation loop."""
+        is invalid, so a bad grammar fails its own request and never the generation loop. ``matched``: tokens the
+        grammar already accepted (a continued job's, at the end of its prompt), consumed here so the matcher stands
+        where the first worker's did and the request's own tokens go on from there."""
         import llguidance
         import llguidance.hf
 
@@ -277,6 +279,8 @@ class GrammarConstraint(KeyedProcessor):
         matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar)
         if matcher.is_error():
             raise ValueError(f"invalid grammar: {matcher.get_error()}")
+        if matched and not matcher.consume_tokens(matched):
+            raise ValueError(f"the tokens already sent do not follow the grammar: {matcher.get_error()}")
         with self._lock:
             self._constrained[request_id] = _Constrained(matcher)
 

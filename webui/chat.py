@@ -18,8 +18,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.errors import QueuechatError
-from broker.producer import AnyEvent, JobEvents, Producer
-from broker.schemas import Accepted, Delta, Done
+from broker.jobevents import JobEvents
+from broker.producer import Producer
+from broker.schemas import Accepted, AnyEvent, Delta, Done
 from serving.requests import ChatCompletionRequest
 from webui import messages
 

@@ -32,7 +32,7 @@ QUESTIONS = [
 ]  # fmt: skip
 
 
-def prompts(tokenizer, n: int) -> list[str]:  # type: ignore[no-untyped-def]
+def prompts(tokenizer, n: int) -> list[str]:
     return [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], add_generation_prompt=True, tokenize=False
@@ -41,7 +41,7 @@ def prompts(tokenizer, n: int) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
-def run_inprocess(engine, tokenizer, texts: list[str], concurrency: int, max_tokens: int) -> RunResult:  # type: ignore[no-untyped-def]
+def run_inprocess(engine, tokenizer, texts: list[str], concurrency: int, max_tokens: int) -> RunResult:
     """Drive the engine directly: the same work the worker does, minus Redis, the API and HTTP."""
     from bench.loadgen import RequestResult
     from workers.engine import GenerationRequest

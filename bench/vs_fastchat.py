@@ -154,7 +154,7 @@ def start_queuechat(
     return base, procs
 
 
-def count_tokens(run: RunResult, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def count_tokens(run: RunResult, tokenizer) -> None:
     """Output tokens as the model's tokenizer counts the streamed text: one rule for both systems."""
     for r in run.ok:
         r.tokens = len(tokenizer.encode("".join(r.text), add_special_tokens=False))

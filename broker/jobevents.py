@@ -18,7 +18,7 @@ from broker import eventlog
 from broker.errors import BrokerUnavailable, JobFailed, NoWorkerAvailable, RequestTimedOut
 from broker.eventrouter import CONNECTION_LOST, RECONNECTED
 from broker.keys import log_entry_id
-from broker.schemas import Accepted, AnyEvent, Done, Error, Job, parse_event
+from broker.schemas import Accepted, AnyEvent, Done, Error, Job, job_failure, parse_event
 
 if TYPE_CHECKING:
     from broker.producer import Producer
@@ -157,7 +157,7 @@ class JobEvents:
         """Apply one event in ``seq`` order: the event to hand on, or None for one that is not (a duplicate, the
         ``accepted`` of a continuation, an event past a gap that the log fills)."""
         if isinstance(event, Error):  # ends the job whoever sent it (a dead-letter notice has no place in seq)
-            raise JobFailed(event.message, status=event.status, code=event.code, param=event.param)
+            raise job_failure(event)
         if isinstance(event, Accepted) and event.seq == 0 and self._next_seq > 0:
             if (event.worker, event.attempt) == (self.worker, self.attempt):
                 return None  # the first accepted again

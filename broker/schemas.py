@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from broker import tracing
+from broker.errors import JobFailed, QueuechatError
 from broker.keys import new_job_id
 
 
@@ -217,6 +218,16 @@ class Error(_Event):
     message: str
     status: int = 500
     param: str | None = None
+
+
+def error_event(exc: QueuechatError, seq: int) -> Error:
+    """The ``error`` event a worker sends for ``exc``: its status, code and param, as the client will get them."""
+    return Error(seq=seq, code=exc.code, message=exc.message, status=exc.status, param=exc.param)
+
+
+def job_failure(event: Error) -> JobFailed:
+    """What a front server raises for an ``error`` event: the inverse of :func:`error_event`."""
+    return JobFailed(event.message, status=event.status, code=event.code, param=event.param)
 
 
 AnyEvent = Accepted | Delta | Done | Error

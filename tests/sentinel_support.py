@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import redis
 
@@ -87,7 +88,8 @@ class SentinelGroup:
         raise AssertionError("the Sentinel group did not come up")
 
     def current_primary_port(self) -> int:
-        _host, port = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(SERVICE)
+        address = redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(SERVICE)
+        _host, port = cast(tuple[str, int], address)
         return int(port)
 
     def kill(self, port: int) -> None:

@@ -39,7 +39,7 @@ def claude(stack: Stack) -> anthropic.Anthropic:
 
 
 def test_message_matches_the_chat_answer(claude: anthropic.Anthropic, stack: Stack) -> None:
-    reply = claude.messages.create(model="tiny", max_tokens=12, messages=MESSAGES, extra_body=GREEDY)  # type: ignore[arg-type]
+    reply = claude.messages.create(model="tiny", max_tokens=12, messages=MESSAGES, extra_body=GREEDY)
     assert reply.type == "message" and reply.role == "assistant" and reply.model == "tiny"
     assert reply.id.startswith("msg_")
     assert reply.stop_reason == "max_tokens" and reply.stop_sequence is None
@@ -47,17 +47,17 @@ def test_message_matches_the_chat_answer(claude: anthropic.Anthropic, stack: Sta
     (block,) = reply.content
     assert block.type == "text" and block.text
     chat = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0)
-    same = chat.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, extra_body=GREEDY)  # type: ignore[arg-type]
+    same = chat.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, extra_body=GREEDY)
     assert block.text == same.choices[0].message.content
-    assert reply.usage.input_tokens == same.usage.prompt_tokens  # type: ignore[union-attr]
+    assert reply.usage.input_tokens == same.usage.prompt_tokens
 
 
 def test_system_prompt_reaches_the_model(claude: anthropic.Anthropic) -> None:
-    plain = claude.messages.create(model="tiny", max_tokens=8, messages=MESSAGES, extra_body=GREEDY)  # type: ignore[arg-type]
+    plain = claude.messages.create(model="tiny", max_tokens=8, messages=MESSAGES, extra_body=GREEDY)
     with_system = claude.messages.create(
         model="tiny",
         max_tokens=8,
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         extra_body=GREEDY,
         system=[{"type": "text", "text": "You answer in one word."}],
     )
@@ -65,21 +65,21 @@ def test_system_prompt_reaches_the_model(claude: anthropic.Anthropic) -> None:
 
 
 def test_stream_events_in_order_and_text_equal_to_the_answer(claude: anthropic.Anthropic) -> None:
-    whole = claude.messages.create(model="tiny", max_tokens=16, messages=MESSAGES, extra_body=GREEDY)  # type: ignore[arg-type]
+    whole = claude.messages.create(model="tiny", max_tokens=16, messages=MESSAGES, extra_body=GREEDY)
     events = list(
-        claude.messages.create(model="tiny", max_tokens=16, messages=MESSAGES, stream=True, extra_body=GREEDY)  # type: ignore[arg-type]
+        claude.messages.create(model="tiny", max_tokens=16, messages=MESSAGES, stream=True, extra_body=GREEDY)
     )
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start" and kinds[1] == "content_block_start"
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(kinds[2:-3]) == {"content_block_delta"}
-    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")  # type: ignore[union-attr]
-    assert text == whole.content[0].text  # type: ignore[union-attr]
-    assert events[0].message.usage.input_tokens == whole.usage.input_tokens  # type: ignore[union-attr]
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == whole.content[0].text
+    assert events[0].message.usage.input_tokens == whole.usage.input_tokens
     delta = events[-2]
-    assert delta.delta.stop_reason == "max_tokens" and delta.usage.output_tokens == 16  # type: ignore[union-attr]
+    assert delta.delta.stop_reason == "max_tokens" and delta.usage.output_tokens == 16
     # the SDK's stream helper reassembles the same message
-    with claude.messages.stream(model="tiny", max_tokens=16, messages=MESSAGES, extra_body=GREEDY) as stream:  # type: ignore[arg-type]
+    with claude.messages.stream(model="tiny", max_tokens=16, messages=MESSAGES, extra_body=GREEDY) as stream:
         assert "".join(stream.text_stream) == text
         final = stream.get_final_message()
     assert final.usage.output_tokens == 16 and final.stop_reason == "max_tokens"
@@ -102,17 +102,17 @@ def test_tool_use_round_trip(claude: anthropic.Anthropic, stream: bool) -> None:
     assert reply.stop_reason == "tool_use"
     (call,) = [b for b in reply.content if b.type == "tool_use"]
     assert call.name == "get_weather" and call.id
-    assert call.input["city"] in ("Paris", "Oslo") and call.input["unit"] in ("C", "F")  # type: ignore[index]
+    assert call.input["city"] in ("Paris", "Oslo") and call.input["unit"] in ("C", "F")
     # the client sends the call and its result back; the model answers on
     follow_up = claude.messages.create(
         model="tiny",
         max_tokens=8,
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         messages=[
             *MESSAGES,
             {"role": "assistant", "content": reply.content},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18 C, sunny"}]},
-        ],  # type: ignore[arg-type]
+        ],
     )
     assert follow_up.content and follow_up.usage.input_tokens > reply.usage.input_tokens
 
@@ -127,17 +127,17 @@ def test_output_format_constrains_the_answer_to_the_schema(claude: anthropic.Ant
     reply = claude.messages.create(
         model="tiny",
         max_tokens=40,
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         output_config={"format": {"type": "json_schema", "schema": schema}},
     )
-    assert json.loads(reply.content[0].text)["answer"] in ("Paris", "Oslo")  # type: ignore[union-attr]
+    assert json.loads(reply.content[0].text)["answer"] in ("Paris", "Oslo")
 
 
 def test_count_tokens_counts_the_prompt_the_model_gets(claude: anthropic.Anthropic) -> None:
-    counted = claude.messages.count_tokens(model="tiny", messages=MESSAGES)  # type: ignore[arg-type]
-    reply = claude.messages.create(model="tiny", max_tokens=2, messages=MESSAGES)  # type: ignore[arg-type]
+    counted = claude.messages.count_tokens(model="tiny", messages=MESSAGES)
+    reply = claude.messages.create(model="tiny", max_tokens=2, messages=MESSAGES)
     assert counted.input_tokens == reply.usage.input_tokens
-    with_tools = claude.messages.count_tokens(model="tiny", messages=MESSAGES, tools=[WEATHER])  # type: ignore[arg-type, list-item]
+    with_tools = claude.messages.count_tokens(model="tiny", messages=MESSAGES, tools=[WEATHER])
     assert with_tools.input_tokens > counted.input_tokens  # the template renders the tools into the prompt
 
 
@@ -234,7 +234,7 @@ def test_bad_count_tokens_requests_are_anthropic_errors(
 
 def test_unknown_model_is_the_clients_not_found_error(claude: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
-        claude.messages.create(model="no-such-model", max_tokens=4, messages=MESSAGES)  # type: ignore[arg-type]
+        claude.messages.create(model="no-such-model", max_tokens=4, messages=MESSAGES)
     assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
@@ -245,10 +245,10 @@ def test_x_api_key_is_accepted_and_a_wrong_key_is_anthropics_401(
     api = start_api(settings.model_copy(update={"api_keys": ["sk-one"]}))
     wait_for(lambda: httpx.get(f"{api.base_url}/v1/models", headers={"x-api-key": "sk-one"}).json()["data"])
     good = anthropic.Anthropic(base_url=api.base_url, api_key="sk-one", max_retries=0)
-    assert good.messages.create(model="tiny", max_tokens=2, messages=MESSAGES).content  # type: ignore[arg-type]
+    assert good.messages.create(model="tiny", max_tokens=2, messages=MESSAGES).content
     bad = anthropic.Anthropic(base_url=api.base_url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as caught:
-        bad.messages.create(model="tiny", max_tokens=2, messages=MESSAGES)  # type: ignore[arg-type]
+        bad.messages.create(model="tiny", max_tokens=2, messages=MESSAGES)
     assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     # the OpenAI routes keep OpenAI's shape, and take the x-api-key header too
     r = httpx.get(f"{api.base_url}/v1/models", headers={"x-api-key": "sk-wrong"})

@@ -142,7 +142,7 @@ def test_unknown_model_is_404_model_not_found(stack: Stack) -> None:
     assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
 
 
-def test_known_model_without_live_worker_is_503(stack: Stack, settings) -> None:  # type: ignore[no-untyped-def]
+def test_known_model_without_live_worker_is_503(stack: Stack, settings) -> None:
     # a model that once had a worker (its stream exists) but has none alive now
     JobConsumer(sync_client(settings.redis_url), Keys(settings.key_prefix), ["gone"], "x").ensure_groups()
     r = httpx.post(f"{stack.base_url}/v1/chat/completions", json={"model": "gone", "messages": PROMPT})
@@ -163,7 +163,7 @@ def test_health(stack: Stack) -> None:
     assert r.status_code == 200 and r.json()["broker"] == "up"
 
 
-def test_worker_with_expired_heartbeat_leaves_models(stack: Stack, settings) -> None:  # type: ignore[no-untyped-def]
+def test_worker_with_expired_heartbeat_leaves_models(stack: Stack, settings) -> None:
     from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 
     client_ = sync_client(settings.redis_url)
@@ -196,7 +196,7 @@ def test_seed_makes_sampling_reproducible_whatever_shares_the_batch(stack: Stack
     assert sample(43) != alone
 
 
-def test_default_kv_cache_sizing_serves_a_small_model(start_worker, start_api) -> None:  # type: ignore[no-untyped-def]
+def test_default_kv_cache_sizing_serves_a_small_model(start_worker, start_api) -> None:
     """Without --num-blocks the cache comes from --kv-cache-gib; for a tiny model that must not explode into
     gigabytes of attention mask (it did: 'Memory footprint ... is more than available memory')."""
     worker = start_worker(num_blocks=None, page_size=16)
@@ -210,7 +210,7 @@ def test_default_kv_cache_sizing_serves_a_small_model(start_worker, start_api) -
     assert r.json()["usage"]["completion_tokens"] == 3
 
 
-def test_stream_interval_packs_tokens_into_fewer_chunks_with_the_same_text(start_worker, start_api) -> None:  # type: ignore[no-untyped-def]
+def test_stream_interval_packs_tokens_into_fewer_chunks_with_the_same_text(start_worker, start_api) -> None:
     """--stream-interval 4: the first token goes at once, then chunks of 4 tokens; the text and usage are those of
     a non-streaming answer."""
     start_worker(stream_interval=4)

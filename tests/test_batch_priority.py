@@ -42,7 +42,7 @@ def test_the_consumer_reads_batch_lines_only_when_no_interactive_job_waits(setti
         _queue(client, keys.jobs("m"), f"chat-{i}")
 
     def prompts(items: list[Any]) -> list[str]:
-        return [d.job.prompt for d in items if isinstance(d, Delivery)]
+        return [str(d.job.prompt) for d in items if isinstance(d, Delivery)]
 
     assert prompts(consumer.read(4, None)) == ["chat-0", "chat-1"]  # the batch's lines were queued first
     assert prompts(consumer.read(2, None)) == ["batch-0", "batch-1"]

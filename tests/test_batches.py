@@ -183,10 +183,10 @@ def test_file_and_batch_errors_are_openai_shaped(batch_api: Callable[..., OpenAI
     for endpoint, param in [("/v1/embeddings", "endpoint"), ("/v1/models", "endpoint"), ("/v1/completions",
                             "input_file_id")]:  # fmt: skip
         with pytest.raises(openai.BadRequestError) as caught:
-            client.batches.create(input_file_id=file_id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+            client.batches.create(input_file_id=file_id, endpoint=endpoint, completion_window="24h")
         assert caught.value.body["param"] == param  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1h")
     assert caught.value.body["param"] == "completion_window"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")

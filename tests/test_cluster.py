@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from redis.crc import key_slot
 from typer.testing import CliRunner
 
@@ -29,7 +30,7 @@ from tests.faults.conftest import Cluster as Processes
 from tests.faults.load import Load
 from tests.sse import parse_sse
 
-PROMPT = [{"role": "user", "content": "Say something."}]
+PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 # names a deployment may well give its models, the odd ones included
 MODELS = ["tiny", "meta-llama/Llama-3.1-8B-Instruct", "a}b", "x{y", "qwen:7b"]
 

@@ -58,7 +58,7 @@ async def test_a_job_taken_over_mid_stream_continues_where_it_stopped(
                 kind=JobKind.COMPLETION,
                 model="tiny",
                 prompt="Tell me a story about queues",
-                params=SamplingParams(max_tokens=MAX_TOKENS, **params),  # type: ignore[arg-type]
+                params=SamplingParams(max_tokens=MAX_TOKENS, **params),
                 deadline=time.time() + 120,
             )
 

@@ -3,6 +3,8 @@ async registry readers answer alike, and a stream's load reads the same whatever
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from broker.connection import async_client, sync_client
@@ -55,7 +57,8 @@ def test_a_streams_load_reads_alike_without_a_stream_without_a_group_and_with_on
         client.xadd(stream, {"job": str(n)})
     assert _load(client, stream) == (False, 0, 3)  # nobody consumed from it yet: all of it waits
     client.xgroup_create(stream, CONSUMER_GROUP, id="0")
-    ((_, [(entry_id, fields)]),) = client.xreadgroup(CONSUMER_GROUP, "w", {stream: ">"}, count=1)
+    read: Any = client.xreadgroup(CONSUMER_GROUP, "w", {stream: ">"}, count=1)  # redis-py types it loosely
+    ((_, [(entry_id, fields)]),) = read
     assert _load(client, stream) == (True, 1, 2)
     assert entry_fields(fields) == {"job": b"0"} == entry_fields([b"job", b"0"])  # a client's reply, a script's
     (pending,) = pending_entries(client.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=10))

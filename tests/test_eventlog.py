@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import httpx
 import pytest
@@ -76,7 +77,7 @@ async def test_a_worker_logs_every_event_beside_its_publish(stack: Stack, settin
     job_id = "job-" + reply["id"].removeprefix("cmpl-")
     client = sync_client(settings.redis_url or "")
     key = Keys(settings.key_prefix).log(job_id)
-    entries = client.xrange(key)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(key))
     read = eventlog.parse_entries(entries)
     assert read.whole and read.meta is not None and read.meta["model"] == "tiny"
     ids = [e[0].decode() for e in entries[1:]]

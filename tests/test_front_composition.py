@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -128,7 +129,7 @@ def test_the_clients_request_id_travels_in_the_job(start_api: Callable[..., ApiS
     sender = threading.Thread(target=send)
     sender.start()
     sender.join(10)
-    entries = client.xrange(keys.jobs("held"))
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.jobs("held")))
     jobs = [json.loads(fields[b"job"]) for _, fields in entries]
     assert [j["request_id"] for j in jobs] == ["abc-123"]
 

@@ -18,7 +18,7 @@ def client(stack: Stack) -> OpenAI:
 
 
 def answer(stack: Stack, messages: list[dict[str, Any]]) -> str:
-    r = client(stack).chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0)  # type: ignore[arg-type]
+    r = client(stack).chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0)
     return r.choices[0].message.content or ""
 
 
@@ -55,7 +55,7 @@ def test_a_tool_conversation_is_accepted(stack: Stack) -> None:
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
     ]
-    r = client(stack).chat.completions.create(model="tiny", messages=messages, max_tokens=4)  # type: ignore[arg-type]
+    r = client(stack).chat.completions.create(model="tiny", messages=messages, max_tokens=4)
     assert r.choices[0].finish_reason == "length"
 
 
@@ -72,7 +72,7 @@ def test_media_parts_are_refused_naming_the_part(stack: Stack, part: dict[str, A
         {"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]},
     ]
     with pytest.raises(openai.BadRequestError) as info:
-        client(stack).chat.completions.create(model="tiny", messages=messages, max_tokens=4)  # type: ignore[arg-type]
+        client(stack).chat.completions.create(model="tiny", messages=messages, max_tokens=4)
     error = info.value.body
     assert isinstance(error, dict)
     assert error["param"] == "messages[1].content[1]"

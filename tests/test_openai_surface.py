@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -26,7 +27,7 @@ def client(stack: Stack) -> openai.OpenAI:
 
 
 def test_chat_logprobs_none_zero_five(client: openai.OpenAI) -> None:
-    plain = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=5)  # type: ignore[arg-type]
+    plain = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=5)
     assert plain.choices[0].logprobs is None
     for top in (0, 5):
         reply = client.chat.completions.create(
@@ -34,10 +35,10 @@ def test_chat_logprobs_none_zero_five(client: openai.OpenAI) -> None:
             messages=MSG,
             max_tokens=5,
             logprobs=True,
-            top_logprobs=top,  # type: ignore[arg-type]
+            top_logprobs=top,
         )
-        entries = reply.choices[0].logprobs.content  # type: ignore[union-attr]
-        assert entries is not None and len(entries) == reply.usage.completion_tokens  # type: ignore[union-attr]
+        entries = reply.choices[0].logprobs.content
+        assert entries is not None and len(entries) == reply.usage.completion_tokens
         # the content is the tokens' bytes (bytes that make no character show as U+FFFD in the content)
         spelled = b"".join(bytes(e.bytes or []) for e in entries).decode("utf-8", errors="ignore")
         # a sampled special token is named in the logprobs but, as in vLLM, left out of the content
@@ -60,9 +61,9 @@ def test_greedy_token_is_the_top_alternative(client: openai.OpenAI) -> None:
         max_tokens=8,
         temperature=0,
         logprobs=True,
-        top_logprobs=3,  # type: ignore[arg-type]
+        top_logprobs=3,
     )
-    for entry in reply.choices[0].logprobs.content:  # type: ignore[union-attr]
+    for entry in reply.choices[0].logprobs.content:
         assert entry.top_logprobs[0].token == entry.token
         assert math.isclose(entry.top_logprobs[0].logprob, entry.logprob, abs_tol=1e-5)
 
@@ -73,7 +74,7 @@ def test_completion_logprobs_none_zero_five(client: openai.OpenAI) -> None:
         choice = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=5, logprobs=top).choices[0]
         logprobs = choice.logprobs
         assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs and logprobs.text_offset
-        assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 5  # type: ignore[arg-type]
+        assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 5
         # the chosen token is always listed; with 5 alternatives it is one of them or a sixth
         assert all(top <= len(alternatives) <= top + 1 for alternatives in logprobs.top_logprobs)
         if not any(t.startswith("bytes:") for t in logprobs.tokens):  # a fragment of a character is named by bytes
@@ -90,7 +91,7 @@ def test_too_many_logprobs_is_400_and_the_server_keeps_serving(client: openai.Op
             messages=MSG,
             max_tokens=5,
             logprobs=True,
-            top_logprobs=21,  # type: ignore[arg-type]
+            top_logprobs=21,
         )
     assert client.completions.create(model="tiny", prompt=PROMPT, max_tokens=3).choices[0].finish_reason == "length"
 
@@ -115,9 +116,9 @@ def test_echo_of_token_ids_spells_the_prompt(client: openai.OpenAI, tiny_model_d
 
 
 def test_n_choices_streamed_and_not(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, n=3)  # type: ignore[arg-type]
+    reply = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, n=3)
     assert sorted(c.index for c in reply.choices) == [0, 1, 2]
-    stream = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, n=3, stream=True)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, n=3, stream=True)
     finishes: dict[int, list[str]] = {0: [], 1: [], 2: []}
     roles: dict[int, str | None] = {}
     ids = set()
@@ -148,7 +149,7 @@ def test_include_usage_final_chunk(client: openai.OpenAI) -> None:
 def test_best_of_returns_the_likeliest(client: openai.OpenAI) -> None:
     reply = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, n=2, best_of=4, logprobs=0, seed=7)
     assert [c.index for c in reply.choices] == [0, 1]
-    totals = [sum(c.logprobs.token_logprobs or []) for c in reply.choices]  # type: ignore[union-attr]
+    totals = [sum(c.logprobs.token_logprobs or []) for c in reply.choices]
     assert totals == sorted(totals, reverse=True)
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="tiny", prompt=PROMPT, max_tokens=3, n=3, best_of=2)
@@ -171,7 +172,9 @@ def test_penalties_change_greedy_output(client: openai.OpenAI) -> None:
             logprobs=0,
             extra_body=penalty,  # repetition_penalty is not among the client's own arguments
         )
-        return reply.choices[0].logprobs.tokens  # type: ignore[union-attr,return-value]
+        logprobs = reply.choices[0].logprobs
+        assert logprobs is not None and logprobs.tokens is not None
+        return logprobs.tokens
 
     plain = answer()
     assert answer() == plain  # greedy is deterministic, so any difference below is the penalty's doing
@@ -191,7 +194,7 @@ def test_json_schema_output_is_valid_json(client: openai.OpenAI) -> None:
     }
     reply = client.chat.completions.create(
         model="tiny",
-        messages=MSG,  # type: ignore[arg-type]
+        messages=MSG,
         max_tokens=40,
         response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
     )
@@ -204,7 +207,7 @@ def test_invalid_json_schema_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="tiny",
-            messages=MSG,  # type: ignore[arg-type]
+            messages=MSG,
             max_tokens=5,
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}},
         )
@@ -248,15 +251,16 @@ def test_named_tool_choice_returns_a_parsed_call(client: openai.OpenAI, stream: 
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
     }
     if stream:
-        calls, finish = [], None
-        for chunk in client.chat.completions.create(stream=True, **kwargs):  # type: ignore[call-overload]
+        calls: list[Any] = []
+        finish = None
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
             for choice in chunk.choices:
                 calls += choice.delta.tool_calls or []
                 finish = choice.finish_reason or finish
         call = calls[0].function  # the first piece has the name, the next ones fragments of the arguments
         call.arguments = "".join(c.function.arguments for c in calls)
     else:
-        reply = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        reply = client.chat.completions.create(**kwargs)
         assert reply.choices[0].message.content is None
         call = reply.choices[0].message.tool_calls[0].function
         finish = reply.choices[0].finish_reason
@@ -269,12 +273,12 @@ def test_named_tool_choice_returns_a_parsed_call(client: openai.OpenAI, stream: 
 def test_required_tool_choice_calls_one_of_the_tools(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model="tiny",
-        messages=MSG,  # type: ignore[arg-type]
+        messages=MSG,
         max_tokens=60,
-        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tools=[WEATHER, TIME],
         tool_choice="required",
     )
-    call = reply.choices[0].message.tool_calls[0].function  # type: ignore[index]
+    call = reply.choices[0].message.tool_calls[0].function
     assert call.name in ("get_weather", "get_time")
     json.loads(call.arguments)
 

@@ -82,7 +82,7 @@ async def test_subscription_is_confirmed_before_the_job_is_queued(instant: Produ
     assert instant.router.channels == 0  # every job unsubscribed
 
 
-def test_two_workers_of_one_model_share_the_load(start_worker, start_api) -> None:  # type: ignore[no-untyped-def]
+def test_two_workers_of_one_model_share_the_load(start_worker, start_api) -> None:
     a = start_worker(limit_worker_concurrency=2)
     b = start_worker(limit_worker_concurrency=2)
     api = start_api()
@@ -182,7 +182,7 @@ async def test_event_connection_recovers_after_being_killed(instant: Producer, s
     assert await asyncio.wait_for(eventually(), timeout=10) == ["Accepted", "Delta", "Done"]
 
 
-def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(redis_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(redis_url: str, monkeypatch) -> None:
     """More commands at once than the front server's pool has connections: they queue for a connection (the
     plain pool raised "Too many connections" at once)."""
     import broker.connection

@@ -42,11 +42,11 @@ def _openai(base_url: str) -> OpenAI:
 
 def test_chat_returns_reasoning_apart_whole_and_streamed(scripted: Callable[[list[Script]], str]) -> None:  # noqa: F811
     client = _openai(scripted([_script(THOUGHT, **R1), _script(THOUGHT, **R1)]))
-    message = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message  # type: ignore[arg-type]
+    message = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message
     assert message.content == "It is sunny in Paris."
     extra = message.model_extra or {}
     assert extra["reasoning_content"] == extra["reasoning"] == "Paris is in France; it is sunny there.\n"
-    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     reasoning = [(d.model_extra or {}).get("reasoning_content") for d in deltas]
     assert "".join(r for r in reasoning if r) == "Paris is in France; it is sunny there.\n"
@@ -61,9 +61,9 @@ def test_output_opening_think_itself_and_a_worker_without_a_parser(
 ) -> None:
     opens = ["<think>", "Sunny.", "</think>", "Sunny in Paris."]
     client = _openai(scripted([_script(opens, reasoning_parser="qwen3"), _script(opens)]))
-    message = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message  # type: ignore[arg-type]
+    message = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message
     assert (message.content, (message.model_extra or {}).get("reasoning_content")) == ("Sunny in Paris.", "Sunny.")
-    plain = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message  # type: ignore[arg-type]
+    plain = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message
     assert plain.content == "".join(opens) and "reasoning_content" not in (plain.model_extra or {})
 
 
@@ -74,19 +74,19 @@ def test_reasoning_then_a_qwen3_coder_call_streamed_as_openai_streams_calls(
             "is\n</parameter>\n</function>\n</tool_call>"]  # fmt: skip
     parsers = {**R1, "tool_call_parser": "qwen3_coder"}
     client = _openai(scripted([_script(call, **parsers), _script(call, **parsers)]))
-    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER])  # type: ignore[arg-type, list-item]
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER])
     choice = whole.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert (choice.message.model_extra or {})["reasoning_content"] == "I should look it up."
     [called] = choice.message.tool_calls or []
-    assert (called.function.name, json.loads(called.function.arguments)) == ("get_weather", {"city": "Paris"})  # type: ignore[union-attr]
-    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER], stream=True))  # type: ignore[call-overload]
+    assert (called.function.name, json.loads(called.function.arguments)) == ("get_weather", {"city": "Paris"})
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER], stream=True))
     pieces = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
     first, function = pieces[0], pieces[0].function
     assert (first.index, first.type, function.name, function.arguments) == (0, "function", "get_weather", "")
     assert first.id and first.id.startswith("call_")
     assert all(p.id is None and p.function.name is None for p in pieces[1:])
-    assert json.loads("".join(p.function.arguments for p in pieces[1:])) == {"city": "Paris"}
+    assert json.loads("".join(p.function.arguments or "" for p in pieces[1:])) == {"city": "Paris"}
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
@@ -104,7 +104,7 @@ def test_each_format_streams_its_calls_arguments_as_they_come(
     output: list[str],
 ) -> None:
     client = _openai(scripted([_script(output, tool_call_parser=parser)]))
-    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER], stream=True))  # type: ignore[call-overload]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER], stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert "".join(d.content or "" for d in deltas) == ""
     pieces = [tc for d in deltas for tc in d.tool_calls or []]
@@ -128,31 +128,31 @@ def test_responses_have_a_reasoning_item_before_the_message(scripted: Callable[[
     assert kinds[done_at : done_at + 4] == ["response.reasoning_text.done", "response.content_part.done",
                                             "response.output_item.done", "response.output_item.added"]  # fmt: skip
     assert "response.output_text.delta" not in kinds[:done_at]
-    text = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")  # type: ignore[union-attr]
+    text = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
     assert text == "Paris is in France; it is sunny there.\n"
     completed = events[-1]
     assert completed.type == "response.completed"
     assert [item.type for item in completed.response.output] == ["reasoning", "message"]
     # the output sent back as the next turn's input, as the Agents SDK sends a conversation, reasoning items too
     turn = [*(item.model_dump(exclude_none=True) for item in response.output), {"role": "user", "content": "Sure?"}]
-    assert client.responses.create(model=MODEL, input=turn).output_text == "Yes."  # type: ignore[arg-type]
+    assert client.responses.create(model=MODEL, input=turn).output_text == "Yes."
 
 
 def test_anthropic_messages_have_a_thinking_block_first(scripted: Callable[[list[Script]], str]) -> None:  # noqa: F811
     base_url = scripted([_script(THOUGHT, **R1), _script(THOUGHT, **R1), _script(["</think>", "Yes."], **R1)])
     client = anthropic.Anthropic(base_url=base_url, api_key="none", max_retries=0, timeout=30)
-    message = client.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)  # type: ignore[arg-type]
+    message = client.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
     thinking, text = message.content
     assert thinking.type == "thinking" and thinking.thinking == "Paris is in France; it is sunny there.\n"
     assert text.type == "text" and text.text == "It is sunny in Paris."
-    with client.messages.stream(model=MODEL, max_tokens=16, messages=MESSAGES) as stream:  # type: ignore[arg-type]
+    with client.messages.stream(model=MODEL, max_tokens=16, messages=MESSAGES) as stream:
         streamed = stream.get_final_message()
     assert [b.type for b in streamed.content] == ["thinking", "text"]
-    assert streamed.content[0].thinking == thinking.thinking  # type: ignore[union-attr]
+    assert streamed.content[0].thinking == thinking.thinking
     # the thinking block sent back with the turn it came in is accepted (and left out of the prompt)
     turn = [*MESSAGES, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]},
             {"role": "user", "content": "Sure?"}]  # fmt: skip
-    again = client.messages.create(model=MODEL, max_tokens=16, messages=turn)  # type: ignore[arg-type]
+    again = client.messages.create(model=MODEL, max_tokens=16, messages=turn)
     assert again.content[-1].type == "text"
 
 

@@ -88,5 +88,5 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered(settings: Settings, c
     message = listener.get_message(timeout=2)
     assert message is not None
     event = parse_event(message["data"])
-    assert event.type == "error" and event.code == "worker_crashed"  # type: ignore[union-attr]
-    assert event.status == 400  # type: ignore[union-attr]
+    assert event.type == "error" and event.code == "worker_crashed"
+    assert event.status == 400

@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from transformers import AutoTokenizer
 
 from tests.conftest import Stack
 from tests.engines import engine_kind  # noqa: F401  (these tests run on every engine)
 from tests.openai_error import openai_error
 
-MSG = [{"role": "user", "content": "hi"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def client(stack: Stack) -> openai.OpenAI:
 def ids(tiny_model_dir: Path) -> dict[str, int]:
     """Token ids of the tiny tokenizer: its EOS and two one-letter tokens."""
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    a, b = tokenizer.convert_tokens_to_ids(["a", "b"])
+    a, b = cast(list[int], tokenizer.convert_tokens_to_ids(["a", "b"]))
     return {"eos": int(tokenizer.eos_token_id), "a": int(a), "b": int(b)}
 
 
@@ -43,7 +44,7 @@ def test_ignore_eos_generates_exactly_max_tokens(client: openai.OpenAI, ids: dic
     only_eos = {"allowed_token_ids": [ids["eos"]]}
     ended = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=12, extra_body=only_eos)
     assert ended.choices[0].finish_reason == "stop"
-    assert ended.choices[0].stop_reason is None  # type: ignore[attr-defined]  (EOS, not a stop the client named)
+    assert ended.choices[0].stop_reason is None  # type: ignore[attr-defined]  # EOS, not a stop the client named
     assert ended.usage is not None and ended.usage.completion_tokens < 12
     full = client.chat.completions.create(
         model="tiny", messages=MSG, max_tokens=12, extra_body={**only_eos, "ignore_eos": True}
@@ -141,7 +142,7 @@ def test_continuous_usage_stats_put_usage_on_every_chunk(client: openai.OpenAI) 
         messages=MSG,
         max_tokens=10,
         stream=True,
-        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
         extra_body={"ignore_eos": True},
     )
     chunks = list(stream)
@@ -227,18 +228,18 @@ def test_guided_regex_and_choice_constrain_the_output(client: openai.OpenAI) -> 
         assert re.fullmatch("ab{2,4}c", r.choices[0].text), r.choices[0].text
         assert r.choices[0].finish_reason == "stop"
     choices = ["yes", "no", "maybe not"]
-    r = client.chat.completions.create(
+    chat = client.chat.completions.create(
         model="tiny", messages=MSG, max_tokens=20, n=4, temperature=1.5, extra_body={"guided_choice": choices}
     )
-    assert all(c.message.content in choices for c in r.choices)
-    r = client.chat.completions.create(
+    assert all(c.message.content in choices for c in chat.choices)
+    chat = client.chat.completions.create(
         model="tiny", messages=MSG, max_tokens=20, extra_body={"structured_outputs": {"choice": ["left", "right"]}}
     )
-    assert r.choices[0].message.content in ("left", "right")
-    r = client.chat.completions.create(
+    assert chat.choices[0].message.content in ("left", "right")
+    chat = client.chat.completions.create(
         model="tiny", messages=MSG, max_tokens=20, extra_body={"structured_outputs": {"regex": "[0-9]{3}"}}
     )
-    assert re.fullmatch("[0-9]{3}", r.choices[0].message.content or "")
+    assert re.fullmatch("[0-9]{3}", chat.choices[0].message.content or "")
 
 
 BAD: list[tuple[str, dict[str, Any], str]] = [

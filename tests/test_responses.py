@@ -57,7 +57,7 @@ def test_response_matches_the_chat_answer_and_is_stored(
         model="tiny", messages=[{"role": "user", "content": QUESTION}], max_tokens=12, temperature=0
     )
     assert response.output_text == chat.choices[0].message.content
-    assert response.usage.input_tokens == chat.usage.prompt_tokens  # type: ignore[union-attr]
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
     assert response.usage.total_tokens == response.usage.input_tokens + 12
     # stored (store defaults to true), with a TTL
     again = client.responses.retrieve(response.id)
@@ -80,7 +80,7 @@ def test_a_short_answer_completes(client: openai.OpenAI) -> None:
 def test_instructions_reach_the_model(client: openai.OpenAI) -> None:
     plain = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=2)
     told = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=2, instructions="Be brief.")
-    assert told.usage.input_tokens > plain.usage.input_tokens  # type: ignore[union-attr]
+    assert told.usage.input_tokens > plain.usage.input_tokens
 
 
 def test_stream_events_in_order_and_text_equal_to_the_answer(client: openai.OpenAI) -> None:
@@ -103,17 +103,17 @@ def test_stream_events_in_order_and_text_equal_to_the_answer(client: openai.Open
     ]
     assert set(kinds[4:-4]) == {"response.output_text.delta"}
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == whole.output_text
-    final = events[-1].response  # type: ignore[union-attr]
+    final = events[-1].response
     assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
     assert final.output_text == text and final.usage.output_tokens == 16
-    assert final.usage.input_tokens == whole.usage.input_tokens  # type: ignore[union-attr]
+    assert final.usage.input_tokens == whole.usage.input_tokens
     # the stream's response is stored too, and the SDK's stream helper sees the same answer
     assert client.responses.retrieve(final.id).output_text == text
     with client.responses.stream(model="tiny", input=QUESTION, max_output_tokens=16, temperature=0) as stream:
         helped = list(stream)
-    assert "".join(e.delta for e in helped if e.type == "response.output_text.delta") == text  # type: ignore[union-attr]
+    assert "".join(e.delta for e in helped if e.type == "response.output_text.delta") == text
     assert helped[-1].type == "response.incomplete"  # (its get_final_response() wants response.completed)
 
 
@@ -144,11 +144,11 @@ def test_input_items_retrieve_and_delete(client: openai.OpenAI) -> None:
         {"role": "developer", "content": "Answer in French."},
         {"role": "user", "content": [{"type": "input_text", "text": QUESTION}]},
     ]
-    response = client.responses.create(model="tiny", input=items, max_output_tokens=4)  # type: ignore[arg-type]
+    response = client.responses.create(model="tiny", input=items, max_output_tokens=4)
     listed = client.responses.input_items.list(response.id)
     data = listed.data
-    assert [item.role for item in data] == ["user", "developer"]  # type: ignore[union-attr]  # newest first
-    assert data[0].content[0].text == QUESTION  # type: ignore[union-attr]
+    assert [item.role for item in data] == ["user", "developer"]  # newest first
+    assert _first_text(data[0]) == QUESTION
     ascending = client.responses.input_items.list(response.id, order="asc", limit=1)
     assert [i.id for i in ascending.data] == [data[1].id] and ascending.has_more
     client.responses.delete(response.id)
@@ -158,9 +158,14 @@ def test_input_items_retrieve_and_delete(client: openai.OpenAI) -> None:
         client.responses.delete(response.id)
 
 
+def _first_text(item: Any) -> str:
+    """The text of an input item's first content part (the client types items as a union of every item kind)."""
+    return str(item.content[0].text)
+
+
 def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     response = client.responses.create(model="tiny", input=QUESTION, max_output_tokens=2, store=False)
-    assert response.store is False
+    assert response.model_dump()["store"] is False  # not among the client's typed fields
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)
     with pytest.raises(openai.BadRequestError) as caught:
@@ -185,11 +190,11 @@ def test_previous_response_id_continues_the_conversation(client: openai.OpenAI) 
         max_output_tokens=4,
         temperature=0,
     )
-    assert follow.usage.input_tokens == whole.usage.input_tokens  # type: ignore[union-attr]
+    assert follow.usage.input_tokens == whole.usage.input_tokens
     assert follow.output_text == whole.output_text
-    assert follow.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens  # type: ignore[union-attr]
+    assert follow.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     # input_items lists the request's own input only
-    assert [i.content[0].text for i in client.responses.input_items.list(follow.id).data] == ["And of Norway?"]  # type: ignore[union-attr]
+    assert [_first_text(i) for i in client.responses.input_items.list(follow.id).data] == ["And of Norway?"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -204,11 +209,11 @@ def test_function_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
     if stream:
         with client.responses.stream(**kwargs) as helper:  # the SDK's helper reassembles the call
             assembled = helper.get_final_response()
-        assert assembled.output[0].arguments  # type: ignore[union-attr]
+        assert assembled.output[0].arguments
         events = list(client.responses.create(**kwargs, stream=True))
         kinds = [e.type for e in events]
-        deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")  # type: ignore[union-attr]
-        assert deltas == next(e.arguments for e in events if e.type == "response.function_call_arguments.done")  # type: ignore[union-attr]
+        deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+        assert deltas == next(e.arguments for e in events if e.type == "response.function_call_arguments.done")
         assert [k for i, k in enumerate(kinds) if k != kinds[i - 1]] == [  # the arguments arrive as fragments
             "response.created",
             "response.in_progress",
@@ -218,35 +223,35 @@ def test_function_tool_round_trip(client: openai.OpenAI, stream: bool) -> None:
             "response.output_item.done",
             "response.completed",
         ]
-        response = events[-1].response  # type: ignore[union-attr]
+        response = events[-1].response
     else:
         response = client.responses.create(**kwargs)
     assert response.status == "completed"
     (call,) = response.output
-    assert call.type == "function_call" and call.name == "get_weather" and call.call_id  # type: ignore[union-attr]
-    arguments = json.loads(call.arguments)  # type: ignore[union-attr]
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id
+    arguments = json.loads(call.arguments)
     assert arguments["city"] in ("Paris", "Oslo") and arguments["unit"] in ("C", "F")
     # the client runs the tool and sends its output back, continuing the stored conversation
     follow = client.responses.create(
         model="tiny",
         previous_response_id=response.id,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 C, sunny"}],  # type: ignore[union-attr]
-        tools=[WEATHER],  # type: ignore[list-item]
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 C, sunny"}],
+        tools=[WEATHER],
         max_output_tokens=4,
     )
-    assert follow.output and follow.usage.input_tokens > response.usage.input_tokens  # type: ignore[union-attr]
+    assert follow.output and follow.usage.input_tokens > response.usage.input_tokens
     # and the same, sent whole without a stored conversation
     whole = client.responses.create(
         model="tiny",
         input=[
             {"role": "user", "content": QUESTION},
-            {"type": "function_call", "call_id": call.call_id, "name": "get_weather", "arguments": call.arguments},  # type: ignore[union-attr]
-            {"type": "function_call_output", "call_id": call.call_id, "output": "18 C, sunny"},  # type: ignore[union-attr]
+            {"type": "function_call", "call_id": call.call_id, "name": "get_weather", "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18 C, sunny"},
         ],
-        tools=[WEATHER],  # type: ignore[list-item]
+        tools=[WEATHER],
         max_output_tokens=4,
     )
-    assert whole.usage.input_tokens == follow.usage.input_tokens  # type: ignore[union-attr]
+    assert whole.usage.input_tokens == follow.usage.input_tokens
 
 
 def test_json_schema_format_constrains_the_answer(client: openai.OpenAI) -> None:
@@ -263,7 +268,7 @@ def test_json_schema_format_constrains_the_answer(client: openai.OpenAI) -> None
         text={"format": {"type": "json_schema", "name": "capital", "schema": schema, "strict": True}},
     )
     assert json.loads(response.output_text)["answer"] in ("Paris", "Oslo")
-    assert response.text.format.type == "json_schema"  # type: ignore[union-attr]
+    assert response.text.format.type == "json_schema"
     as_object = client.responses.create(
         model="tiny", input=QUESTION, max_output_tokens=40, text={"format": {"type": "json_object"}}
     )
@@ -357,10 +362,10 @@ def test_background_stream(client: openai.OpenAI) -> None:
         client.responses.create(model="tiny", input=QUESTION, max_output_tokens=6, background=True, stream=True)
     )
     assert [e.type for e in events[:3]] == ["response.created", "response.queued", "response.in_progress"]
-    assert events[0].response.status == "queued"  # type: ignore[union-attr]
+    assert events[0].response.status == "queued"
     assert events[-1].type == "response.incomplete"
-    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
-    final = wait_for(lambda: (r := client.responses.retrieve(events[0].response.id)).status == "incomplete" and r)  # type: ignore[union-attr]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = wait_for(lambda: (r := client.responses.retrieve(events[0].response.id)).status == "incomplete" and r)
     assert final.output_text == text
 
 

@@ -44,7 +44,7 @@ def test_a_background_stream_resumes_on_another_replica_after_a_sequence_number(
         if event.type == "response.output_text.delta" and len(seen) >= 8:
             break
     stream.close()  # the client went away: a background response goes on
-    response_id = seen[0].response.id  # type: ignore[union-attr]
+    response_id = seen[0].response.id
     last = seen[-1].sequence_number
 
     rest = list(second.responses.retrieve(response_id, stream=True, starting_after=last))
@@ -52,7 +52,7 @@ def test_a_background_stream_resumes_on_another_replica_after_a_sequence_number(
     assert rest[-1].type == "response.incomplete"  # cut by max_output_tokens, as the first stream would have been
     whole = list(second.responses.retrieve(response_id, stream=True))
     assert [_key(e) for e in whole] == [_key(e) for e in seen + rest]  # the same events as the first stream's
-    text = "".join(e.delta for e in whole if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    text = "".join(e.delta for e in whole if e.type == "response.output_text.delta")
     final = wait_for(lambda: (r := first.responses.retrieve(response_id)).status == "incomplete" and r)
     assert final.output_text == text
 

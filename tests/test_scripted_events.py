@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from broker.connection import sync_client
 from broker.consumer import Delivery, JobConsumer
@@ -22,7 +23,7 @@ from tests.conftest import ApiServer
 from tests.openai_error import openai_error
 
 MODEL = "scripted"
-MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the weather in Paris?"}]
 Script = list[Accepted | Delta | Done]
 
 
@@ -88,7 +89,7 @@ def test_a_seq_gap_is_an_error_whole_or_streamed(scripted: Callable[[list[Script
     assert openai_error(chunks[-1]).code == "events_lost"
 
 
-WEATHER = {
+WEATHER: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -119,7 +120,7 @@ def test_a_streamed_auto_tool_call_is_held_back_then_returned_as_a_call(
             messages=MESSAGES,
             tools=[WEATHER],
             tool_choice="auto",
-            stream=True,  # type: ignore[list-item]
+            stream=True,
         )
     )
     deltas = [c.choices[0].delta for c in chunks if c.choices]

@@ -23,7 +23,7 @@ def test_stop_token_ids_outside_the_vocabulary_are_a_400(client: openai.OpenAI, 
     extra = {"stop_token_ids": [2, OUTSIDE]}
     with pytest.raises(openai.BadRequestError) as caught:
         if endpoint == "chat":
-            client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, extra_body=extra)  # type: ignore[arg-type]
+            client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, extra_body=extra)
         else:
             client.completions.create(model="tiny", prompt="Once", max_tokens=3, extra_body=extra)
     error = caught.value.body

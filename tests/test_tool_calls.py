@@ -59,15 +59,15 @@ def test_a_forced_call_follows_nested_pydantic_parameters(client: openai.OpenAI,
     tool_choice: Any = "required" if choice == "required" else {"type": "function", "function": {"name": "book_room"}}
     reply = client.chat.completions.create(
         model="tiny",
-        messages=MSG,  # type: ignore[arg-type]
+        messages=MSG,
         max_tokens=80,
-        tools=[CANCEL, BOOK] if choice == "required" else [BOOK],  # type: ignore[list-item]
+        tools=[CANCEL, BOOK] if choice == "required" else [BOOK],
         tool_choice=tool_choice,
         temperature=0,
     )
     calls = reply.choices[0].message.tool_calls or []
     assert len(calls) == 1 and reply.choices[0].finish_reason == "tool_calls"
-    function = calls[0].function  # type: ignore[union-attr]
+    function = calls[0].function
     if choice == "named" or function.name == "book_room":
         assert function.name == "book_room"
         Booking.model_validate_json(function.arguments)
@@ -79,12 +79,12 @@ def test_only_the_nested_tool_can_be_required(client: openai.OpenAI) -> None:
     """With one tool the "required" call must be that tool, so its nested arguments are checked every run."""
     reply = client.chat.completions.create(
         model="tiny",
-        messages=MSG,  # type: ignore[arg-type]
+        messages=MSG,
         max_tokens=80,
-        tools=[BOOK],  # type: ignore[list-item]
+        tools=[BOOK],
         tool_choice="required",
     )
-    function = reply.choices[0].message.tool_calls[0].function  # type: ignore[index, union-attr]
+    function = reply.choices[0].message.tool_calls[0].function
     assert function.name == "book_room"
     booking = Booking.model_validate_json(function.arguments)
     assert booking.guest.name in ("Ann", "Bob")
@@ -96,10 +96,10 @@ def test_unusable_tool_parameters_are_a_400_naming_tools(client: openai.OpenAI) 
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(
                 model="tiny",
-                messages=MSG,  # type: ignore[arg-type]
+                messages=MSG,
                 max_tokens=5,
-                tools=[CANCEL, broken],  # type: ignore[list-item]
-                tool_choice=tool_choice,  # type: ignore[arg-type]
+                tools=[CANCEL, broken],
+                tool_choice=tool_choice,
             )
         error = caught.value.body
         assert isinstance(error, dict) and error["param"] == "tools[1].function.parameters", error
@@ -113,9 +113,9 @@ def test_a_forced_call_cut_short_by_max_tokens_is_no_call(client: openai.OpenAI,
     tool_choice: Any = "required" if choice == "required" else {"type": "function", "function": {"name": "book_room"}}
     reply = client.chat.completions.create(
         model="tiny",
-        messages=MSG,  # type: ignore[arg-type]
+        messages=MSG,
         max_tokens=3,
-        tools=[BOOK],  # type: ignore[list-item]
+        tools=[BOOK],
         tool_choice=tool_choice,
     )
     choice_ = reply.choices[0]
@@ -128,7 +128,7 @@ def _stream(client: openai.OpenAI, **kwargs: Any) -> tuple[list[Any], str | None
     """The tool-call pieces of a streamed answer, in order, and its finish reason."""
     pieces: list[Any] = []
     finish = None
-    for chunk in client.chat.completions.create(model="tiny", messages=MSG, stream=True, **kwargs):  # type: ignore[call-overload]
+    for chunk in client.chat.completions.create(model="tiny", messages=MSG, stream=True, **kwargs):
         for choice in chunk.choices:
             pieces += choice.delta.tool_calls or []
             finish = choice.finish_reason or finish
@@ -162,7 +162,7 @@ def test_the_stream_helper_assembles_the_streamed_call(client: openai.OpenAI) ->
             if event.type == "tool_calls.function.arguments.delta":
                 deltas.append(event.arguments_delta)
         streamed = stream.get_final_completion().choices[0].message.tool_calls[0].function  # type: ignore[index]
-    whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0].function  # type: ignore[index]
+    whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0].function
     assert len(deltas) > 1 and "".join(deltas) == streamed.arguments
     assert (streamed.name, streamed.arguments) == (whole.name, whole.arguments)
     Booking.model_validate_json(streamed.arguments)

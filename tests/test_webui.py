@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -102,6 +102,7 @@ async def test_closing_a_reply_cancels_the_job_at_the_worker(
     max_tokens = 3000
     session.ask("Tell me a long story", "tiny", Params(max_tokens=max_tokens))
     stream = reply(session, producer, timeout=60)
+    assert isinstance(stream, AsyncGenerator)  # closed early below, as the UI closes it
     async for turn in stream:
         if turn.answer:
             break
@@ -344,7 +345,7 @@ async def test_model_list_modes(settings: Settings, mode: str, tmp_path: Path) -
     from webui.backend import Backend
     from webui.settings import WebUISettings
 
-    backend = Backend(settings, WebUISettings(model_list_mode=mode, log_dir=tmp_path))  # type: ignore[arg-type]
+    backend = Backend(settings, WebUISettings(model_list_mode=mode, log_dir=tmp_path))
     try:
         idle_model(settings, "first", live=True)
         assert await backend.models(fresh=False) == ["first"]

@@ -69,7 +69,7 @@ def served(
     wait_for(lambda: server.started, timeout=30)
     assert settings.redis_url
     keys = Keys(settings.key_prefix)
-    wait_for(lambda: sync_client(settings.redis_url).hlen(keys.workers), timeout=30)  # type: ignore[arg-type]
+    wait_for(lambda: sync_client(settings.redis_url).hlen(keys.workers), timeout=30)
     try:
         yield Served(f"http://127.0.0.1:{port}", log_dir, worker)
     finally:

@@ -69,9 +69,9 @@ async def test_a_vote_needs_every_answer_and_is_recorded_once(settings: Settings
     tab = Tab(backend, 2, ("tievote",), lambda kind, ss, _ip: recorded.append((kind, len(ss))), "pick", lambda k: k)
     vote = tab.voter("tievote")
     a, b = answered(), ChatSession()
-    assert vote(None, a, b)[3] == "Nothing to vote on yet."  # type: ignore[arg-type]
+    assert vote(None, a, b)[3] == "Nothing to vote on yet."
     assert recorded == []
     b = answered()
-    updates = vote(None, a, b)  # type: ignore[arg-type]
+    updates = vote(None, a, b)
     assert updates[3] == "tievote" and recorded == [("tievote", 2)]
     assert not interactive(updates[-1])

@@ -1,6 +1,6 @@
 """What a worker makes of a job it has read: the prompt's token ids, the engine's requests (one per choice), or,
 for the jobs that need no engine step (a token count, an embeddings worker's vectors), the answer itself; and the
-error event of a job the engine failed on."""
+error of a job the engine failed on."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from broker.errors import ContextLengthExceeded, EngineFailed, InvalidRequest, OutOfMemory
+from broker.eventlog import JobLog
 from broker.schemas import Accepted, ChatOptions, Delta, Done, Error, FinishReason, Job, JobKind, Usage
 from serving.prompt_size import text_chars
 from workers.engine import GenerationRequest, SamplingDefaults
 from workers.grammar import grammar_of
-from workers.prompts import PromptError, chat_prompt_ids, check_prompt_chars, completion_prompt_ids
-from workers.running import seq_id
+from workers.prompts import chat_prompt_ids, check_prompt_chars, completion_prompt_ids
+from workers.running import RunningJob, seq_id
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +32,17 @@ CONTINUATION_SEED_STEP = 0x9E3779B97F4A7C15
 
 class Embedder(Protocol):
     def embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> tuple[list[str], int]:
-        """Base64 little-endian float32 vectors, one per input, and the tokens read; PromptError for bad input."""
+        """Base64 little-endian float32 vectors, one per input, and the tokens read; InvalidRequest for bad input."""
         ...
 
 
-def engine_error(seq: int, exc: BaseException | None = None, message: str | None = None) -> Error:
-    """The error event for a job the engine failed on. Out-of-memory is named as such (FastChat's 50002), since
-    the client's remedy differs: a shorter request, or a retry once the worker has room again."""
+def engine_failure(exc: BaseException | None = None, message: str | None = None) -> EngineFailed:
+    """What a job the engine failed on (``exc``, or the engine's own ``message``) fails with: out-of-memory named as
+    such, since the client's remedy differs."""
     text = message if message is not None else f"{type(exc).__name__}: {exc}"
     if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
-        return Error(seq=seq, code="out_of_memory", message=f"the worker ran out of memory: {text}", status=503)
-    return Error(seq=seq, code="engine_error", message=text, status=500)
+        return OutOfMemory(f"the worker ran out of memory: {text}")
+    return EngineFailed(text)
 
 
 def check_prompt_bound(job: Job, max_chars: int | None, limit: int) -> None:
@@ -73,7 +75,7 @@ def prompt_ids_of(
     else:
         prompt_ids = completion_prompt_ids(tokenizer, job.prompt or "", vocab_size)
     if not prompt_ids:
-        raise PromptError("the prompt is empty")
+        raise InvalidRequest("the prompt is empty")
     check_token_ids(job, vocab_size)
     return prompt_ids
 
@@ -90,7 +92,7 @@ def check_token_ids(job: Job, vocab_size: int) -> None:
     for param, ids in named.items():
         bad = next((t for t in ids if not 0 <= t < vocab_size), None)
         if bad is not None:
-            raise PromptError(
+            raise InvalidRequest(
                 f"{param} contains {bad}, which is outside this model's vocabulary (0..{vocab_size - 1})", param=param
             )
 
@@ -102,15 +104,14 @@ def max_new_tokens(job: Job, prompt_tokens: int, limit: int, cap: int | None = N
     room = limit - prompt_tokens
     wanted = job.params.max_tokens
     if room < 1 or (wanted is not None and wanted > room):
-        raise PromptError(
+        raise ContextLengthExceeded(
             f"This model's maximum context length is {limit} tokens. However, you requested "
             f"{prompt_tokens + (wanted or 1)} tokens ({prompt_tokens} in the messages, "
             f"{wanted or 1} in the completion). Please reduce the length of the messages or completion.",
-            code="context_length_exceeded",
             param="messages" if job.kind == JobKind.CHAT else "prompt",
         )
     if cap is not None and wanted is not None and wanted > cap:
-        raise PromptError(
+        raise InvalidRequest(
             f"max_tokens is too large: {wanted}. This server generates at most {cap} tokens per choice.",
             param="max_tokens",
         )
@@ -191,6 +192,30 @@ def continuation_seed(seed: int | None, sent: int) -> int | None:
     return (seed + sent * CONTINUATION_SEED_STEP) % 2**64
 
 
+def continued_requests(running: RunningJob, requests: list[GenerationRequest], past: JobLog) -> list[GenerationRequest]:
+    """Of a continued job's engine requests (one per choice, from its prompt), those still to run, each going on from
+    the tokens its client has (``past``): the prompt plus those tokens, the remaining ``max_new_tokens``, the seed
+    moved on, its text stream primed with them. A choice whose end is in the log is done; one complete in its tokens
+    (out of tokens, or stopped) ends at admission (``running.ended_at_admission``)."""
+    to_run: list[GenerationRequest] = []
+    for index, (choice, request) in enumerate(zip(running.choices, requests, strict=True)):
+        done = past.done(index)
+        if done is not None:
+            choice.done, choice.tokens = True, done.usage.completion_tokens
+            continue
+        sent = past.tokens(index)
+        choice.text.feed(sent)  # the text the client has, and what is held back of it
+        choice.tokens = len(sent)
+        request.prompt_ids = request.prompt_ids + sent
+        request.max_new_tokens = request.max_new_tokens - len(sent)
+        request.seed = continuation_seed(request.seed, len(sent))
+        if request.max_new_tokens <= 0 or choice.text.stopped or choice.text.ended_by_token:
+            running.ended_at_admission.append(index)
+            continue
+        to_run.append(request)
+    return to_run
+
+
 def tokenized(job: Job, tokenizer: Any, chat_template: str | None, vocab_size: int) -> Done:
     """A tokenize job's answer: the count, and with ``token_options`` the ids (and their token strings)."""
     options = job.token_options
@@ -213,7 +238,7 @@ def detokenized(job: Job, tokenizer: Any, vocab_size: int) -> Done:
     ids = job.prompt if isinstance(job.prompt, list) else []
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
-        raise PromptError(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})", param="tokens")
+        raise InvalidRequest(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})", param="tokens")
     text = str(tokenizer.decode(ids))
     return Done(seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=len(ids)), text=text)
 
@@ -239,13 +264,13 @@ def answer_now(
         done = detokenized(job, tokenizer, vocab_size)
     elif job.kind == JobKind.EMBEDDING:
         if embedder is None:
-            raise PromptError(f"model {job.model!r} generates text and does not serve embeddings", param="model")
+            raise InvalidRequest(f"model {job.model!r} generates text and does not serve embeddings", param="model")
         vectors, prompt_tokens = embedder.embed(job.inputs or [], job.dimensions)
         done = Done(
             seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=prompt_tokens), embeddings=vectors
         )
     else:
-        raise PromptError(
+        raise InvalidRequest(
             f"model {job.model!r} is an embeddings model: it serves /v1/embeddings, not text generation",
             param="model",
         )

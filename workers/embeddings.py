@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from broker.errors import ContextLengthExceeded, InvalidRequest
 from workers.engine import GenerationRequest, SamplingDefaults, SeqUpdate
 from workers.loading import resolve_device, resolve_dtype
-from workers.prompts import PromptError
 
 log = logging.getLogger(__name__)
 
@@ -96,27 +96,28 @@ class SentenceEmbedder:
                 continue
             bad = next((t for t in item if not 0 <= t < vocab), None)
             if bad is not None:
-                raise PromptError(f"token id {bad} in input[{i}] is outside this model's vocabulary (0..{vocab - 1})")
+                raise InvalidRequest(
+                    f"token id {bad} in input[{i}] is outside this model's vocabulary (0..{vocab - 1})"
+                )
             ids.append(self._prefix + list(item) + self._suffix)
         return ids
 
     def embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> tuple[list[str], int]:
         """One base64 vector per input, in order, and the number of tokens read."""
         if dimensions is not None and dimensions != self.dimensions:
-            raise PromptError(
+            raise InvalidRequest(
                 f"This model does not support reducing its embeddings: its vectors have {self.dimensions} "
                 f"dimensions, and {dimensions} were requested. Leave 'dimensions' out.",
                 param="dimensions",
             )
         if not inputs:
-            raise PromptError("'input' must not be empty", param="input")
+            raise InvalidRequest("'input' must not be empty", param="input")
         ids = self._token_ids(inputs)
         for i, item in enumerate(ids):
             if len(item) > self.max_model_len:
-                raise PromptError(
+                raise ContextLengthExceeded(
                     f"This model's maximum context length is {self.max_model_len} tokens, however input[{i}] has "
                     f"{len(item)} tokens. Please reduce the length of the input.",
-                    code="context_length_exceeded",
                     param="input",
                 )
         vectors: list[str] = []
@@ -131,10 +132,10 @@ class SentenceEmbedder:
     # ------------------------------------------------------------------ the Engine interface: no generation
 
     def add(self, request: GenerationRequest) -> None:
-        raise PromptError("this is an embeddings model: it does not generate text", param="model")
+        raise InvalidRequest("this is an embeddings model: it does not generate text", param="model")
 
     def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
-        raise PromptError("this is an embeddings model: it has no token logprobs", param="model")
+        raise InvalidRequest("this is an embeddings model: it has no token logprobs", param="model")
 
     def cancel(self, seq_id: str) -> None:
         pass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers.prompts import PromptError
+from broker.errors import InvalidRequest
 
 
 def json_grammar(schema: dict[str, Any]) -> str:
@@ -20,7 +20,7 @@ def json_grammar(schema: dict[str, Any]) -> str:
     except Exception as exc:  # llguidance reports some bad schemas by raising
         problem = str(exc)
     if problem:
-        raise PromptError(f"the JSON schema cannot be used: {problem}", param="response_format")
+        raise InvalidRequest(f"the JSON schema cannot be used: {problem}", param="response_format")
     return grammar
 
 
@@ -33,7 +33,7 @@ def _checked(make: Any, param: str) -> str:
     except Exception as exc:  # llguidance reports some bad input by raising
         problem = str(exc)
     if problem:
-        raise PromptError(f"the {param} cannot be used: {problem}", param=param)
+        raise InvalidRequest(f"the {param} cannot be used: {problem}", param=param)
     return grammar
 
 

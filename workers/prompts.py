@@ -6,20 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from broker.errors import ContextLengthExceeded, InvalidRequest
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 BUILTIN_TEMPLATES = {"chatml": CHATML}
-
-
-class PromptError(ValueError):
-    """The prompt cannot be built for this model (a client error, answered with 400)."""
-
-    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.param = param
 
 
 def longest_token_chars(tokenizer: Any) -> int:
@@ -34,13 +27,12 @@ def longest_token_chars(tokenizer: Any) -> int:
 
 
 def check_prompt_chars(chars: int, max_chars: int | None, limit: int, param: str) -> None:
-    """PromptError (``context_length_exceeded``) for a prompt of ``chars`` characters over ``max_chars``, so a huge
+    """ContextLengthExceeded for a prompt of ``chars`` characters over ``max_chars``, so a huge
     text is refused before it is tokenised (tokenising 50 MB took a worker past 12 GB)."""
     if max_chars and chars > max_chars:
-        raise PromptError(
+        raise ContextLengthExceeded(
             f"This model's maximum context length is {limit} tokens; a prompt of {chars} characters cannot fit "
             f"in it (at most {max_chars} characters could). Please reduce the length of the messages or prompt.",
-            code="context_length_exceeded",
             param=param,
         )
 
@@ -109,7 +101,7 @@ def chat_prompt_ids(
 ) -> list[int]:
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
-        raise PromptError(
+        raise InvalidRequest(
             "this model has no chat template; use /v1/completions or start the worker with --conv-template"
         )
     messages = developer_as_system(messages, template)
@@ -128,7 +120,7 @@ def chat_prompt_ids(
             messages, add_generation_prompt=add_generation_prompt, tokenize=True, chat_template=chat_template, **extra
         )
     except Exception as exc:  # jinja raises whatever the template author chose
-        raise PromptError(f"the chat template rejected these messages: {exc}") from exc
+        raise InvalidRequest(f"the chat template rejected these messages: {exc}") from exc
     ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
     return [int(i) for i in ids]
 
@@ -140,5 +132,5 @@ def completion_prompt_ids(
         return [int(i) for i in tokenizer.encode(prompt, add_special_tokens=add_special_tokens)]
     bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
     if bad is not None:
-        raise PromptError(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})")
+        raise InvalidRequest(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})")
     return list(prompt)

@@ -5,6 +5,12 @@ after each engine step publish one event per running job in one pipelined round 
 the client left, and that job's sequences are cancelled at once. A second thread heartbeats, so a long prefill
 never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface.
 
+This is the I/O half: it reads, admits, polls, publishes and acknowledges. What those come to is decided without
+Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), what a
+job's events are (workers/relay.py), and the one count of outcomes behind the heartbeat's totals, the stats hashes
+and the metrics (workers/outcomes.py). Errors are the exceptions of broker/errors.py, sent as ``error`` events by
+``broker.schemas.error_event``.
+
 Every event also goes to the job's log (broker/eventlog.py). A job taken over from a dead (or stopped) worker is
 continued from that log: its prompt plus the tokens already sent, the same sampling parameters, the remaining
 ``max_tokens``, ``seq`` going on where it stopped, so its client sees neither an error nor repeated text. A job
@@ -18,16 +24,17 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, OrderedDict, defaultdict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
+from broker.errors import InvalidRequest, JobCancelled, JobTimedOut, QueuechatError
 from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
-from broker.schemas import Accepted, Delta, Done, Error, FinishReason, Job, JobKind, TokenLogprob
+from broker.schemas import Job, JobKind, TokenLogprob, error_event
 from workers.admission import (
     ANSWERED_AT_ADMISSION,
     MAX_PROMPT_LOGPROBS_TOKENS,
@@ -35,22 +42,25 @@ from workers.admission import (
     Embedder,
     Share,
     answer_now,
-    continuation_seed,
-    engine_error,
+    continued_requests,
+    engine_failure,
     generation_requests,
     max_new_tokens,
     prompt_ids_of,
 )
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
+from workers.outcomes import Outcomes, outcome_of
 from workers.pacing import StreamInterval, TokenRate
 from workers.parsing import OutputParsers
 from workers.progress import EngineProgress
-from workers.prompts import PromptError, longest_token_chars
+from workers.prompts import longest_token_chars
+from workers.relay import accepted, choice_done, choice_end, is_late, step
 from workers.running import Choice, RunningJob, seq_id, split_seq_id
 from workers.textstream import TextStream
 from workers.token_text import TokenLogprobs
 from workers.tracing import record_job
+from workers.triage import orphans_to_cancel, triage, unheard
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +120,8 @@ class ModelWorker:
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
-        self.totals: Counter[str] = Counter()
+        self.outcomes = Outcomes()
+        self.totals = self.outcomes.totals  # for the heartbeat: what this worker did since it started
         self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
         self.token_rate = TokenRate()
         # Reclaiming waits until this worker has seen the broker healthy for a whole heartbeat TTL: right after an
@@ -189,7 +200,6 @@ class ModelWorker:
         due = self._reclaim_due()
         if free > 0 and due:
             reclaimed = self.consumer.reclaim(free)
-            self.totals["reclaimed"] += len(reclaimed.deliveries)
             if reclaimed.deliveries:
                 self._admit(reclaimed.deliveries, reclaimed=True)
             free = self.engine.slots - len(self.jobs)
@@ -244,103 +254,59 @@ class ModelWorker:
         for running in overdue:
             self._cancel_all(running)
             running.expired = True
-            message = "the request passed its deadline while it was running"
-            events.append((running.job.id, Error(seq=running.next_seq(), code="timeout", message=message, status=504)))
+            failure = JobTimedOut("the request passed its deadline while it was running")
+            events.append((running.job.id, error_event(failure, running.next_seq())))
         self._publish(events, {r.job.id for r in overdue})
         self._finish(set())
 
     def _admit(self, items: list[Delivery | Malformed], *, reclaimed: bool = False, recounted: bool = True) -> None:
-        events: list[tuple[str, AnyEvent]] = []
-        ended: set[str] = set()
-        finished: list[Delivery | Malformed] = []
-        counters: dict[str, Counter[str]] = defaultdict(Counter)
         deliveries = [i for i in items if isinstance(i, Delivery)]
-        listeners = self.consumer.subscribers(d.job.id for d in deliveries)
         # A job nobody listens to is skipped if its front server marked its client gone. Unmarked, its front server
         # may only be re-subscribing (a Redis failover loses every subscription), so it is started, and cancelled
         # after orphan_grace if still nobody listens (see _to_cancel).
-        unheard = [d.job.id for d, listening in zip(deliveries, listeners, strict=True) if not listening]
-        skipped = set(unheard)
-        if unheard and self.orphan_grace > 0 and self.consumer.event_log:
-            skipped = self.consumer.cancelled(unheard)
+        silent = unheard(deliveries, self.consumer.subscribers(d.job.id for d in deliveries))
+        skipped = set(silent)
+        if silent and self.orphan_grace > 0 and self.consumer.event_log:
+            skipped = self.consumer.cancelled(silent)
         taken_over = [d.job.id for d in deliveries if d.job.attempt > 1]
         pasts = self.consumer.read_logs(taken_over) if self.consumer.event_log else {}
-        redis_now = self.consumer.redis_now()
-        for item in items:
-            if isinstance(item, Malformed):
-                log.warning("dropping malformed entry %s on %s: %s", item.entry_id, item.stream, item.reason)
-                finished.append(item)
-                counters[self.consumer.model_of(item.stream)]["failed"] += 1
-                if item.job_id:
-                    events.append((item.job_id, Error(seq=0, code="invalid_job", message=item.reason, status=400)))
-                    ended.add(item.job_id)
-        for delivery in deliveries:
-            job = delivery.job
-            past = pasts.get(job.id)
-            first_seq = past.next_seq if past is not None and past.whole else 0
-            if past is not None and (past.error is not None or self._all_done(job, past)):
-                finished.append(delivery)  # its worker published its end, then died before acknowledging it
-                if recounted:
-                    counters[job.model]["failed" if past.error is not None else "completed"] += 1
-                continue
-            if delivery.deadline < redis_now:
-                finished.append(delivery)
-                counters[job.model]["expired"] += 1
-                message = "the job's deadline passed"
-                events.append((job.id, Error(seq=first_seq, code="timeout", message=message, status=504)))
-                ended.add(job.id)
-                continue
-            if job.id in skipped:
-                finished.append(delivery)  # the client left before the job started
-                counters[job.model]["cancelled"] += 1
-                message = "no client was listening to the job when a worker took it"
-                events.append((job.id, Error(seq=first_seq, code="cancelled", message=message, status=409)))
-                ended.add(job.id)
-                continue
+        sorted_out = triage(
+            items,
+            skipped=skipped,
+            pasts=pasts,
+            now=self.consumer.redis_now(),
+            model_of=self.consumer.model_of,
+            outcomes=self.outcomes,
+            recounted=recounted,
+        )
+        events, ended, finished = sorted_out.events, sorted_out.ended, sorted_out.finished
+        for start in sorted_out.to_start:
+            delivery, job = start.delivery, start.delivery.job
             try:
                 if job.kind in ANSWERED_AT_ADMISSION or self.embedder is not None:
                     events.extend((job.id, e) for e in self._answer_now(job))
                     ended.add(job.id)
                     finished.append(delivery)
-                    counters[job.model]["completed"] += 1
-                    self.totals["completed"] += 1
+                    self.outcomes.count(job.model, "completed")
                     continue
-                running = self._start(delivery, past)
-            except PromptError as exc:
-                finished.append(delivery)
-                counters[job.model]["failed"] += 1
-                error = Error(seq=first_seq, code=exc.code, message=str(exc), status=400, param=exc.param)
-                events.append((job.id, error))
-                ended.add(job.id)
+                running = self._start(delivery, start.past)
+            except QueuechatError as exc:  # a job this worker cannot run as asked (a bad prompt or parameter)
+                self.outcomes.count(job.model, "failed")
+                sorted_out.fail(delivery, job.id, error_event(exc, start.first_seq))
                 continue
             except Exception as exc:  # one bad job never takes the worker down
                 log.exception("job %s could not start", job.id)
-                finished.append(delivery)
-                counters[job.model]["failed"] += 1
-                events.append((job.id, engine_error(seq=first_seq, exc=exc)))
-                ended.add(job.id)
+                self.outcomes.count(job.model, "failed")
+                sorted_out.fail(delivery, job.id, error_event(engine_failure(exc), start.first_seq))
                 continue
             self.jobs[job.id] = running
             if reclaimed:
-                counters[job.model]["reclaimed"] += 1
+                self.outcomes.count(job.model, "reclaimed")
             if running.continued:
-                counters[job.model]["continued"] += 1
-                self.totals["continued"] += 1
-            events.append(
-                (
-                    job.id,
-                    Accepted(
-                        seq=running.next_seq(),
-                        worker=self.consumer.consumer,
-                        attempt=job.attempt,
-                        prompt_tokens=running.prompt_tokens,
-                        prompt_logprobs=None if running.continued else running.prompt_logprobs,
-                        **self._parsers_of(job, running),
-                    ),
-                )
-            )
+                self.outcomes.count(job.model, "continued")
+            events.append((job.id, accepted(running, self.consumer.consumer, self.parsers)))
             for index in running.ended_at_admission:
-                events.extend((job.id, e) for e in self._choice_end(running, index))
+                events.extend((job.id, e) for e in choice_end(running, index))
         owned: dict[str, Delivery | Malformed] = {
             item.job_id: item for item in items if isinstance(item, Malformed) and item.job_id
         }
@@ -349,24 +315,9 @@ class ModelWorker:
         taken = {job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == NOT_OWNER}
         if taken:  # another worker holds these entries now: never acknowledge them for it
             finished = [f for f in finished if (f.job.id if isinstance(f, Delivery) else f.job_id) not in taken]
-        if self.metrics is not None:
-            self.metrics.count(counters)
-        self._ack(finished, counters)
-        self.totals["failed"] += sum(c["failed"] for c in counters.values())
+        self._ack(finished)
         if any(r.ended_at_admission for r in self.jobs.values()):
             self._finish(set())
-
-    def _parsers_of(self, job: Job, running: RunningJob) -> dict[str, Any]:
-        """What a chat job's ``accepted`` event tells of how to read its output."""
-        if job.kind != JobKind.CHAT:
-            return {}
-        parsers = self.parsers
-        return {"reasoning_parser": parsers.reasoning, "tool_call_parser": parsers.tool_calls,
-                "reasoning_open": running.reasoning_open}  # fmt: skip
-
-    @staticmethod
-    def _all_done(job: Job, past: JobLog) -> bool:
-        return past.whole and all(past.done(i) is not None for i in range(job.params.n))
 
     def _answer_now(self, job: Job) -> list[AnyEvent]:
         worker = self.consumer.consumer
@@ -415,23 +366,7 @@ class ModelWorker:
                 self.consumer.restart_log(job.id, past)
         if params.prompt_logprobs and not running.continued:
             running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
-        to_run: list[GenerationRequest] = []
-        for index, (choice, request) in enumerate(zip(choices, requests, strict=True)):
-            if running.continued and past is not None:
-                done = past.done(index)
-                if done is not None:
-                    choice.done, choice.tokens = True, done.usage.completion_tokens
-                    continue
-                sent = past.tokens(index)
-                choice.text.feed(sent)  # the text the client has, and what is held back of it
-                choice.tokens = len(sent)
-                request.prompt_ids = prompt_ids + sent
-                request.max_new_tokens = max_new - len(sent)
-                request.seed = continuation_seed(request.seed, len(sent))
-                if request.max_new_tokens <= 0 or choice.text.stopped or choice.text.ended_by_token:
-                    running.ended_at_admission.append(index)
-                    continue
-            to_run.append(request)
+        to_run = continued_requests(running, requests, past) if running.continued and past is not None else requests
         self._enter(job.id, to_run)
         if running.continued:
             log.info("job %s continued from seq %d (attempt %d)", job.id, running.seq, job.attempt)
@@ -468,24 +403,9 @@ class ModelWorker:
         for index in range(len(running.choices)):
             self._costs.pop(seq_id(job_id, index), None)
 
-    def _choice_end(self, running: RunningJob, index: int) -> list[AnyEvent]:
-        """The last events of a choice a continuation found complete: the text held back, then ``done``."""
-        choice = running.choices[index]
-        choice.done = True
-        out: list[AnyEvent] = []
-        text = choice.text.flush()
-        if text:
-            out.append(Delta(seq=running.next_seq(), index=index, text=text, token_ids=[]))
-        stopped = choice.text.stopped or choice.text.ended_by_token
-        reason = FinishReason.STOP if stopped else FinishReason.LENGTH
-        done = Done(seq=running.next_seq(), index=index, finish_reason=reason, usage=running.usage_of(choice))
-        done.stop_reason = choice.text.stop_reason
-        out.append(done)
-        return out
-
     def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
         if len(prompt_ids) > MAX_PROMPT_LOGPROBS_TOKENS:
-            raise PromptError(
+            raise InvalidRequest(
                 f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
                 param="echo",
             )
@@ -501,71 +421,30 @@ class ModelWorker:
         if not updates and not self._unsent:
             return
         events: list[tuple[str, AnyEvent]] = []
-        late: Counter[str] = Counter()
         now = time.time()
         for update in updates:
             job_id, index = split_seq_id(update.seq_id)
             running = self.jobs.get(job_id) or self._ended.get(job_id)
-            if running is None or running.choices[index].done:
-                # Computed before a cancel took effect: wasted work, counted so operators (and tests) see it.
+            if running is None or is_late(running, index):
                 if running is not None:
-                    late[running.job.model] += len(update.token_ids)
+                    self.outcomes.late(running.job.model, len(update.token_ids))
                 continue
-            choice = running.choices[index]
-            if update.error is not None:
-                events.append((job_id, engine_error(seq=running.next_seq(), message=update.error)))
+            result = step(running, index, update, self._logprobs, now)
+            events.extend((job_id, e) for e in result.events)
+            if result.failed:
                 self._cancel_all(running)
-                running.failed = True
                 continue
-            choice.tokens += len(update.token_ids)
-            if update.cached_tokens is not None:
-                running.cached_tokens = update.cached_tokens
-            if update.token_ids and running.first_token_at is None:
-                running.first_token_at = now
-            text = choice.text.feed(update.token_ids)
-            if choice.text.stopped and not update.finished:
+            if result.stop:
                 self.engine.cancel(update.seq_id)
-            finished = update.finished or choice.text.stopped
-            if finished:
-                text += choice.text.flush()
-            if text or update.token_ids:
-                logprobs = self._logprobs.of_update(update) if running.job.params.logprobs else None
-                if logprobs and finished and choice.text.ended_by_token:
-                    logprobs = logprobs[:-1]  # the end-of-sequence token is not part of the answer
-                events.append(
-                    (
-                        job_id,
-                        Delta(
-                            seq=running.next_seq(),
-                            index=index,
-                            text=text,
-                            token_ids=update.token_ids,
-                            logprobs=logprobs,
-                        ),
-                    )
-                )
-            if finished:
-                choice.done = True
+            if result.finished:
                 try:
                     self._choice_left(job_id, index)
                 except Exception as exc:  # a waiting choice the engine refused fails its job, never the worker
                     log.exception("job %s: a waiting choice could not start", job_id)
-                    events.append((job_id, engine_error(seq=running.next_seq(), exc=exc)))
+                    events.append((job_id, error_event(engine_failure(exc), running.next_seq())))
                     self._cancel_all(running)
                     running.failed = True
-                stopped = choice.text.stopped or choice.text.ended_by_token
-                events.append(
-                    (
-                        job_id,
-                        Done(
-                            seq=running.next_seq(),
-                            index=index,
-                            finish_reason=FinishReason.STOP if stopped else FinishReason.LENGTH,
-                            usage=running.usage_of(choice),
-                            stop_reason=choice.text.stop_reason,
-                        ),
-                    )
-                )
+                events.append((job_id, choice_done(running, index)))
         self.token_rate.add(sum(len(u.token_ids) for u in updates), now)
         ended = {job_id for job_id, _ in events if job_id in self.jobs and self.jobs[job_id].finished}
         events, receivers = self._publish(events, ended)
@@ -574,7 +453,7 @@ class ModelWorker:
         gone = {job_id for job_id, _ in events} - heard - fenced
         for job_id in heard:
             self._orphaned.pop(job_id, None)
-        self._finish(self._to_cancel(gone), late)
+        self._finish(self._to_cancel(gone))
 
     def _publish(
         self,
@@ -614,9 +493,13 @@ class ModelWorker:
             self._ended[job_id] = running
             log.warning("job %s was taken over by another worker; fenced: this worker stops it", job_id)
 
-    def _ack(self, items: list[Delivery | Malformed], counters: dict[str, Counter[str]]) -> None:
+    def _ack(self, items: list[Delivery | Malformed]) -> None:
         """Acknowledge finished entries (and those an outage held back), keeping them for the next try when the
-        broker fails: a finished job left pending to a live worker would stay pending forever."""
+        broker fails: a finished job left pending to a live worker would stay pending forever. What was counted
+        since the last acknowledgement goes into the stats hashes with it, and into the metrics."""
+        counters = self.outcomes.take()
+        if self.metrics is not None:
+            self.metrics.count(counters)
         items, self._unacked = self._unacked + items, []
         try:
             self.consumer.ack(items, counters)
@@ -637,27 +520,21 @@ class ModelWorker:
         for job_id in unheard:
             self._orphaned.setdefault(job_id, now)
         marked = self.consumer.cancelled(sorted(unheard))
-        return {j for j in unheard if j in marked or now - self._orphaned[j] >= self.orphan_grace}
+        return orphans_to_cancel(unheard, marked, self._orphaned, now, self.orphan_grace)
 
-    def _finish(self, gone: set[str], late: Counter[str] | None = None) -> None:
+    def _finish(self, gone: set[str]) -> None:
         finished: list[Delivery | Malformed] = []
-        counters: dict[str, Counter[str]] = defaultdict(Counter)
-        for model, n in (late or {}).items():
-            counters[model]["output_tokens"] += n
-            counters[model]["tokens_after_cancel"] += n
         notices: list[tuple[str, AnyEvent]] = []
         for job_id in list(self.jobs):
             running = self.jobs[job_id]
-            if job_id in gone and not running.finished:
+            outcome = outcome_of(running, gone=job_id in gone)
+            if outcome is None:
+                continue
+            if outcome == "cancelled":
                 self._cancel_all(running)
-                outcome = "cancelled"
                 # for a client that comes back to resume it: the stream ends here
                 message = "the job was cancelled: its client hung up, or nobody resumed its stream in time"
-                notices.append((job_id, Error(seq=running.next_seq(), code="cancelled", message=message, status=409)))
-            elif running.finished:
-                outcome = "expired" if running.expired else "failed" if running.failed else "completed"
-            else:
-                continue
+                notices.append((job_id, error_event(JobCancelled(message), running.next_seq())))
             del self.jobs[job_id]
             self._forget_share(running)
             self._orphaned.pop(job_id, None)
@@ -665,16 +542,12 @@ class ModelWorker:
             while len(self._ended) > 256:
                 self._ended.popitem(last=False)
             finished.append(running.delivery)
-            model = running.job.model
-            counters[model][outcome] += 1
-            counters[model]["prompt_tokens"] += running.prompt_tokens
-            counters[model]["output_tokens"] += running.completion_tokens
-            self.totals[outcome] += 1
+            self.outcomes.ended(running, outcome)
             log.info(
                 "job %s request_id=%s model=%s %s wait=%.3fs ttft=%.3fs tokens=%d+%d duration=%.3fs",
                 job_id,
                 running.job.request_id or "-",
-                model,
+                running.job.model,
                 outcome,
                 running.started - running.job.created,
                 (running.first_token_at or running.started) - running.job.created,
@@ -686,9 +559,7 @@ class ModelWorker:
         self._unacked += finished  # acknowledged below, or at the next try should the broker fail meanwhile
         if notices:  # before the acknowledgement: a job's events go out only while its entry is pending here
             self._publish(notices, {j for j, _ in notices})
-        if self.metrics is not None:
-            self.metrics.count(counters)
-        self._ack([], counters)
+        self._ack([])
 
     def _cancel_all(self, running: RunningJob) -> None:
         self._forget_share(running)  # its waiting choices never start

@@ -51,7 +51,7 @@ class Load:
                     model=self.model,
                     messages=PROMPT,
                     max_tokens=self.max_tokens,
-                    stream=True,  # type: ignore[arg-type]
+                    stream=True,
                 )
                 async for chunk in chunks:
                     outcome.response_id = chunk.id
@@ -66,7 +66,7 @@ class Load:
                 reply = await client.chat.completions.create(
                     model=self.model,
                     messages=PROMPT,
-                    max_tokens=self.max_tokens,  # type: ignore[arg-type]
+                    max_tokens=self.max_tokens,
                 )
                 outcome.response_id = reply.id
                 outcome.text = reply.choices[0].message.content or ""

@@ -25,7 +25,7 @@ async def _read_then_hang_up(client: openai.AsyncOpenAI, model: str) -> tuple[st
         messages=PROMPT,
         max_tokens=2000,
         stream=True,
-        logprobs=True,  # type: ignore[arg-type]
+        logprobs=True,
     )
     received = 0
     job_id = ""

@@ -31,7 +31,7 @@ async def _stream(client: openai.AsyncOpenAI, outcome: Stream) -> None:
     try:
         chunks = await client.chat.completions.create(
             model="tiny", messages=PROMPTS[outcome.prompt], max_tokens=MAX_TOKENS, temperature=0, stream=True
-        )  # type: ignore[call-overload]
+        )
         async for chunk in chunks:
             for choice in chunk.choices:
                 if choice.delta.content:
@@ -55,7 +55,7 @@ async def test_sigkilled_worker_streams_continue_on_the_other(cluster: Cluster) 
         for messages in PROMPTS:
             reply = await client.chat.completions.create(
                 model="tiny", messages=messages, max_tokens=MAX_TOKENS, temperature=0
-            )  # type: ignore[call-overload]
+            )
             reference.append(reply.choices[0].message.content)
 
         streams: list[Stream] = []

@@ -21,17 +21,20 @@ from tests.faults.load import PROMPT
 from tests.faults.proxy import CuttableProxy
 
 REQUESTS = 6
+# what a request ended with: (finish reason, completion tokens, text), or "error <status> <code>"
+Answer = tuple[str | None, int | None, str | None] | str
 
 
-async def _answers(base_url: str, max_tokens: int) -> list[asyncio.Task[object]]:
+async def _answers(base_url: str, max_tokens: int) -> list[asyncio.Task[Answer]]:
     client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
 
-    async def one() -> object:
+    async def one() -> Answer:
         try:
             reply = await client.chat.completions.create(
                 model="tiny", messages=PROMPT, max_tokens=max_tokens, temperature=0
-            )  # type: ignore[call-overload]
-            return (reply.choices[0].finish_reason, reply.usage.completion_tokens, reply.choices[0].message.content)
+            )
+            usage = reply.usage.completion_tokens if reply.usage else None
+            return (reply.choices[0].finish_reason, usage, reply.choices[0].message.content)
         except openai.APIStatusError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
             return f"error {exc.status_code} {body.get('code')}"
@@ -41,7 +44,7 @@ async def _answers(base_url: str, max_tokens: int) -> list[asyncio.Task[object]]
 
 async def _reference(base_url: str, max_tokens: int) -> str:
     async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300) as c:
-        reply = await c.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=max_tokens, temperature=0)  # type: ignore[call-overload]
+        reply = await c.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=max_tokens, temperature=0)
         return reply.choices[0].message.content or ""
 
 

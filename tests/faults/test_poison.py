@@ -23,7 +23,7 @@ def _job(**params: object) -> Job:
         kind=JobKind.COMPLETION,
         model="tiny",
         prompt=prompt,
-        params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
+        params=SamplingParams(max_tokens=8, **params),
         deadline=time.time() + 60,
     )
 

@@ -36,7 +36,7 @@ async def test_streams_survive_a_two_second_cut_between_api_and_redis(cluster: C
         try:
             reply = await client.chat.completions.create(
                 model="tiny", messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0
-            )  # type: ignore[call-overload]
+            )
             reference = reply.choices[0].message.content
             texts = [""] * STREAMS
             finishes: list[list[str]] = [[] for _ in range(STREAMS)]

@@ -49,7 +49,7 @@ async def test_redis_outage_then_recovery(tiny_model_dir: Path, tmp_path: Path) 
     try:
         worker = cluster.start_worker("worker")
         base_url = cluster.start_api()
-        api = next(p for p in cluster.processes if "api" in p.args)
+        api = next(p for p in cluster.processes if "api" in list(p.args))
         cluster.wait_workers(1)
 
         calls: list[Call] = []

@@ -30,13 +30,13 @@ async def test_rolling_restart_under_load_fails_no_request(cluster: Cluster) -> 
         text, finishes, error = "", [], None
         try:
             if stream:
-                async for chunk in await client.chat.completions.create(**params, stream=True):  # type: ignore[call-overload]
+                async for chunk in await client.chat.completions.create(**params, stream=True):
                     for choice in chunk.choices:
                         text += choice.delta.content or ""
                         if choice.finish_reason:
                             finishes.append(choice.finish_reason)
             else:
-                reply = await client.chat.completions.create(**params)  # type: ignore[call-overload]
+                reply = await client.chat.completions.create(**params)
                 text, finishes = reply.choices[0].message.content or "", [reply.choices[0].finish_reason]
         except openai.APIError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
@@ -48,7 +48,7 @@ async def test_rolling_restart_under_load_fails_no_request(cluster: Cluster) -> 
             await one(stream)
 
     try:
-        reply = await client.chat.completions.create(**params)  # type: ignore[call-overload]
+        reply = await client.chat.completions.create(**params)
         reference = reply.choices[0].message.content
         load = [asyncio.create_task(keep_asking(True)) for _ in range(STREAMING)]
         load += [asyncio.create_task(keep_asking(False)) for _ in range(PLAIN)]

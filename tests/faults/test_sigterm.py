@@ -67,7 +67,7 @@ async def test_sigterm_api_finishes_open_streams(cluster: Cluster) -> None:
     cluster.start_worker("worker")
     base_url = cluster.start_api()
     cluster.wait_workers(1)
-    api = next(p for p in cluster.processes if "api" in p.args)
+    api = next(p for p in cluster.processes if "api" in list(p.args))
 
     outcomes = await _strike_when_streaming(Load(base_url, max_tokens=384), 8, lambda: api.send_signal(signal.SIGTERM))
 

@@ -32,7 +32,7 @@ async def test_sigkill_one_of_two_workers_under_load(cluster: Cluster) -> None:
     stats = cluster.stats()
     print(
         f"\nSIGKILL under load: {len(outcomes)} requests, answered {sum(o.answered for o in outcomes)}, "
-        f"explicit errors {len(lost_streams)} ({sorted({o.error for o in lost_streams})}), silent {len(silent)}; "
+        f"explicit errors {len(lost_streams)} ({sorted({str(o.error) for o in lost_streams})}), silent {len(silent)}; "
         f"jobs taken over {stats.get('reclaimed', 0)}"
     )
     assert silent == []

@@ -9,7 +9,7 @@ worker detokenises and matches stop strings itself, as it does for every engine,
 What maps onto vLLM's own parameters: temperature, top-p, top-k, per-request seeds, stop token ids, logprobs with
 top alternatives (of the raw logits, as OpenAI reports them), prompt logprobs, presence, frequency and repetition
 penalties, and grammars (JSON mode, JSON schemas, forced tool calls) through vLLM's structured outputs with the
-llguidance backend. What it cannot honour is refused with a :class:`~workers.prompts.PromptError` naming the
+llguidance backend. What it cannot honour is refused with a :class:`~broker.errors.InvalidRequest` naming the
 parameter, which the worker answers with a 400.
 """
 
@@ -24,8 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.errors import InvalidRequest
 from workers.engine import GenerationRequest, SamplingDefaults, SeqUpdate, eos_ids_of, sampling_defaults_of
-from workers.prompts import PromptError
 
 log = logging.getLogger(__name__)
 
@@ -166,18 +166,18 @@ class VllmEngine:
     # ------------------------------------------------------------------ the consume loop's side
 
     def sampling_params(self, request: GenerationRequest) -> Any:
-        """vLLM's SamplingParams for a request; PromptError (a 400) for what vLLM cannot do."""
+        """vLLM's SamplingParams for a request; InvalidRequest (a 400) for what vLLM cannot do."""
         if request.logprobs is not None and request.logprobs > self.max_logprobs:
-            raise PromptError(
+            raise InvalidRequest(
                 f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
             )
         repetition, presence, frequency = request.penalties or (1.0, 0.0, 0.0)
         try:
             return self._sampling_params(request, repetition, presence, frequency)
-        except PromptError:
+        except InvalidRequest:
             raise
         except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the parameter)
-            raise PromptError(str(exc), param=getattr(exc, "parameter", None)) from None
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
     def _sampling_params(self, request: GenerationRequest, repetition: float, presence: float, frequency: float) -> Any:
         from vllm import SamplingParams
@@ -238,7 +238,7 @@ class VllmEngine:
         from vllm import SamplingParams
 
         if top > self.max_logprobs:
-            raise PromptError(
+            raise InvalidRequest(
                 f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
             )
         request_id = f"{SCORE_PREFIX}{uuid.uuid4().hex}"
@@ -486,13 +486,13 @@ def lark_of(grammar: str) -> str:
         return grammar  # Lark or GBNF already
     parts = spec.get("grammars") if isinstance(spec, dict) else None
     if not isinstance(parts, list) or len(parts) != 1:
-        raise PromptError("this grammar cannot be used with the vLLM engine", param="response_format")
+        raise InvalidRequest("this grammar cannot be used with the vLLM engine", param="response_format")
     part = parts[0]
     if part.get("json_schema") is not None:
         return "start: %json " + json.dumps(part["json_schema"])
     if part.get("lark_grammar"):
         return str(part["lark_grammar"])
-    raise PromptError("this grammar cannot be used with the vLLM engine", param="response_format")
+    raise InvalidRequest("this grammar cannot be used with the vLLM engine", param="response_format")
 
 
 class _Holder:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from broker.producer import JobEvents
+from broker.jobevents import JobEvents
 
 EVENT_ID = re.compile(r"^(\d{1,12})-(\d{1,6})$")
 

@@ -31,10 +31,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from broker.connection import sync_client
+from broker.jobevents import JobEvents
 from broker.keys import Keys
 from broker.monitor import STAT_FIELDS, known_models, log_memory, snapshot
-from broker.producer import AnyEvent, JobEvents
-from broker.schemas import Accepted, Delta, Done
+from broker.schemas import Accepted, AnyEvent, Delta, Done
 from broker.tenants import usage_by_name
 
 log = logging.getLogger(__name__)

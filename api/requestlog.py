@@ -13,8 +13,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from broker.producer import AnyEvent, JobEvents
-from broker.schemas import Accepted, Done
+from broker.jobevents import JobEvents
+from broker.schemas import Accepted, AnyEvent, Done
 
 log = logging.getLogger("queuechat.requests")
 

@@ -30,7 +30,7 @@ from api.errors import ERROR_RESPONSES
 from api.eventids import parse_id
 from api.streaming import sse_events, stream_response
 from broker.errors import InvalidRequest, NotFound
-from broker.producer import JobEvents
+from broker.jobevents import JobEvents
 from serving.chat import ChatStream
 from serving.completions import CompletionStream
 from serving.jobs import reattach

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.eventids import EventIds, format_id
-from broker.producer import JobEvents, Producer
+from broker.jobevents import JobEvents
+from broker.producer import Producer
 from broker.settings import Settings
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from broker.errors import BrokerUnavailable
+from broker.jobevents import JobEvents
 from broker.keys import Keys
-from broker.producer import AnyEvent, JobEvents
-from broker.schemas import Accepted, Done
+from broker.schemas import Accepted, AnyEvent, Done
 from broker.tenants import (
     ADMIT,
     CHARGE,

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from opentelemetry import trace
 
 from broker import tracing
-from broker.producer import AnyEvent, JobEvents
-from broker.schemas import Done, Error
+from broker.jobevents import JobEvents
+from broker.schemas import AnyEvent, Done, Error
 
 tracer = trace.get_tracer("queuechat.api")
 

@@ -20,8 +20,8 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
+from broker.decode import text, text_map
 from broker.keys import Keys
-from broker.records import text, text_map
 
 
 class BatchStatus(StrEnum):
@@ -87,6 +87,19 @@ def batch_object(raw: dict[Any, Any]) -> dict[str, Any]:
     return obj
 
 
+@dataclass
+class FileRecord:
+    obj: dict[str, Any]  # the OpenAI file object
+    path: str  # where its bytes are
+    owner: str  # "" for a record from before owners were kept: it belongs to no key
+
+
+def file_record(raw: dict[Any, Any]) -> FileRecord:
+    """A file from its hash."""
+    fields = text_map(raw)
+    return FileRecord(json.loads(fields["meta"]), fields["path"], fields.get("owner", ""))
+
+
 class BatchStore:
     """Files' and batches' records, for the API and the batch worker (async clients)."""
 
@@ -112,10 +125,10 @@ class BatchStore:
         raw = await self.client.hgetall(self.keys.file(file_id))
         if not raw:
             return None
-        fields = text_map(raw)
-        if owner is not None and fields.get("owner", "") != owner:
+        record = file_record(raw)
+        if owner is not None and record.owner != owner:
             return None
-        return json.loads(fields["meta"]), fields["path"]
+        return record.obj, record.path
 
     async def files_of(self, owner: str) -> list[dict[str, Any]]:
         """The OpenAI objects of the owner's files, newest first."""

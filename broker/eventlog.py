@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.decode import entry_fields, text
 from broker.keys import LOG_META_ID, log_entry_id
-from broker.schemas import Accepted, Delta, Done, Error, parse_event
+from broker.schemas import AnyEvent, Delta, Done, Error, parse_event
 
-AnyEvent = Accepted | Delta | Done | Error
 EVENT_FIELD = "event"
 META_FIELD = "meta"
 # What a fenced publish answers when the job is no longer the worker's (see FENCED_PUBLISH_SCRIPT).
@@ -85,10 +85,6 @@ def submission_ttl_ms(deadline: float, ttl: float) -> int:
     return max(int((deadline - time.time() + ttl) * 1000), 1000)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass
 class JobLog:
     """A job's log as read back: what the front server recorded, and the events in order."""
@@ -126,8 +122,8 @@ def parse_entries(entries: Sequence[Any] | None) -> JobLog:
     """A :class:`JobLog` from an XRANGE reply; entries that do not parse are skipped (never fatal)."""
     out = JobLog(meta=None)
     for entry_id, fields in entries or []:
-        values = {_text(k): v for k, v in (fields or {}).items()}
-        if _text(entry_id) == LOG_META_ID:
+        values = entry_fields(fields)
+        if text(entry_id) == LOG_META_ID:
             try:
                 out.meta = json.loads(values.get(META_FIELD, b"{}"))
             except ValueError:

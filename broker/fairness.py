@@ -17,6 +17,8 @@ The batch stream is read only when no tenant has an interactive job waiting, as 
 
 from __future__ import annotations
 
+from broker.decode import text
+
 # vLLM takes any integer; each value a tenant uses is a stream, so the range is bounded.
 MIN_PRIORITY = -100
 MAX_PRIORITY = 100
@@ -33,8 +35,7 @@ def registry_entry(tenant: str, priority: int) -> str:
 
 def tenant_of_entry(entry: str | bytes) -> tuple[str, int]:
     """The (tenant, priority) a registry value stands for (the inverse of :func:`registry_entry`)."""
-    text = entry.decode() if isinstance(entry, bytes) else entry
-    tenant, _, priority = text.rpartition("\t")
+    tenant, _, priority = text(entry).rpartition("\t")
     return tenant, int(priority)
 
 

@@ -20,10 +20,10 @@ from pydantic import BaseModel, Field, computed_field
 
 from broker.batches import BatchProgress, batch_progress
 from broker.connection import is_cluster
+from broker.decode import int_map, stream_load, text
 from broker.fairness import tenant_of_entry
 from broker.keys import Keys
-from broker.records import group_info, text
-from broker.registry import LiveWorker, split_registry
+from broker.registry import LiveWorker, heartbeat_keys, split_registry
 from broker.tenants import usage_by_name
 from broker.waiting import job_tokens
 
@@ -120,15 +120,6 @@ def _stream_ms(entry_id: bytes | str) -> int:
     return int(text(entry_id).partition("-")[0])
 
 
-def waiting_of(group: dict[str, Any], length: int) -> int:
-    """Entries the group has not delivered yet. Redis 7 reports the lag; it is None when deletions make it unknown
-    (and on Redis 6.2). Acknowledged entries are deleted, so the stream then holds waiting plus pending entries."""
-    lag = group.get("lag")
-    if lag is not None:
-        return int(lag)
-    return max(length - int(group.get("pending", 0)), 0)
-
-
 def worker_info(worker: LiveWorker, now: float) -> WorkerInfo:
     card, status = worker.card, worker.status
     return WorkerInfo(
@@ -177,9 +168,7 @@ def snapshot(
         pipe.hgetall(keys.workers)
         (seconds, micros), cards = pipe.execute()
     now = seconds + micros / 1e6
-    ids = [text(w) for w in cards]
-    beats = client.mget([keys.heartbeat(w) for w in ids]) if ids else []
-    live, _expired = split_registry(cards, beats)
+    live, _expired = split_registry(cards, client.mget(heartbeat_keys(keys, cards)) if cards else [])
     workers = sorted((worker_info(w, now) for w in live), key=lambda w: w.id)
 
     names = list(dict.fromkeys(models))
@@ -243,7 +232,7 @@ def _queues(
     fair: list[tuple[QueueInfo, str, tuple[str, int]]] = []  # the keys' own streams: (queue, stream, (key, prio))
     for i, model in enumerate(names):
         groups, length, stats, dead_len, registry = replies[5 * i : 5 * i + 5]
-        counts = {text(k): int(v) for k, v in (stats or {}).items() if text(k) in STAT_FIELDS}
+        counts = {k: v for k, v in int_map(stats).items() if k in STAT_FIELDS}
         serving = [w for w in workers if model in w.models]
         counted: dict[str, Any] = {**counts, "dead": max(counts.get("dead", 0), int(dead_len or 0))}
         queue = QueueInfo(
@@ -253,15 +242,10 @@ def _queues(
             workers=len(serving),
             slots=sum(w.slots for w in serving),
         )
-        group = group_info(groups)
-        if group is not None:
-            queue.running = int(group.get("pending", 0))
-            queue.waiting = waiting_of(group, int(length or 0))
-            if queue.waiting:
-                backlog.append((queue, keys.jobs(model), text(group.get("last-delivered-id", b"0-0"))))
-        elif isinstance(length, int) and length:
-            queue.waiting = length  # a stream nobody has consumed from yet: all of it waits
-            backlog.append((queue, keys.jobs(model), "0-0"))
+        load = stream_load(groups, length)  # without a group, nobody has consumed from it yet: all of it waits
+        queue.running, queue.waiting = load.running, load.waiting
+        if queue.waiting:
+            backlog.append((queue, keys.jobs(model), load.last_delivered))
         if isinstance(registry, dict) and registry:
             queue.waiting_by_key[""] = queue.waiting
             fair += [(queue, text(stream), tenant_of_entry(entry)) for stream, entry in registry.items()]
@@ -298,13 +282,12 @@ def _fair_streams(
     backlog: list[tuple[QueueInfo, str, str]] = []
     for i, (queue, stream, (name, _)) in enumerate(fair):
         groups, length = replies[2 * i : 2 * i + 2]
-        group = group_info(groups)
-        if group is None:
+        load = stream_load(groups, length)
+        if not load.grouped:
             continue
-        waiting = waiting_of(group, int(length or 0)) if isinstance(length, int) else 0
-        queue.running += int(group.get("pending", 0))
-        queue.waiting += waiting
-        queue.waiting_by_key[name] = queue.waiting_by_key.get(name, 0) + waiting
-        if waiting:
-            backlog.append((queue, stream, text(group.get("last-delivered-id", b"0-0"))))
+        queue.running += load.running
+        queue.waiting += load.waiting
+        queue.waiting_by_key[name] = queue.waiting_by_key.get(name, 0) + load.waiting
+        if load.waiting:
+            backlog.append((queue, stream, load.last_delivered))
     return backlog

@@ -16,8 +16,8 @@ import redis
 import redis.asyncio as aredis
 from pydantic import BaseModel, Field
 
+from broker.decode import text, texts
 from broker.keys import Keys
-from broker.records import text
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,15 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
 
 
-def _decode_live(keys: Keys, cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWorker], list[str]]:
-    """Split the registry into live workers and ids whose heartbeat has expired."""
+def heartbeat_keys(keys: Keys, cards: dict[Any, Any]) -> list[str]:
+    """The heartbeat keys of the registry's cards (an HGETALL of ``keys.workers``), in the cards' order."""
+    return [keys.heartbeat(w) for w in texts(cards)]
+
+
+def split_registry(cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWorker], list[str]]:
+    """The registry's one parser: live workers and the ids of cards whose heartbeat expired, from an HGETALL of the
+    registry and an MGET of its :func:`heartbeat_keys`. Readers that must not write (the info monitor, metrics
+    scrapes, probes) fetch both in their own round trips; the others prune the expired cards after."""
     live: list[LiveWorker] = []
     dead: list[str] = []
     for (worker_id, card_json), beat in zip(cards.items(), beats, strict=True):
@@ -124,7 +131,7 @@ class WorkerRegistration:
 
     def deregister(self) -> None:
         """Leave cleanly: what this worker still holds was handed back, so whoever takes it over does not count a
-        death against those jobs (see :meth:`broker.consumer.JobConsumer.reclaim`)."""
+        death against those jobs (see :meth:`broker.takeover.Takeover.reclaim`)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.left(self.card.id), "1", ex=LEFT_MARK_TTL_S)
         pipe.hdel(self.keys.workers, self.card.id)
@@ -132,27 +139,19 @@ class WorkerRegistration:
         pipe.execute()
 
 
-def split_registry(cards: dict[Any, Any], beats: list[Any]) -> tuple[list[LiveWorker], list[str]]:
-    """Live workers and the ids of cards whose heartbeat expired, from an HGETALL of the registry and an MGET of
-    the heartbeat keys in the same order. For readers that fetch both in their own pipeline and must not write
-    (the info monitor, metrics scrapes)."""
-    return _decode_live(Keys(), cards, beats)
-
-
 def live_workers(client: redis.Redis, keys: Keys) -> list[LiveWorker]:
+    """The live workers, pruning the cards of dead ones (for workers and commands: a sync client)."""
     cards = client.hgetall(keys.workers)
-    beats = client.mget([keys.heartbeat(text(w)) for w in cards]) if cards else []
-    live, dead = _decode_live(keys, cards, beats)
+    live, dead = split_registry(cards, client.mget(heartbeat_keys(keys, cards)) if cards else [])
     if dead:
         client.hdel(keys.workers, *dead)
     return live
 
 
-async def alive_workers(client: aredis.Redis, keys: Keys) -> list[LiveWorker]:
-    """The async twin of :func:`live_workers`, for front servers."""
+async def live_workers_async(client: aredis.Redis, keys: Keys) -> list[LiveWorker]:
+    """:func:`live_workers` for front servers (an async client): the same commands and parser, awaited."""
     cards = await client.hgetall(keys.workers)
-    beats = await client.mget([keys.heartbeat(text(w)) for w in cards]) if cards else []
-    live, dead = _decode_live(keys, cards, beats)
+    live, dead = split_registry(cards, await client.mget(heartbeat_keys(keys, cards)) if cards else [])
     if dead:
         await client.hdel(keys.workers, *dead)
     return live

@@ -20,6 +20,7 @@ import redis.asyncio as aredis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker.decode import text, text_map
 from broker.keys import Keys
 
 DEFAULT_TTL = 30 * 24 * 3600
@@ -50,10 +51,6 @@ class ResponsesSettings(BaseSettings):
     responses_ttl: int = Field(default=DEFAULT_TTL, gt=0, description="Seconds a stored response is kept.")
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass
 class StoredResponse:
     owner: str
@@ -70,6 +67,20 @@ class StoredResponse:
         """The items a follow-up continues from: everything the model saw, then what it answered."""
         output: list[dict[str, Any]] = self.response.get("output") or []
         return [*self.conversation, *output]
+
+
+def stored_response(raw: dict[Any, Any]) -> StoredResponse:
+    """A record from its hash (HGETALL); its ``status`` field is the object's status."""
+    fields = text_map(raw)
+    response = json.loads(fields["response"])
+    response["status"] = fields["status"]
+    return StoredResponse(
+        owner=fields.get("owner", ""),
+        status=fields["status"],
+        response=response,
+        conversation=json.loads(fields["conversation"]),
+        inputs=int(fields["inputs"]),
+    )
 
 
 class ResponseStore:
@@ -100,22 +111,12 @@ class ResponseStore:
         raw = await self.client.hgetall(self.keys.response(response_id))
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        if fields.get("owner", "") != owner:
-            return None
-        response = json.loads(fields["response"])
-        response["status"] = fields["status"]
-        return StoredResponse(
-            owner=fields["owner"],
-            status=fields["status"],
-            response=response,
-            conversation=json.loads(fields["conversation"]),
-            inputs=int(fields["inputs"]),
-        )
+        record = stored_response(raw)
+        return record if record.owner == owner else None
 
     async def status(self, response_id: str) -> str | None:
         value = await self.client.hget(self.keys.response(response_id), "status")
-        return _text(value) if value is not None else None
+        return text(value) if value is not None else None
 
     async def set_status(
         self, response_id: str, to: str, *, allowed_from: tuple[str, ...], response: dict[str, Any] | None = None

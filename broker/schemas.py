@@ -231,9 +231,10 @@ def job_failure(event: Error) -> JobFailed:
     return JobFailed(event.message, status=event.status, code=event.code, param=event.param)
 
 
-Event = Annotated[Accepted | Delta | Done | Error, Field(discriminator="type")]
-event_adapter: TypeAdapter[Accepted | Delta | Done | Error] = TypeAdapter(Event)
+AnyEvent = Accepted | Delta | Done | Error
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
-def parse_event(raw: bytes | str) -> Accepted | Delta | Done | Error:
+def parse_event(raw: bytes | str) -> AnyEvent:
     return event_adapter.validate_json(raw)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.decode import int_map, texts
 from broker.fairness import MAX_WEIGHT
 from broker.keys import Keys, hash_tag
 
@@ -207,22 +208,18 @@ class TenantStore:
         return sorted((Tenant.model_validate_json(r) for r in raws), key=lambda t: t.name)
 
     def usage(self, name: str) -> dict[str, int]:
-        raw = self.client.hgetall(TenantKeys(self.keys, name).usage)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return int_map(self.client.hgetall(TenantKeys(self.keys, name).usage))
 
 
 def usage_by_name(client: Any, keys: Keys) -> dict[str, dict[str, int]]:
     """Every tenant's usage totals, by name, in two round trips (for /metrics)."""
-    names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in client.hkeys(names_key(keys)))
+    names = sorted(texts(client.hkeys(names_key(keys))))
     if not names:
         return {}
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(TenantKeys(keys, name).usage)
-    return {
-        name: {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-        for name, raw in zip(names, pipe.execute(), strict=True)
-    }
+    return {name: int_map(raw) for name, raw in zip(names, pipe.execute(), strict=True)}
 
 
 def tenant_of_json(raw: bytes | str | None) -> Tenant | None:

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from broker.keys import Keys
-from broker.registry import LiveWorker, split_registry
+from broker.registry import LiveWorker, heartbeat_keys, split_registry
 
 PROBE_TIMEOUT = 2.0
 
@@ -32,9 +32,7 @@ def workers_of_host(redis_url: str, key_prefix: str, host: str) -> list[LiveWork
     client = sync_client(redis_url, command_timeout=PROBE_TIMEOUT)
     keys = Keys(key_prefix)
     cards = client.hgetall(keys.workers)
-    ids = [k.decode() if isinstance(k, bytes) else str(k) for k in cards]
-    beats = client.mget([keys.heartbeat(i) for i in ids]) if ids else []
-    live, _expired = split_registry(cards, beats)
+    live, _expired = split_registry(cards, client.mget(heartbeat_keys(keys, cards)) if cards else [])
     return [w for w in live if w.card.host == host]
 
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.producer import JobEvents, Producer
+from broker.jobevents import JobEvents
+from broker.producer import Producer
 from broker.schemas import Accepted, Delta, Done, Job
 from serving import responses
 from serving.jobs import ChoiceText, JobObserver, collect, merged, prompt_tokens_of, submit_all

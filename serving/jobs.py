@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from broker.producer import AnyEvent, JobEvents, Producer
-from broker.schemas import Accepted, Delta, Done, Job, TokenLogprob
+from broker.jobevents import JobEvents
+from broker.producer import Producer
+from broker.schemas import Accepted, AnyEvent, Delta, Done, Job, TokenLogprob
 from serving.prompt_size import check_prompt_sizes
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from broker.errors import QueuechatError
-from broker.producer import JobEvents
+from broker.jobevents import JobEvents
 from serving.errors import error_of
 from serving.jobs import close_all
 

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
+from broker.jobevents import JobEvents
 from broker.keys import Keys, new_job_id
 from broker.monitor import snapshot
-from broker.producer import JobEvents, Producer
+from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus, live_workers
 from broker.schemas import Accepted, Delta, Done, Job, JobKind, SamplingParams
 from broker.settings import Settings

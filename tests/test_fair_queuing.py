@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from api.metrics import BrokerCollector
 from broker.connection import async_client, sync_client
 from broker.consumer import Delivery, JobConsumer
+from broker.jobevents import JobEvents
 from broker.keys import Keys
-from broker.producer import JobEvents, Producer
+from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Job, JobKind
 from broker.settings import Settings

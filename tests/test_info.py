@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from broker.connection import async_client, sync_client
 from broker.consumer import JobConsumer
+from broker.decode import waiting_of
 from broker.keys import Keys
-from broker.monitor import Snapshot, snapshot, waiting_of
+from broker.monitor import Snapshot, snapshot
 from broker.producer import Producer
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Job, JobKind

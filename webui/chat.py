@@ -19,8 +19,9 @@ from typing import Any, Literal, NamedTuple
 from pydantic import ValidationError
 
 from broker.errors import QueuechatError
-from broker.producer import AnyEvent, JobEvents, Producer
-from broker.schemas import Accepted, Delta, Done
+from broker.jobevents import JobEvents
+from broker.producer import Producer
+from broker.schemas import Accepted, AnyEvent, Delta, Done
 from serving.chat import reasoning_splitter
 from serving.parsers import ReasoningSplitter
 from serving.requests import ChatCompletionRequest

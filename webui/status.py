@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from broker.decode import stream_load, texts
 from broker.errors import BrokerUnavailable
-from broker.monitor import waiting_of
 from broker.producer import Producer
-from broker.records import group_info, text
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ async def model_loads(producer: Producer) -> list[ModelLoad]:
             pipe.xinfo_groups(keys.jobs(model))
             pipe.xlen(keys.jobs(model))
         replies = await pipe.execute(raise_on_error=False)  # no group yet: XINFO answers with an error
-        fair = [(m, text(s)) for i, m in enumerate(models) for s in replies[3 * i] or []]
+        fair = [(m, s) for i, m in enumerate(models) for s in texts(replies[3 * i])]
         counts = [(m, replies[3 * i + 1], replies[3 * i + 2]) for i, m in enumerate(models)]
         if fair:
             pipe = producer.client.pipeline(transaction=False)
@@ -54,10 +53,9 @@ async def model_loads(producer: Producer) -> list[ModelLoad]:
     running = dict.fromkeys(models, 0)
     waiting = dict.fromkeys(models, 0)
     for model, groups, length in counts:
-        length = length if isinstance(length, int) else 0
-        group = group_info(groups)
-        running[model] += int(group.get("pending", 0)) if group else 0
-        waiting[model] += waiting_of(group, length) if group else length
+        load = stream_load(groups, length)
+        running[model] += load.running
+        waiting[model] += load.waiting
     return [ModelLoad(m, len(live[m]), running[m], waiting[m]) for m in models]
 
 

@@ -25,7 +25,8 @@ from api.responses.generate import answer, open_stream, resume_record
 from api.responses.schemas import ResponsesRequest
 from api.responses.translate import Event, StreamTranslator, answer_response, failed, translated_stream
 from broker.errors import QueuechatError
-from broker.producer import JobEvents, Producer
+from broker.jobevents import JobEvents
+from broker.producer import Producer
 from broker.responses import RUNNING, ResponseStore
 from serving.jobs import JobObserver
 from serving.requests import ChatCompletionRequest

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.producer import JobEvents, Producer
+from broker.jobevents import JobEvents
+from broker.producer import Producer
 from serving.chat import ChatStream, chat_answer
 from serving.jobs import JobObserver, reattach, submit_all
 from serving.requests import ChatCompletionRequest

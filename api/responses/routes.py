@@ -31,8 +31,8 @@ from api.responses.translate import (
 )
 from api.streaming import event_source
 from broker.errors import InvalidRequest, NotFound
+from broker.jobevents import JobEvents
 from broker.keys import new_job_hex
-from broker.producer import JobEvents
 from broker.responses import RUNNING, TERMINAL, ResponsesSettings, ResponseStore, StoredResponse
 from broker.settings import Settings
 from serving.errors import validation_message

@@ -20,9 +20,9 @@ from api.context import owner_of
 from api.errors import ERROR_RESPONSES
 from api.files import broker_errors, get_file, settings_of, store_of
 from batch.filestore import BATCH_ENDPOINTS
-from batch.queue import COMPLETION_WINDOWS, cancel_queued_run, enqueue_run
+from batch.queue import COMPLETION_WINDOWS, NO_CLUSTER, cancel_queued_run, enqueue_run
 from broker.batches import TERMINAL, BatchStatus
-from broker.connection import sync_client
+from broker.connection import is_cluster_url, sync_client
 from broker.errors import InvalidRequest, NotFound
 from serving.responses import Batch, BatchList
 
@@ -67,6 +67,8 @@ async def _get(request: Request, batch_id: str) -> Batch:
 @router.post("/v1/batches")
 async def create_batch(body: CreateBatch, request: Request) -> Batch:
     settings = settings_of(request)
+    if is_cluster_url(settings.redis_url or ""):  # no batch worker could ever run it
+        raise InvalidRequest(f"Batches are not available on this deployment: {NO_CLUSTER}.")
     if body.endpoint not in RUNNABLE or not _has_route(request, body.endpoint):
         served = [e for e in RUNNABLE if _has_route(request, e)]
         raise InvalidRequest(f"endpoint must be one of {', '.join(served)}, not {body.endpoint!r}.", param="endpoint")

@@ -20,8 +20,9 @@ def batch_worker_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run batches (the Batch API's rq jobs) from the batch queue."""
+    from batch.queue import NO_CLUSTER
     from batch.worker import BatchWorker
-    from broker.connection import sync_client
+    from broker.connection import is_cluster_url, sync_client
     from broker.logs import configure_logging
     from broker.settings import Settings
 
@@ -31,6 +32,8 @@ def batch_worker_command(
         url = settings.require_redis_url("a batch worker")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if is_cluster_url(url):
+        raise typer.BadParameter(f"{url.partition('://')[0]}:// is a Redis Cluster URL; {NO_CLUSTER}.")
     worker = BatchWorker(settings, sync_client(url))
     log.info("batch worker on queue %s, files in %s", settings.batch_queue_name, settings.files_dir)
     worker.work(burst=burst, logging_level=log_level.upper())

@@ -14,6 +14,13 @@ COMPLETION_WINDOWS = {"24h": 24 * 3600}
 # The rq job's function, by name: any batch worker on this Redis can run it.
 RUN_FUNCTION = "batch.runner.run_batch"
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+# rq 3 cannot run on a Redis Cluster: its worker needs one plain connection (it reads the connection pool's
+# settings), and its global keys (rq:queues, rq:workers) and its transactions over a job's and a queue's keys span
+# slots that no hash tag in a queue name or job id brings together (rq/rq#2021; cluster support is rq/rq#2418, open).
+NO_CLUSTER = (
+    "the Batch API's queue is rq's, and rq cannot run on a Redis Cluster: run the API's batch routes and "
+    "`queuechat batch-worker` against a plain Redis or Sentinel URL (the other parts of queuechat run on a cluster)"
+)
 
 
 def batch_queue(client: redis.Redis, settings: Settings) -> Queue:

@@ -28,6 +28,7 @@ from tests.cluster_support import LocalCluster, cluster_binaries, needs_cluster
 from tests.conftest import ApiServer, RunningWorker, wait_for
 from tests.faults.conftest import Cluster as Processes
 from tests.faults.load import Load
+from tests.openai_error import openai_error
 from tests.sse import parse_sse
 
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
@@ -207,3 +208,24 @@ async def test_a_sigkilled_workers_jobs_are_taken_over_on_a_cluster(
         assert processes.stats().get("reclaimed", 0) >= 1, "the killed worker held no job: the fault tested nothing"
     finally:
         processes.stop()
+
+
+@needs_cluster
+def test_the_batch_api_says_rq_needs_a_plain_redis_on_a_cluster(
+    cluster: LocalCluster, cluster_settings: Settings, start_api: Callable[..., ApiServer]
+) -> None:
+    """rq cannot run on a Redis Cluster: the batch worker refuses to start on one, naming the problem, and the API
+    answers a new batch with a 400 in OpenAI's shape rather than queuing a run no batch worker could ever take."""
+    started = CliRunner().invoke(app, ["batch-worker", "--redis-url", cluster.url, "--burst"], env={"COLUMNS": "1000"})
+    assert started.exit_code == 2, started.output
+    assert "Redis Cluster" in started.output and "rq" in started.output
+    api = start_api(cluster_settings)
+    client = OpenAI(base_url=f"{api.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny"}}
+    uploaded = client.files.create(file=("lines.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+    body = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    refused = httpx.post(f"{api.base_url}/v1/batches", json=body, timeout=30)
+    assert refused.status_code == 400, refused.text
+    error = openai_error(refused.json())
+    assert "Redis Cluster" in error.message and "rq" in error.message
+    assert httpx.get(f"{api.base_url}/v1/batches", timeout=30).json()["data"] == []  # nothing was queued

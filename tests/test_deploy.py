@@ -1,21 +1,28 @@
 """The Kubernetes manifests in deploy/k8s: valid against Kubernetes' schemas, and naming the same ports, drain time,
-streams and consumer group as the code; the worker probe they run, against a real worker."""
+streams and consumer group as the code; the worker probe they run, against a real worker; the queue depth their
+ScaledObjects scale on, against a real API and worker."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from broker.connection import sync_client
 from broker.keys import CONSUMER_GROUP, Keys
-from broker.settings import Settings, parse_wait_for_worker
-from tests.conftest import RunningWorker, wait_for
+from broker.settings import Settings, WaitForWorker, parse_wait_for_worker
+from broker.tenants import TenantLimits, TenantStore
+from tests.conftest import ApiServer, RunningWorker, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.33.0"
@@ -69,7 +76,21 @@ def test_manifests_are_valid_kubernetes(doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
-def test_scaled_objects_read_the_streams_and_group_the_workers_serve() -> None:
+# KEDA's prometheus scaler's metadata keys (keda.sh docs, scalers/prometheus) that these manifests may use.
+KEDA_PROMETHEUS_KEYS = {"serverAddress", "query", "threshold", "activationThreshold", "ignoreNullValues", "unsafeSsl"}
+# The one query shape the manifests use: the largest value of one series of the API's /metrics (every API replica
+# reports the broker's state alike), which the live test below evaluates against a real API's scrape.
+WAITING_QUERY = re.compile(r'max\((?P<metric>[a-z_:]+)\{model_name="(?P<model>[^"]+)"\}\)')
+
+
+def triggers_of(obj: dict[str, Any], kind: str) -> list[dict[str, str]]:
+    return [t["metadata"] for t in obj["spec"]["triggers"] if t["type"] == kind]
+
+
+def test_scaled_objects_count_every_job_waiting_for_their_model() -> None:
+    """The batch stream's group lag, and for interactive jobs a figure that counts the model's stream and every
+    API key's fair-queuing streams: a redis-streams trigger on the model's stream alone would leave a model whose
+    requests all come with keys at zero workers."""
     deployments = {d["metadata"]["name"]: d for d in of_kind("Deployment")}
     scaled = of_kind("ScaledObject")
     assert scaled, "no ScaledObject"
@@ -79,18 +100,76 @@ def test_scaled_objects_read_the_streams_and_group_the_workers_serve() -> None:
         target = deployments[obj["spec"]["scaleTargetRef"]["name"]]
         (container,) = containers_of(target)
         model = arg_after(container["args"], "--model-names")
+        assert {t["type"] for t in obj["spec"]["triggers"]} == {"redis-streams", "prometheus"}
         streams = set()
-        for trigger in obj["spec"]["triggers"]:
-            assert trigger["type"] == "redis-streams"
-            meta = trigger["metadata"]
+        for meta in triggers_of(obj, "redis-streams"):
             assert set(meta) <= KEDA_REDIS_STREAMS_KEYS, set(meta) - KEDA_REDIS_STREAMS_KEYS
             assert meta["consumerGroup"] == CONSUMER_GROUP
             assert int(meta["lagCount"]) > 0 and int(meta["activationLagCount"]) >= 0
             # KEDA reads the variable from the scaled container's environment: it must be defined there
             assert meta["addressFromEnv"] in env_of(container)
             streams.add(meta["stream"])
-        assert streams == {keys.jobs(model), keys.batch_jobs(model)}
+        assert streams == {keys.batch_jobs(model)}  # the one stream every batch line of the model waits in
+        (meta,) = triggers_of(obj, "prometheus")
+        assert set(meta) <= KEDA_PROMETHEUS_KEYS, set(meta) - KEDA_PROMETHEUS_KEYS
+        query = WAITING_QUERY.fullmatch(meta["query"])
+        assert query and query["metric"] == "queuechat:num_requests_waiting" and query["model"] == model
+        assert int(meta["threshold"]) > 0 and int(meta["activationThreshold"]) >= 0
         assert 0 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def waiting_figure(base_url: str, model: str, secret: str) -> float:
+    """What the smollm2 ScaledObject's prometheus trigger reads, for ``model``, from a scrape of the API (with keys in
+    Redis, /metrics wants one too: Prometheus scrapes with a key of its own)."""
+    (obj,) = [o for o in of_kind("ScaledObject") if o["metadata"]["name"] == "queuechat-worker-smollm2"]
+    (meta,) = triggers_of(obj, "prometheus")
+    query = WAITING_QUERY.fullmatch(meta["query"])
+    assert query
+    scraped = text_string_to_metric_families(httpx.get(f"{base_url}/metrics", headers=bearer(secret), timeout=10).text)
+    values = [
+        s.value for f in scraped for s in f.samples if s.name == query["metric"] and s.labels == {"model_name": model}
+    ]
+    return max(values, default=0.0)
+
+
+def test_the_scaling_figure_counts_jobs_waiting_in_every_keys_streams(
+    settings: Settings, start_api: Callable[..., ApiServer], start_worker: Callable[..., RunningWorker]
+) -> None:
+    """Requests sent with API keys (each key a tenant with streams of its own) while no worker runs: the figure the
+    interactive trigger reads counts them all (the model's own stream, which a redis-streams trigger reads, holds
+    none of them), and falls back to 0 once a worker has started and served them."""
+    assert settings.redis_url
+    client = sync_client(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    store = TenantStore(client, keys)
+    secrets = [store.add("team-a", TenantLimits(weight=2)), store.add("team-b", TenantLimits())]
+    scraper = store.add("prometheus", TenantLimits())
+    waiting = settings.model_copy(update={"wait_for_worker": WaitForWorker(models={"tiny": 60})})
+    api = start_api(waiting)
+    statuses: list[int] = []
+
+    def ask(secret: str) -> None:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        r = httpx.post(f"{api.base_url}/v1/chat/completions", json=body, headers=bearer(secret), timeout=90)
+        statuses.append(r.status_code)
+
+    sent = [secrets[i % 2] for i in range(5)]
+    threads = [threading.Thread(target=ask, args=(s,), daemon=True) for s in sent]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: waiting_figure(api.base_url, "tiny", scraper) == len(sent), timeout=30)
+    assert client.xlen(keys.jobs("tiny")) == 0  # all in the keys' own streams
+    assert len(client.hkeys(keys.fair_streams("tiny"))) == 2
+    assert not statuses  # still waiting for a worker
+    start_worker(settings_=waiting)
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [200] * len(sent)
+    wait_for(lambda: waiting_figure(api.base_url, "tiny", scraper) == 0, timeout=30)
 
 
 def test_a_model_scaled_from_zero_is_declared_to_the_api() -> None:
@@ -109,7 +188,8 @@ def test_a_model_scaled_from_zero_is_declared_to_the_api() -> None:
         assert wait.declares(model), model
         # the request's deadline bounds the wait: a longer one would be a 504 instead of the wait's clear 503
         assert 0 < wait.seconds(model) <= timeout
-        assert all(int(t["metadata"]["activationLagCount"]) == 0 for t in obj["spec"]["triggers"])
+        assert all(int(t["activationLagCount"]) == 0 for t in triggers_of(obj, "redis-streams"))
+        assert all(int(t["activationThreshold"]) == 0 for t in triggers_of(obj, "prometheus"))
 
 
 DEPLOY_PREFIX = yaml.safe_load((DEPLOY / "config.yaml").read_text())["data"]["QUEUECHAT_KEY_PREFIX"]

@@ -9,7 +9,7 @@ import time
 
 from tests.conftest import wait_for
 from tests.faults.conftest import Cluster
-from tests.test_scale_from_zero import REQUESTS, WORKER_LATE_S, _ask, _metric
+from tests.integration.test_scale_from_zero import REQUESTS, WORKER_LATE_S, _ask, _metric
 
 
 def test_a_worker_started_after_the_requests_answers_them_all(cluster: Cluster) -> None:

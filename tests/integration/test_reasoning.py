@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from broker.schemas import Accepted, Delta, Done, FinishReason, Usage
 from tests.conftest import ApiServer, RunningWorker, wait_for
-from tests.test_scripted_events import MESSAGES, MODEL, WEATHER, Script, scripted  # noqa: F401  (fixture)
+from tests.integration.test_scripted_events import MESSAGES, MODEL, WEATHER, Script, scripted  # noqa: F401  (fixture)
 
 THOUGHT = ["Paris is in France", "; it is sunny there", ".\n</th", "ink>\n\n", "It is sunny", " in Paris."]
 

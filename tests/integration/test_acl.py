@@ -22,9 +22,9 @@ from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.settings import Settings, parse_wait_for_worker
 from queuechat.cli import app
 from tests.conftest import ApiServer, RunningWorker, wait_for
-from tests.test_info import _job
+from tests.integration.test_info import _job
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _with_user(url: str, user: str, password: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Up:

@@ -22,7 +22,7 @@ from broker.tenants import TenantKeys, TenantLimits, TenantStore
 from tests.conftest import ApiServer, RunningWorker, wait_for
 from tests.openai_error import openai_error
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 

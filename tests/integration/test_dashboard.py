@@ -19,9 +19,9 @@ from broker.keys import Keys
 from broker.settings import Settings
 from broker.tenants import TenantLimits, TenantStore
 from tests.conftest import ApiServer, RunningWorker, free_port, wait_for
-from tests.test_compose import _compose
+from tests.unit.test_compose import _compose
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "queuechat.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 METRIC = re.compile(r"queuechat:[A-Za-z0-9_:]+")

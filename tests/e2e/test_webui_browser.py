@@ -28,7 +28,7 @@ from broker.connection import sync_client
 from broker.keys import Keys
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
-from tests.test_reasoning import think_template
+from tests.integration.test_reasoning import think_template
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

@@ -57,7 +57,8 @@ def test_a_live_workers_lost_delivery_is_taken_over_but_never_what_it_runs(setti
 
 def test_a_worker_takes_up_what_was_delivered_to_it_unseen(settings: Settings) -> None:
     """Entries pending to a worker that it does not run come back to it with the next attempt, so that it reads
-    their logs (a finished one is then acknowledged: tests/test_phantom_pending.py; the others continued)."""
+    their logs (a finished one is then acknowledged: tests/integration/test_phantom_pending.py; the others
+    continued)."""
     assert settings.redis_url
     client = sync_client(settings.redis_url)
     keys = Keys(settings.key_prefix)

@@ -15,7 +15,7 @@ from broker.keys import Keys
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def queuechat(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

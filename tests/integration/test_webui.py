@@ -23,8 +23,8 @@ from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Usage
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
-from tests.test_acl import role_urls  # noqa: F401  # the fixture: a Redis user per role
-from tests.test_reasoning import think_template
+from tests.integration.test_acl import role_urls  # noqa: F401  # the fixture: a Redis user per role
+from tests.integration.test_reasoning import think_template
 from webui.chat import ChatSession, InputRejected, Params, Shown, reply, side_by_side
 from webui.main import parse_auth_file
 from webui.status import ModelLoad, model_loads, status_line, status_markdown

@@ -24,7 +24,7 @@ from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Us
 from broker.settings import Settings
 from serving.jobs import merged, submit_all
 from tests.conftest import ApiServer, RunningWorker, Stack, free_port, wait_for
-from tests.test_info import _job
+from tests.integration.test_info import _job
 
 PROMPT = [{"role": "user", "content": "Count to ten."}]
 
@@ -244,7 +244,7 @@ def test_every_series_of_vllms_grafana_dashboard_is_exported(
     model after some traffic, on the API's /metrics or a worker's."""
     wanted = [
         line.strip().replace("vllm:", "queuechat:", 1)
-        for line in (Path(__file__).parent / "data" / "vllm_grafana_series.txt").read_text().splitlines()
+        for line in (Path(__file__).parents[1] / "data" / "vllm_grafana_series.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     port = free_port()

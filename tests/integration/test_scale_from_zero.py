@@ -28,7 +28,7 @@ from broker.settings import InvalidSettings, Settings, WaitForWorker, parse_wait
 from broker.waiting import job_tokens
 from tests.conftest import ApiServer, RunningWorker, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROMPT = [{"role": "user", "content": "hello there"}]
 REQUESTS = 20
 WORKER_LATE_S = 5.0

@@ -14,7 +14,7 @@ import uvicorn
 
 from broker.settings import Settings
 from tests.conftest import RunningWorker, free_port, wait_for
-from tests.test_webui_browser import Served, expect, page, pytestmark, set_max_tokens  # noqa: F401  (page: the fixture; pytestmark: skipped without chromium)
+from tests.e2e.test_webui_browser import Served, expect, page, pytestmark, set_max_tokens  # noqa: F401  (page: the fixture; pytestmark: skipped without chromium)
 
 
 @pytest.fixture

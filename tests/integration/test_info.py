@@ -29,7 +29,7 @@ from broker.tenants import TenantKeys, TenantLimits, TenantStore, current_tenant
 from queuechat.cli import app
 from tests.conftest import Stack, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from queuechat.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 # Services whose image runs the `queuechat` entrypoint (the others run third-party images).
 QUEUECHAT_SERVICES = ("api", "webui", "worker", "worker-gpu")

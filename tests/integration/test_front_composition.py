@@ -23,7 +23,7 @@ from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.settings import MissingRedisUrl, Settings
 from tests.conftest import ApiServer, Stack, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # What a process that only reads Redis must not load: the web stack, the model stack, rq.
 HEAVY = ("fastapi", "starlette", "uvicorn", "gradio", "torch", "transformers", "rq", "prometheus_client")
 

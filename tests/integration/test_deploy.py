@@ -24,7 +24,7 @@ from broker.settings import Settings, WaitForWorker, parse_wait_for_worker
 from broker.tenants import TenantLimits, TenantStore
 from tests.conftest import ApiServer, RunningWorker, wait_for
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.33.0"
 KEDA_SCALED_OBJECT = ("keda.sh/v1alpha1", "ScaledObject")
 # The redis-streams scaler's metadata keys (keda.sh docs, scalers/redis-streams).

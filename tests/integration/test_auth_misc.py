@@ -132,7 +132,7 @@ def test_version(stack: Stack) -> None:
     import tomllib
     from pathlib import Path
 
-    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
     r = httpx.get(f"{stack.base_url}/version")
     assert r.json() == {"version": declared}
     assert r.json()["version"][0].isdigit()

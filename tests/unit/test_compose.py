@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
+import typer.core
 import typer.main
 import yaml
 
@@ -118,7 +118,7 @@ def test_service_command_parses_with_the_real_cli(resolved: dict[str, Any], serv
     """Each command goes through the same click parser `queuechat` runs, types and ranges included."""
     name, *args = resolved["services"][service]["command"]
     group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
+    assert isinstance(group, typer.core.TyperGroup)
     context = group.make_context("queuechat", [name], resilient_parsing=False)
     command = group.get_command(context, name)
     if command is None and name == "webui":
@@ -133,7 +133,7 @@ def test_entrypoint_default_command_parses() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["queuechat"]' in text
     group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
+    assert isinstance(group, typer.core.TyperGroup)
     for line in text.splitlines():
         if line.startswith("CMD "):
             name, *args = json.loads(line[4:])

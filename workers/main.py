@@ -320,7 +320,7 @@ def worker_command(
 
 
 def _engine_args(pairs: list[str] | None) -> dict[str, Any]:
-    from workers.engines.vllm import parse_engine_args
+    from workers.engines.vllm_setup import parse_engine_args
 
     try:
         return parse_engine_args(pairs or [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers.engines import resolve, vllm_installed
-from workers.engines.vllm import parse_engine_args
+from workers.engines.vllm_setup import parse_engine_args
 
 
 def test_a_named_engine_is_taken_as_named() -> None:

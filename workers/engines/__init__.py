@@ -118,7 +118,8 @@ def _build_vllm(model_path: str, options: EngineOptions, device: str) -> Built:
         )
     from transformers import AutoTokenizer
 
-    from workers.engines.vllm import VllmConfig, VllmEngine
+    from workers.engines.vllm import VllmEngine
+    from workers.engines.vllm_setup import VllmConfig
     from workers.loading import model_directory
 
     if options.num_blocks is not None or options.max_gpu_memory is not None:

@@ -21,95 +21,16 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import InvalidRequest
 from workers.engine import GenerationRequest, SamplingDefaults, SeqUpdate, eos_ids_of, sampling_defaults_of
+from workers.engines.vllm_setup import ConfigHolder, VllmConfig, check_version, engine_args, generation_config
 
 log = logging.getLogger(__name__)
 
-# The vLLM releases this backend was tested with: [lowest, first untested). Others are used with a warning.
-TESTED_VLLM = ((0, 32), (0, 33))
 SCORE_PREFIX = "qc-score-"  # request ids of prompt-logprob requests, answered to their caller, never polled
 SCORE_TIMEOUT = 300.0
-
-
-@dataclass
-class VllmConfig:
-    slots: int = 32
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    num_gpus: int = 1  # tensor parallel size
-    quantization: str | None = None
-    enforce_eager: bool = False
-    prefix_caching: bool = True
-    seed: int | None = None
-    max_batch_tokens: int | None = None
-    kv_cache_gib: float | None = None
-    engine_args: dict[str, Any] = field(default_factory=dict)  # the rest of vLLM's EngineArgs, by name
-
-
-def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
-    """``--engine-arg KEY=VALUE`` pairs as EngineArgs keywords: dashes become underscores, and a value that reads
-    as JSON (a number, true/false, a list or object) is taken as such, else as a string."""
-    import json
-
-    parsed: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--engine-arg {pair!r}: expected KEY=VALUE")
-        try:
-            parsed[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key.strip().replace("-", "_")] = value
-    return parsed
-
-
-def _engine_args(model_dir: str, config: VllmConfig) -> Any:
-    from vllm import EngineArgs
-
-    kwargs: dict[str, Any] = {
-        "model": model_dir,
-        "tokenizer": model_dir,
-        "dtype": config.dtype,
-        "max_num_seqs": config.slots,
-        "tensor_parallel_size": config.num_gpus,
-        "enforce_eager": config.enforce_eager,
-        "enable_prefix_caching": config.prefix_caching,
-        "disable_log_stats": True,
-        # JSON mode and JSON schemas arrive as llguidance grammars (workers/grammar.py), as for the other engine
-        "structured_outputs_config": {"backend": "guidance"},
-    }
-    if config.seed is not None:
-        kwargs["seed"] = config.seed
-    if config.max_model_len is not None:
-        kwargs["max_model_len"] = config.max_model_len
-    if config.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
-    if config.quantization is not None:
-        kwargs["quantization"] = config.quantization
-    if config.max_batch_tokens is not None:
-        kwargs["max_num_batched_tokens"] = config.max_batch_tokens
-    if config.kv_cache_gib is not None:
-        kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
-    kwargs.update(config.engine_args)
-    return EngineArgs(**kwargs)
-
-
-def _check_version() -> None:
-    import vllm
-
-    version = vllm.__version__
-    try:
-        release = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        release = (0, 0)
-    low, high = TESTED_VLLM
-    if not low <= release < high:
-        log.warning("vLLM %s is outside the range this engine was tested with (%s.%s to %s.%s)", version, *low, *high)
 
 
 class _Scoring:
@@ -133,11 +54,11 @@ class VllmEngine:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        _check_version()
+        check_version()
         self.config = config
         self.tokenizer = tokenizer
         started = time.monotonic()
-        self._engine = LLMEngine.from_engine_args(_engine_args(model_dir, config))
+        self._engine = LLMEngine.from_engine_args(engine_args(model_dir, config))
         model_config = self._engine.model_config
         self.max_model_len = int(model_config.max_model_len)
         self.max_logprobs = int(model_config.max_logprobs)
@@ -147,9 +68,9 @@ class VllmEngine:
         # grammar cannot be continued mid-output here: it runs again from its start (workers/service.py)
         self.continues_grammars = False
         self.vocab_size = int(model_config.get_vocab_size())
-        generation_config = _generation_config(model_dir)
-        self.eos_token_ids = eos_ids_of(generation_config, model_config.hf_config, tokenizer)
-        self.sampling_defaults: SamplingDefaults = sampling_defaults_of(_Holder(generation_config))
+        model_generation = generation_config(model_dir)
+        self.eos_token_ids = eos_ids_of(model_generation, model_config.hf_config, tokenizer)
+        self.sampling_defaults: SamplingDefaults = sampling_defaults_of(ConfigHolder(model_generation))
         log.info(
             "vLLM engine ready in %.1fs: max_model_len=%d, %d sequences",
             time.monotonic() - started, self.max_model_len, self.slots,
@@ -498,17 +419,3 @@ def lark_of(grammar: str) -> str:
     if part.get("lark_grammar"):
         return str(part["lark_grammar"])
     raise InvalidRequest("this grammar cannot be used with the vLLM engine", param="response_format")
-
-
-class _Holder:
-    def __init__(self, generation_config: Any) -> None:
-        self.generation_config = generation_config
-
-
-def _generation_config(model_dir: str) -> Any:
-    try:
-        from transformers import GenerationConfig
-
-        return GenerationConfig.from_pretrained(model_dir)
-    except Exception:  # a model without generation_config.json: OpenAI's defaults, the config's own EOS
-        return None

@@ -23,7 +23,8 @@ from typing import Any
 
 from api.responses.generate import answer, open_stream, resume_record
 from api.responses.schemas import ResponsesRequest
-from api.responses.translate import Event, StreamTranslator, answer_response, failed, translated_stream
+from api.responses.stream_events import StreamTranslator, translated_stream
+from api.responses.translate import Event, answer_response, failed
 from broker.errors import QueuechatError
 from broker.jobevents import JobEvents
 from broker.producer import Producer

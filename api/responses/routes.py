@@ -19,15 +19,14 @@ from api.errors import ERROR_RESPONSES
 from api.responses.background import BackgroundRuns, relay
 from api.responses.generate import answer, open_stream, reopen_stream
 from api.responses.schemas import ResponsesRequest
+from api.responses.stream_events import StreamTranslator, translated_stream
 from api.responses.translate import (
     Event,
-    StreamTranslator,
     answer_response,
     input_items,
     response_id_of,
     response_object,
     to_chat_request,
-    translated_stream,
 )
 from api.streaming import event_source
 from broker.errors import InvalidRequest, NotFound

@@ -3,7 +3,9 @@
 One thread runs the loop: read jobs up to the free slots, admit them into the engine between decode steps, and
 after each engine step publish one event per running job in one pipelined round trip. PUBLISH returning 0 means
 the client left, and that job's sequences are cancelled at once. A second thread heartbeats, so a long prefill
-never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface.
+never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface, and
+jobs answered at admission (token counts, an embeddings worker's vectors) go to the backend of their kind
+(workers/backends.py).
 
 This is the I/O half: it reads, admits, polls, publishes and acknowledges. What those come to is decided without
 Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), what a
@@ -34,20 +36,18 @@ from broker.consumer import Delivery, JobConsumer, Malformed
 from broker.errors import InvalidRequest, JobCancelled, JobTimedOut, QueuechatError
 from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
-from broker.schemas import Job, JobKind, TokenLogprob, error_event
+from broker.schemas import JobKind, TokenLogprob, error_event
 from workers.admission import (
-    ANSWERED_AT_ADMISSION,
     MAX_PROMPT_LOGPROBS_TOKENS,
     AnyEvent,
-    Embedder,
     Share,
-    answer_now,
     continued_requests,
     engine_failure,
     generation_requests,
     max_new_tokens,
     prompt_ids_of,
 )
+from workers.backends import Backends, Tokens, answered
 from workers.engine import Engine, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcomes, outcome_of
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 class ModelWorker:
     def __init__(
         self,
-        engine: Engine,
+        backends: Backends,
         tokenizer: Any,
         consumer: JobConsumer,
         registration: WorkerRegistration,
@@ -77,7 +77,6 @@ class ModelWorker:
         heartbeat_ttl: float = 6.0,
         chat_template: str | None = None,
         drain_timeout: float = 30.0,
-        embedder: Embedder | None = None,
         stream_interval: int = 1,
         orphan_grace: float = 10.0,
         max_tokens_cap: int | None = None,
@@ -86,7 +85,8 @@ class ModelWorker:
         on_wedged: Callable[[], None] | None = None,
         parsers: OutputParsers | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine = backends.engine  # None: a worker that generates nothing (an embeddings worker)
+        self.slots = backends.slots
         self.tokenizer = tokenizer
         self.consumer = consumer
         self.registration = registration
@@ -95,11 +95,10 @@ class ModelWorker:
         self.chat_template = chat_template
         self.parsers = parsers or OutputParsers()
         self.drain_timeout = drain_timeout
-        self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.stream_interval = StreamInterval(stream_interval)
         self.orphan_grace = orphan_grace
         self.max_tokens_cap = max_tokens_cap
-        self.share = Share.of(engine)
+        self.share = Share.of(self.engine) if self.engine is not None else None
         # per job, the engine requests of its choices waiting for their share (see Share), and what it holds now
         self._waiting: dict[str, deque[GenerationRequest]] = {}
         self._holding: dict[str, tuple[int, int]] = {}
@@ -113,8 +112,12 @@ class ModelWorker:
         self._unacked: list[Delivery | Malformed] = []
         self.vocab_size = len(tokenizer)
         # A prompt longer than this cannot fit the context: refused before it is tokenised (see longest_token_chars)
-        context = int(getattr(engine, "max_model_len", 0) or 0)
+        context = backends.max_model_len
         self.max_prompt_chars = context * longest_token_chars(tokenizer) or None
+        # what serves each job kind: every worker counts tokens with its tokenizer
+        self.backends = backends.with_answerer(
+            Tokens(tokenizer, chat_template, self.vocab_size, self.max_prompt_chars, context)
+        )
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
@@ -174,6 +177,18 @@ class ModelWorker:
     def stop(self) -> None:
         self.stopping.set()
 
+    def close(self) -> None:
+        """Release the backends (once :meth:`run` has returned)."""
+        if self.engine is not None:
+            self.engine.close()
+
+    @property
+    def _engine(self) -> Engine:
+        """The generation engine, which only the jobs that run in it reach (see :meth:`Backends.answerer`)."""
+        if self.engine is None:
+            raise RuntimeError("this worker has no generation engine")
+        return self.engine
+
     def _drain(self) -> None:
         """Stop intake, let running sequences finish within the drain timeout, then leave the rest pending so a
         live worker reclaims them."""
@@ -185,7 +200,7 @@ class ModelWorker:
                 time.sleep(0.1)
         for running in list(self.jobs.values()):
             for index in range(len(running.choices)):
-                self.engine.cancel(seq_id(running.job.id, index))
+                self._engine.cancel(seq_id(running.job.id, index))
         if self.jobs:
             log.warning("handing back %d unfinished jobs", len(self.jobs))
         self.jobs.clear()
@@ -196,19 +211,19 @@ class ModelWorker:
         if self._broker_ok_since == math.inf:
             self.consumer.ensure_groups()  # Redis may have come back empty
             self._broker_ok_since = time.monotonic()
-        free = self.engine.slots - len(self.jobs)
+        free = self.slots - len(self.jobs)
         due = self._reclaim_due()
         if free > 0 and due:
             reclaimed = self.consumer.reclaim(free)
             if reclaimed.deliveries:
                 self._admit(reclaimed.deliveries, reclaimed=True)
-            free = self.engine.slots - len(self.jobs)
+            free = self.slots - len(self.jobs)
             # entries pending to this worker that it does not run: a delivery whose reply it never read (a lost
             # XREADGROUP reply), or a finished job whose acknowledgement an AOF restart lost; each is read with its
             # log, so a finished one is acknowledged and the others continued
             if free > 0 and (strays := self.consumer.strays(self._held_entries(), free)):
                 self._admit(strays, recounted=False)  # a finished one was counted when it ended
-            free = self.engine.slots - len(self.jobs)
+            free = self.slots - len(self.jobs)
         if free > 0:
             # Idle: block in Redis so a new job starts at once. Busy: just look, the engine is waiting.
             block_ms = None if self.jobs else 500
@@ -226,7 +241,7 @@ class ModelWorker:
         self.progress.poll_started()
         updates: list[SeqUpdate] = []
         try:
-            updates = self.engine.poll(timeout=0.05)
+            updates = self._engine.poll(timeout=0.05)
         finally:
             self.progress.poll_ended(bool(updates))
         return updates
@@ -283,8 +298,9 @@ class ModelWorker:
         for start in sorted_out.to_start:
             delivery, job = start.delivery, start.delivery.job
             try:
-                if job.kind in ANSWERED_AT_ADMISSION or self.embedder is not None:
-                    events.extend((job.id, e) for e in self._answer_now(job))
+                answerer = self.backends.answerer(job)  # InvalidRequest when no backend of this worker serves it
+                if answerer is not None:
+                    events.extend((job.id, e) for e in answered(job, answerer, self.consumer.consumer))
                     ended.add(job.id)
                     finished.append(delivery)
                     self.outcomes.count(job.model, "completed")
@@ -319,23 +335,17 @@ class ModelWorker:
         if any(r.ended_at_admission for r in self.jobs.values()):
             self._finish(set())
 
-    def _answer_now(self, job: Job) -> list[AnyEvent]:
-        worker = self.consumer.consumer
-        limit = int(getattr(self.engine, "max_model_len", 0) or 0)
-        tokenizer, template, bound = self.tokenizer, self.chat_template, self.max_prompt_chars
-        return answer_now(job, worker, tokenizer, template, self.vocab_size, self.embedder, bound, limit)
-
     def _start(self, delivery: Delivery, past: JobLog | None = None) -> RunningJob:
         """Put a job's sequences into the engine. With ``past`` (the log of a job taken over from another worker)
         each choice goes on from the tokens its client has: the prompt plus those tokens, the remaining
         ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
-        job = delivery.job
+        job, engine = delivery.job, self._engine
         prompt_ids = prompt_ids_of(
-            job, self.tokenizer, self.chat_template, self.vocab_size, self.max_prompt_chars, self.engine.max_model_len
+            job, self.tokenizer, self.chat_template, self.vocab_size, self.max_prompt_chars, engine.max_model_len
         )
-        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
+        max_new = max_new_tokens(job, len(prompt_ids), engine.max_model_len, self.max_tokens_cap)
         params = job.params
-        end_ids = (set() if params.ignore_eos else set(self.engine.eos_token_ids)) | set(params.stop_token_ids)
+        end_ids = (set() if params.ignore_eos else set(engine.eos_token_ids)) | set(params.stop_token_ids)
         skip = not self.parsers.keeps_special_tokens(job)
         choices = [
             Choice(
@@ -354,9 +364,9 @@ class ModelWorker:
         running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
         if job.kind == JobKind.CHAT:
             running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)
-        requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
+        requests = generation_requests(job, prompt_ids, max_new, engine.sampling_defaults)
         if past is not None and past.exists:
-            if past.whole and (self.engine.continues_grammars or not params.constrained):
+            if past.whole and (engine.continues_grammars or not params.constrained):
                 running.continued = True
                 running.seq = past.next_seq
             else:
@@ -377,9 +387,9 @@ class ModelWorker:
     def _enter(self, job_id: str, requests: list[GenerationRequest]) -> None:
         """Put into the engine what the job's share allows of ``requests``; the rest wait (see Share)."""
         held, reserved = self._holding.get(job_id, (0, 0))
-        now, later = self.share.split(requests, held, reserved)
+        now, later = (self.share or Share.of(self._engine)).split(requests, held, reserved)
         for request in now:
-            self.engine.add(request)
+            self._engine.add(request)
             cost = len(request.prompt_ids) + request.max_new_tokens
             self._costs[request.seq_id] = cost
             held, reserved = held + 1, reserved + cost
@@ -410,7 +420,7 @@ class ModelWorker:
                 f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
                 param="echo",
             )
-        return self._logprobs.of_prompt(prompt_ids, self.engine.prompt_logprobs(prompt_ids, top))
+        return self._logprobs.of_prompt(prompt_ids, self._engine.prompt_logprobs(prompt_ids, top))
 
     def _started(self, sid: str) -> bool:
         job_id, index = split_seq_id(sid)
@@ -436,7 +446,7 @@ class ModelWorker:
                 self._cancel_all(running)
                 continue
             if result.stop:
-                self.engine.cancel(update.seq_id)
+                self._engine.cancel(update.seq_id)
             if result.finished:
                 try:
                     self._choice_left(job_id, index)
@@ -567,7 +577,7 @@ class ModelWorker:
         for index, choice in enumerate(running.choices):
             self.stream_interval.drop(seq_id(running.job.id, index))
             if not choice.done:
-                self.engine.cancel(seq_id(running.job.id, index))
+                self._engine.cancel(seq_id(running.job.id, index))
                 choice.done = True
 
     # ------------------------------------------------------------------ heartbeat
@@ -580,7 +590,7 @@ class ModelWorker:
         return WorkerStatus(
             state=state,
             running=running,
-            free_slots=max(self.engine.slots - running, 0),
+            free_slots=max(self.slots - running, 0),
             tokens_per_s=round(self.token_rate.per_second(), 2),
             completed=self.totals["completed"],
             failed=self.totals["failed"],

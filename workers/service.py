@@ -8,8 +8,9 @@ jobs answered at admission (token counts, an embeddings worker's vectors) go to 
 (workers/backends.py).
 
 This is the I/O half: it reads, admits, polls, publishes and acknowledges. What those come to is decided without
-Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), what a
-job's events are (workers/relay.py), and the one count of outcomes behind the heartbeat's totals, the stats hashes
+Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), a
+generation job's sequences and its share of the engine (workers/generation.py), what a job's events are
+(workers/relay.py), and the one count of outcomes behind the heartbeat's totals, the stats hashes
 and the metrics (workers/outcomes.py). Errors are the exceptions of broker/errors.py, sent as ``error`` events by
 ``broker.schemas.error_event``.
 
@@ -26,29 +27,21 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
-from broker.errors import InvalidRequest, JobCancelled, JobTimedOut, QueuechatError
+from broker.errors import JobCancelled, JobTimedOut, QueuechatError
 from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
-from broker.schemas import JobKind, TokenLogprob, error_event
-from workers.admission import (
-    MAX_PROMPT_LOGPROBS_TOKENS,
-    AnyEvent,
-    Share,
-    continued_requests,
-    engine_failure,
-    generation_requests,
-    max_new_tokens,
-    prompt_ids_of,
-)
+from broker.schemas import error_event
+from workers.admission import AnyEvent, engine_failure
 from workers.backends import Backends, Tokens, answered
-from workers.engine import Engine, GenerationRequest, SeqUpdate
+from workers.engine import SeqUpdate
+from workers.generation import Generation
 from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcomes, outcome_of
 from workers.pacing import StreamInterval, TokenRate
@@ -56,8 +49,7 @@ from workers.parsing import OutputParsers
 from workers.progress import EngineProgress
 from workers.prompts import longest_token_chars
 from workers.relay import accepted, choice_done, choice_end, is_late, step
-from workers.running import Choice, RunningJob, seq_id, split_seq_id
-from workers.textstream import TextStream
+from workers.running import RunningJob, seq_id, split_seq_id
 from workers.token_text import TokenLogprobs
 from workers.tracing import record_job
 from workers.triage import orphans_to_cancel, triage, unheard
@@ -98,11 +90,6 @@ class ModelWorker:
         self.stream_interval = StreamInterval(stream_interval)
         self.orphan_grace = orphan_grace
         self.max_tokens_cap = max_tokens_cap
-        self.share = Share.of(self.engine) if self.engine is not None else None
-        # per job, the engine requests of its choices waiting for their share (see Share), and what it holds now
-        self._waiting: dict[str, deque[GenerationRequest]] = {}
-        self._holding: dict[str, tuple[int, int]] = {}
-        self._costs: dict[str, int] = {}  # seq id -> the tokens its engine request reserves
         self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
         # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
         self._unsent: list[tuple[str, AnyEvent]] = []
@@ -120,6 +107,22 @@ class ModelWorker:
         )
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
+        # the jobs that run in the engine, where this worker has one
+        self.generation = (
+            Generation(
+                self.engine,
+                tokenizer,
+                chat_template=chat_template,
+                parsers=self.parsers,
+                vocab_size=self.vocab_size,
+                max_prompt_chars=self.max_prompt_chars,
+                max_tokens_cap=max_tokens_cap,
+                logprobs=self._logprobs,
+                restart_log=consumer.restart_log,
+            )
+            if self.engine is not None
+            else None
+        )
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
         self._stopped = threading.Event()
@@ -183,11 +186,11 @@ class ModelWorker:
             self.engine.close()
 
     @property
-    def _engine(self) -> Engine:
-        """The generation engine, which only the jobs that run in it reach (see :meth:`Backends.answerer`)."""
-        if self.engine is None:
+    def _generation(self) -> Generation:
+        """The engine's side, which only the jobs that run in it reach (see :meth:`Backends.answerer`)."""
+        if self.generation is None:
             raise RuntimeError("this worker has no generation engine")
-        return self.engine
+        return self.generation
 
     def _drain(self) -> None:
         """Stop intake, let running sequences finish within the drain timeout, then leave the rest pending so a
@@ -200,7 +203,7 @@ class ModelWorker:
                 time.sleep(0.1)
         for running in list(self.jobs.values()):
             for index in range(len(running.choices)):
-                self._engine.cancel(seq_id(running.job.id, index))
+                self._generation.cancel(seq_id(running.job.id, index))
         if self.jobs:
             log.warning("handing back %d unfinished jobs", len(self.jobs))
         self.jobs.clear()
@@ -241,7 +244,7 @@ class ModelWorker:
         self.progress.poll_started()
         updates: list[SeqUpdate] = []
         try:
-            updates = self._engine.poll(timeout=0.05)
+            updates = self._generation.poll(timeout=0.05)
         finally:
             self.progress.poll_ended(bool(updates))
         return updates
@@ -336,91 +339,8 @@ class ModelWorker:
             self._finish(set())
 
     def _start(self, delivery: Delivery, past: JobLog | None = None) -> RunningJob:
-        """Put a job's sequences into the engine. With ``past`` (the log of a job taken over from another worker)
-        each choice goes on from the tokens its client has: the prompt plus those tokens, the remaining
-        ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
-        job, engine = delivery.job, self._engine
-        prompt_ids = prompt_ids_of(
-            job, self.tokenizer, self.chat_template, self.vocab_size, self.max_prompt_chars, engine.max_model_len
-        )
-        max_new = max_new_tokens(job, len(prompt_ids), engine.max_model_len, self.max_tokens_cap)
-        params = job.params
-        end_ids = (set() if params.ignore_eos else set(engine.eos_token_ids)) | set(params.stop_token_ids)
-        skip = not self.parsers.keeps_special_tokens(job)
-        choices = [
-            Choice(
-                TextStream(
-                    self.tokenizer,
-                    params.stop,
-                    end_ids,
-                    skip_special_tokens=skip,
-                    stop_token_ids=params.stop_token_ids,
-                    min_tokens=params.min_tokens,
-                    include_stop=params.include_stop_str_in_output,
-                )
-            )
-            for _ in range(params.n)
-        ]
-        running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
-        if job.kind == JobKind.CHAT:
-            running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)
-        requests = generation_requests(job, prompt_ids, max_new, engine.sampling_defaults)
-        if past is not None and past.exists:
-            if past.whole and (engine.continues_grammars or not params.constrained):
-                running.continued = True
-                running.seq = past.next_seq
-            else:
-                # A log without its beginning is not the whole story, and an engine that cannot start a grammar past
-                # the tokens sent (vLLM) would constrain the rest from the grammar's start: run the job again from
-                # the start (a stream that already showed text then fails).
-                log.warning("job %s runs again from its start (its log cannot be continued)", job.id)
-                self.consumer.restart_log(job.id, past)
-        if params.prompt_logprobs and not running.continued:
-            running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
-        to_run = continued_requests(running, requests, past) if running.continued and past is not None else requests
-        self._enter(job.id, to_run)
-        if running.continued:
-            log.info("job %s continued from seq %d (attempt %d)", job.id, running.seq, job.attempt)
-        running.admitted_at = time.time()
-        return running
-
-    def _enter(self, job_id: str, requests: list[GenerationRequest]) -> None:
-        """Put into the engine what the job's share allows of ``requests``; the rest wait (see Share)."""
-        held, reserved = self._holding.get(job_id, (0, 0))
-        now, later = (self.share or Share.of(self._engine)).split(requests, held, reserved)
-        for request in now:
-            self._engine.add(request)
-            cost = len(request.prompt_ids) + request.max_new_tokens
-            self._costs[request.seq_id] = cost
-            held, reserved = held + 1, reserved + cost
-        self._holding[job_id] = (held, reserved)
-        if later:
-            self._waiting[job_id] = deque(later)
-
-    def _choice_left(self, job_id: str, index: int) -> None:
-        """A choice of the job left the engine: what it reserved goes back to the job's share, and the job's next
-        waiting choices enter."""
-        running = self.jobs.get(job_id)
-        held, reserved = self._holding.get(job_id, (0, 0))
-        self._holding[job_id] = (max(0, held - 1), max(0, reserved - self._costs.pop(seq_id(job_id, index), 0)))
-        waiting = self._waiting.pop(job_id, None)
-        if waiting and running is not None and not running.finished:
-            self._enter(job_id, list(waiting))
-
-    def _forget_share(self, running: RunningJob) -> None:
-        job_id = running.job.id
-        self._waiting.pop(job_id, None)
-        self._holding.pop(job_id, None)
-        for index in range(len(running.choices)):
-            self._costs.pop(seq_id(job_id, index), None)
-
-    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
-        if len(prompt_ids) > MAX_PROMPT_LOGPROBS_TOKENS:
-            raise InvalidRequest(
-                f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
-                param="echo",
-            )
-        return self._logprobs.of_prompt(prompt_ids, self._engine.prompt_logprobs(prompt_ids, top))
+        """Put a job's sequences into the engine (see :meth:`Generation.start`)."""
+        return self._generation.start(delivery, past)
 
     def _started(self, sid: str) -> bool:
         job_id, index = split_seq_id(sid)
@@ -446,10 +366,10 @@ class ModelWorker:
                 self._cancel_all(running)
                 continue
             if result.stop:
-                self._engine.cancel(update.seq_id)
+                self._generation.cancel(update.seq_id)
             if result.finished:
                 try:
-                    self._choice_left(job_id, index)
+                    self._generation.choice_left(job_id, index, self.jobs.get(job_id))
                 except Exception as exc:  # a waiting choice the engine refused fails its job, never the worker
                     log.exception("job %s: a waiting choice could not start", job_id)
                     events.append((job_id, error_event(engine_failure(exc), running.next_seq())))
@@ -547,7 +467,7 @@ class ModelWorker:
                 message = "the job was cancelled: its client hung up, or nobody resumed its stream in time"
                 notices.append((job_id, error_event(JobCancelled(message), running.next_seq())))
             del self.jobs[job_id]
-            self._forget_share(running)
+            self._generation.forget(running)
             self._orphaned.pop(job_id, None)
             self._ended[job_id] = running
             while len(self._ended) > 256:
@@ -573,12 +493,9 @@ class ModelWorker:
         self._ack([])
 
     def _cancel_all(self, running: RunningJob) -> None:
-        self._forget_share(running)  # its waiting choices never start
-        for index, choice in enumerate(running.choices):
+        for index in range(len(running.choices)):
             self.stream_interval.drop(seq_id(running.job.id, index))
-            if not choice.done:
-                self._engine.cancel(seq_id(running.job.id, index))
-                choice.done = True
+        self._generation.cancel_all(running)  # its waiting choices never start either
 
     # ------------------------------------------------------------------ heartbeat
 

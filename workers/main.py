@@ -33,7 +33,7 @@ def default_names(model_path: str | None) -> list[str]:
 
 
 def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> Any:
-    """Load the model and wire its backend, consumer and registration into a :class:`ModelWorker`. ``engine``: a
+    """Load the model and wire its backends, consumer and registration into a :class:`ModelWorker`. ``engine``: a
     generation engine already built (with its tokenizer as ``engine.tokenizer``), as tests share one engine between
     workers."""
     from broker.connection import sync_client
@@ -182,7 +182,7 @@ def serve(options: WorkerSettings, settings: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.on_wedged = on_wedged
+    worker.heartbeat.on_wedged = on_wedged
     try:
         worker.run()
         if worker.wedged.is_set():

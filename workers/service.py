@@ -2,10 +2,10 @@
 
 One thread runs the loop: read jobs up to the free slots, admit them into the engine between decode steps, and
 after each engine step publish one event per running job in one pipelined round trip. PUBLISH returning 0 means
-the client left, and that job's sequences are cancelled at once. A second thread heartbeats, so a long prefill
-never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface, and
-jobs answered at admission (token counts, an embeddings worker's vectors) go to the backend of their kind
-(workers/backends.py).
+the client left, and that job's sequences are cancelled at once. A second thread heartbeats (workers/heartbeat.py),
+so a long prefill never makes a live worker look dead. This module knows nothing of torch: the engine is behind its
+interface, and jobs answered at admission (token counts, an embeddings worker's vectors) go to the backend of their
+kind (workers/backends.py).
 
 This is the I/O half: it reads, admits, polls, publishes and acknowledges. What those come to is decided without
 Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), a
@@ -42,6 +42,7 @@ from workers.admission import AnyEvent, engine_failure
 from workers.backends import Backends, Tokens, answered
 from workers.engine import SeqUpdate
 from workers.generation import Generation
+from workers.heartbeat import Heartbeat
 from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcomes, outcome_of
 from workers.pacing import StreamInterval, TokenRate
@@ -125,7 +126,6 @@ class ModelWorker:
         )
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
-        self._stopped = threading.Event()
         self.outcomes = Outcomes()
         self.totals = self.outcomes.totals  # for the heartbeat: what this worker did since it started
         self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
@@ -134,23 +134,28 @@ class ModelWorker:
         # outage every heartbeat key may have expired, and live workers need that long to renew theirs.
         self._broker_ok_since = time.monotonic()
         self._next_reclaim = 0.0
-        # Liveness by progress (workers/progress.py): a worker whose engine stopped producing output while it runs
-        # sequences says so in its heartbeat (state "wedged"), stops taking work, waits (a bounded time) for live
-        # workers to take its jobs over, then ``on_wedged`` ends the process so that its supervisor restarts it.
+        # the heartbeat thread, and liveness by progress (workers/heartbeat.py): a wedged worker hands its jobs over
         self.progress = EngineProgress(stall_timeout, stall_factor)
-        self.wedged = threading.Event()
-        self._handed_over = threading.Event()
-        self.on_wedged = on_wedged
-        self._wedged_at = math.inf
+        self.heartbeat = Heartbeat(
+            registration,
+            consumer,
+            self.progress,
+            status=self.status,
+            running=lambda: len(self.jobs),
+            stopping=self.stopping,
+            interval=heartbeat_interval,
+            ttl=heartbeat_ttl,
+            on_wedged=on_wedged,
+        )
+        self.wedged = self.heartbeat.wedged
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         """Serve until :meth:`stop` is called; then drain running work and deregister."""
         self.consumer.ensure_groups()
-        self._beat()
-        heart = threading.Thread(target=self._heartbeat_forever, name="queuechat-heartbeat", daemon=True)
-        heart.start()
+        self.heartbeat.beat()
+        self.heartbeat.start()
         log.info("worker %s serving %s", self.consumer.consumer, ", ".join(self.consumer.models))
         backoff = 0.05
         try:
@@ -166,11 +171,11 @@ class ModelWorker:
             if self.wedged.is_set():
                 # No drain (the engine is stuck) and no deregistering: the heartbeat goes on saying "wedged" so
                 # that live workers take the jobs over, counting a death against each (the job may be the cause).
-                self._handed_over.wait()
+                self.heartbeat.handed_over.wait()
                 return
             self._drain()
         finally:
-            self._stopped.set()
+            self.heartbeat.stopped.set()
             if not self.wedged.is_set():
                 try:
                     self.registration.deregister()
@@ -513,51 +518,3 @@ class ModelWorker:
             failed=self.totals["failed"],
             holding=[r.delivery.entry_id for r in list(self.jobs.values())],
         )
-
-    def _beat(self) -> None:
-        self.registration.heartbeat(self.status())
-        self.consumer.sync_clock()
-
-    def _heartbeat_forever(self) -> None:
-        while not self._stopped.wait(self.heartbeat_interval):
-            if self.stopping.is_set() and not self.jobs:
-                return
-            self._check_progress()
-            try:
-                self._beat()
-            except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
-            if self.wedged.is_set() and self._wedged_done():
-                break
-        if self.wedged.is_set():
-            self._handed_over.set()
-            if self.on_wedged is not None:
-                self.on_wedged()  # here, not in the consume loop: that loop may be stuck in the engine itself
-
-    def _check_progress(self) -> None:
-        """Declare the worker wedged when its engine has run sequences without output for too long. Checked on
-        the heartbeat thread, which a stuck engine cannot hold up."""
-        if self.wedged.is_set() or self.stopping.is_set() or not self.progress.wedged():
-            return
-        self._wedged_at = time.monotonic()
-        log.error(
-            "the engine produced nothing for %.1fs while running %d jobs (limit %.1fs: max(%.0fs, %g x the slowest "
-            "step, %.2fs)); wedged: handing its jobs over and exiting",
-            self.progress.stalled_for(),
-            len(self.jobs),
-            self.progress.limit,
-            self.progress.floor,
-            self.progress.factor,
-            self.progress.slowest,
-        )
-        self.wedged.set()
-
-    def _wedged_done(self) -> bool:
-        """Whether a wedged worker may exit: live workers took its jobs, or it gave them long enough (with no live
-        worker they wait in Redis for the next one, the restarted process included)."""
-        if time.monotonic() - self._wedged_at > 3 * self.heartbeat_ttl:
-            return True
-        try:
-            return self.consumer.holding() == 0
-        except RedisError:
-            return False

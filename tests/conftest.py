@@ -77,7 +77,7 @@ class RunningWorker:
     def stop(self, timeout: float = 30.0) -> None:
         self.worker.stop()
         self.thread.join(timeout)
-        self.worker.engine.close()
+        self.worker.close()
 
 
 @pytest.fixture

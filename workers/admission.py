@@ -1,13 +1,11 @@
 """What a worker makes of a job it has read: the prompt's token ids, the engine's requests (one per choice), or,
-for the jobs that need no engine step (a token count, an embeddings worker's vectors), the answer itself; and the
-error of a job the engine failed on."""
+for a token count or a detokenization (no engine step: see workers/backends.py), the answer itself; and the error
+of a job the engine failed on."""
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from broker.errors import ContextLengthExceeded, EngineFailed, InvalidRequest, OutOfMemory
 from broker.eventlog import JobLog
@@ -18,22 +16,12 @@ from workers.grammar import grammar_of
 from workers.prompts import chat_prompt_ids, check_prompt_chars, completion_prompt_ids
 from workers.running import RunningJob, seq_id
 
-log = logging.getLogger(__name__)
-
 AnyEvent = Accepted | Delta | Done | Error
-# job kinds every worker answers while admitting them, without the engine
-ANSWERED_AT_ADMISSION = frozenset({JobKind.TOKENIZE, JobKind.DETOKENIZE, JobKind.EMBEDDING})
 # Scoring a prompt takes one forward pass outside the batch, with logits of the whole prompt in memory.
 MAX_PROMPT_LOGPROBS_TOKENS = 4096
 # A continued choice's seed moves on by this much per token already sent (2**64 / golden ratio: consecutive
 # counts land far apart), modulo 2**64.
 CONTINUATION_SEED_STEP = 0x9E3779B97F4A7C15
-
-
-class Embedder(Protocol):
-    def embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> tuple[list[str], int]:
-        """Base64 little-endian float32 vectors, one per input, and the tokens read; InvalidRequest for bad input."""
-        ...
 
 
 def engine_failure(exc: BaseException | None = None, message: str | None = None) -> EngineFailed:
@@ -244,43 +232,3 @@ def detokenized(job: Job, tokenizer: Any, vocab_size: int) -> Done:
         raise InvalidRequest(f"token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})", param="tokens")
     text = str(tokenizer.decode(ids))
     return Done(seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=len(ids)), text=text)
-
-
-def answer_now(
-    job: Job,
-    worker: str,
-    tokenizer: Any,
-    chat_template: str | None,
-    vocab_size: int,
-    embedder: Embedder | None,
-    max_chars: int | None = None,
-    limit: int = 0,
-) -> list[AnyEvent]:
-    """Jobs that need no engine step: a token count or the tokens themselves, a detokenization, or the embeddings
-    of an embeddings worker. Their events are ``accepted`` then ``done``, published with the rest of the admission
-    round trip."""
-    started = time.time()
-    if job.kind == JobKind.TOKENIZE:
-        check_prompt_bound(job, max_chars, limit)
-        done = tokenized(job, tokenizer, chat_template, vocab_size)
-    elif job.kind == JobKind.DETOKENIZE:
-        done = detokenized(job, tokenizer, vocab_size)
-    elif job.kind == JobKind.EMBEDDING:
-        if embedder is None:
-            raise InvalidRequest(f"model {job.model!r} generates text and does not serve embeddings", param="model")
-        vectors, prompt_tokens = embedder.embed(job.inputs or [], job.dimensions)
-        done = Done(
-            seq=1, finish_reason=FinishReason.STOP, usage=Usage(prompt_tokens=prompt_tokens), embeddings=vectors
-        )
-    else:
-        raise InvalidRequest(
-            f"model {job.model!r} is an embeddings model: it serves /v1/embeddings, not text generation",
-            param="model",
-        )
-    prompt_tokens = done.usage.prompt_tokens
-    log.info(
-        "job %s model=%s %s wait=%.3fs tokens=%d duration=%.3fs",
-        job.id, job.model, job.kind.value, started - job.created, prompt_tokens, time.time() - started,
-    )  # fmt: skip
-    accepted = Accepted(seq=0, worker=worker, attempt=job.attempt, prompt_tokens=prompt_tokens)
-    return [accepted, done]

@@ -1,9 +1,10 @@
-"""The embeddings engine: a sentence-transformers model that turns texts (or token ids) into vectors.
+"""The embeddings backend: a sentence-transformers model that turns texts (or token ids) into vectors.
 
-An embeddings worker is a :class:`~workers.service.ModelWorker` whose engine is a :class:`SentenceEmbedder`: it
-registers, heartbeats, reads, acknowledges and reclaims jobs like any worker, and answers each ``embedding`` job
-while admitting it, all of the job's inputs in as few forward passes as ``batch_size`` allows. It refuses
-generation jobs (see ``ModelWorker._answer_now``), so the :class:`~workers.engine.Engine` methods below never run.
+An embeddings worker is a :class:`~workers.service.ModelWorker` built with a :class:`SentenceEmbedder` as the
+backend of the ``embedding`` job kind and no generation engine (see workers/backends.py): it registers,
+heartbeats, reads, acknowledges and reclaims jobs like any worker, and answers each ``embedding`` job while
+admitting it, all of the job's inputs in as few forward passes as ``BATCH_SIZE`` allows. A generation job is
+refused by the worker's routing of kinds, as a generation worker refuses an embedding job.
 
 The model is loaded with the sentence-transformers library, so its own ``modules.json`` decides the pipeline
 (transformer, pooling, normalisation) exactly as it was trained; only local paths are loaded, never the hub.
@@ -14,14 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from broker.errors import ContextLengthExceeded, InvalidRequest
-from workers.engine import GenerationRequest, SamplingDefaults, SeqUpdate
+from broker.schemas import Done, FinishReason, Job, JobKind, Usage
 from workers.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ def encode_vector(vector: Any) -> str:
 
 
 class SentenceEmbedder:
-    """Embeds texts with a local sentence-transformers model. Also satisfies the Engine interface, refusing
-    generation, so the consume loop can hold it where a generation worker holds its batching engine."""
+    """Embeds texts with a local sentence-transformers model: the backend of ``embedding`` jobs (an
+    :class:`~workers.backends.Answerer`)."""
 
-    eos_token_ids: frozenset[int] = frozenset()
-    sampling_defaults = SamplingDefaults()
+    kinds = frozenset({JobKind.EMBEDDING})
+    what = "is an embeddings model"
 
-    def __init__(self, model_path: str | Path, *, device: str = "auto", dtype: str = "auto", slots: int = 1) -> None:
+    def __init__(self, model_path: str | Path, *, device: str = "auto", dtype: str = "auto") -> None:
         from sentence_transformers import SentenceTransformer
 
         device = resolve_device(device)
@@ -70,9 +70,6 @@ class SentenceEmbedder:
         dimension_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimensions = int(dimension_of() or 0)
         self.max_model_len = int(self.model.max_seq_length or self.tokenizer.model_max_length)
-        # Jobs read at once. Each is answered within one admission, so reading more only makes later ones wait
-        # here instead of on another worker.
-        self.slots = slots
         self._prefix, self._suffix = self._special_tokens()
         log.info("loaded embeddings model %s on %s (%d dimensions)", path, self.device, self.dimensions)
 
@@ -102,6 +99,12 @@ class SentenceEmbedder:
             ids.append(self._prefix + list(item) + self._suffix)
         return ids
 
+    def answer(self, job: Job) -> Done:
+        """An ``embedding`` job's answer: one vector per input, in ``done.embeddings``."""
+        vectors, prompt_tokens = self.embed(job.inputs or [], job.dimensions)
+        usage = Usage(prompt_tokens=prompt_tokens)
+        return Done(seq=1, finish_reason=FinishReason.STOP, usage=usage, embeddings=vectors)
+
     def embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> tuple[list[str], int]:
         """One base64 vector per input, in order, and the number of tokens read."""
         if dimensions is not None and dimensions != self.dimensions:
@@ -128,21 +131,3 @@ class SentenceEmbedder:
                 out = self.model(features)["sentence_embedding"]
             vectors.extend(encode_vector(row) for row in out.float().cpu().numpy())
         return vectors, sum(len(item) for item in ids)
-
-    # ------------------------------------------------------------------ the Engine interface: no generation
-
-    def add(self, request: GenerationRequest) -> None:
-        raise InvalidRequest("this is an embeddings model: it does not generate text", param="model")
-
-    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
-        raise InvalidRequest("this is an embeddings model: it has no token logprobs", param="model")
-
-    def cancel(self, seq_id: str) -> None:
-        pass
-
-    def poll(self, timeout: float) -> list[SeqUpdate]:
-        time.sleep(timeout)
-        return []
-
-    def close(self) -> None:
-        pass

@@ -33,12 +33,15 @@ def default_names(model_path: str | None) -> list[str]:
 
 
 def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> Any:
-    """Load the model and wire engine, consumer and registration into a :class:`ModelWorker`. ``engine``: one
-    already built (with its tokenizer as ``engine.tokenizer``), as tests share one engine between workers."""
+    """Load the model and wire its backends, consumer and registration into a :class:`ModelWorker`. ``engine``: a
+    generation engine already built (with its tokenizer as ``engine.tokenizer``), as tests share one engine between
+    workers."""
     from broker.connection import sync_client
     from broker.consumer import JobConsumer
     from broker.keys import Keys
     from broker.registry import WorkerCard, WorkerRegistration, new_worker_id
+    from broker.schemas import JobKind
+    from workers.backends import Backends
     from workers.embeddings import SentenceEmbedder, is_sentence_transformers
     from workers.engines import EngineOptions, build, set_threads
     from workers.parsing import OutputParsers
@@ -56,13 +59,14 @@ def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> 
 
         model_path = str(default_model_dir())
     names = options.model_names or default_names(options.model_path)
-    embedder: SentenceEmbedder | None = None
     if engine is not None:
+        backends = Backends(engine)
         tokenizer, device = engine.tokenizer, getattr(engine, "device", "cpu")
     elif is_sentence_transformers(model_path):
-        # an embeddings worker: same consume loop, registration and fault tolerance, another engine
+        # an embeddings worker: same consume loop, registration and fault tolerance, no generation engine
         embedder = SentenceEmbedder(model_path, device=options.device, dtype=options.dtype)
-        engine, tokenizer, device = embedder, embedder.tokenizer, embedder.device
+        backends = Backends(answerers=(embedder,))
+        tokenizer, device = embedder.tokenizer, embedder.device
     else:
         built = build(
             options.engine,
@@ -86,7 +90,8 @@ def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> 
                 engine_args=options.engine_args,
             ),
         )
-        engine, tokenizer, device = built.engine, built.tokenizer, built.device
+        backends = Backends(built.engine)
+        tokenizer, device = built.tokenizer, built.device
         log.info("engine: %s on %s", built.kind, device)
     parsers = OutputParsers.choose(
         options.reasoning_parser, options.tool_call_parser, chat_template or getattr(tokenizer, "chat_template", None)
@@ -101,19 +106,20 @@ def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> 
         qc_version = version("queuechat")
     except PackageNotFoundError:
         qc_version = "dev"
+    generates = backends.engine is not None
     card = WorkerCard(
         id=worker_id,
         models=names,
         device=str(device),
-        slots=engine.slots,
+        slots=backends.slots,
         version=qc_version,
-        max_model_len=engine.max_model_len,
-        embeddings=embedder is not None,
-        reasoning_parser=None if embedder else parsers.reasoning,
-        tool_call_parser=None if embedder else parsers.tool_calls,
+        max_model_len=backends.max_model_len,
+        embeddings=JobKind.EMBEDDING in backends.kinds,
+        reasoning_parser=parsers.reasoning if generates else None,
+        tool_call_parser=parsers.tool_calls if generates else None,
     )
     worker = ModelWorker(
-        engine,
+        backends,
         tokenizer,
         JobConsumer(
             client,
@@ -133,7 +139,6 @@ def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> 
         heartbeat_ttl=settings.heartbeat_ttl,
         chat_template=chat_template,
         drain_timeout=settings.drain_timeout,
-        embedder=embedder,
         stream_interval=options.stream_interval,
         orphan_grace=settings.orphan_grace,
         max_tokens_cap=settings.max_tokens_cap,
@@ -144,7 +149,7 @@ def build_worker(options: WorkerSettings, settings: Any, engine: Any = None) -> 
     if options.metrics_port is not None:
         from workers.metrics import WorkerMetrics, scrape_client
 
-        worker.metrics = WorkerMetrics(worker, scrape_client(settings.redis_url), keys, names, engine.slots)
+        worker.metrics = WorkerMetrics(worker, scrape_client(settings.redis_url), keys, names, backends.slots)
         worker.metrics.serve(options.metrics_port, options.metrics_host)
     return worker
 
@@ -177,13 +182,13 @@ def serve(options: WorkerSettings, settings: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.on_wedged = on_wedged
+    worker.heartbeat.on_wedged = on_wedged
     try:
         worker.run()
         if worker.wedged.is_set():
             on_wedged()
     finally:
-        worker.engine.close()
+        worker.close()
         if worker.metrics is not None:
             worker.metrics.close()
 

@@ -2,12 +2,15 @@
 
 One thread runs the loop: read jobs up to the free slots, admit them into the engine between decode steps, and
 after each engine step publish one event per running job in one pipelined round trip. PUBLISH returning 0 means
-the client left, and that job's sequences are cancelled at once. A second thread heartbeats, so a long prefill
-never makes a live worker look dead. This module knows nothing of torch: the engine is behind its interface.
+the client left, and that job's sequences are cancelled at once. A second thread heartbeats (workers/heartbeat.py),
+so a long prefill never makes a live worker look dead. This module knows nothing of torch: the engine is behind its
+interface, and jobs answered at admission (token counts, an embeddings worker's vectors) go to the backend of their
+kind (workers/backends.py).
 
 This is the I/O half: it reads, admits, polls, publishes and acknowledges. What those come to is decided without
-Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), what a
-job's events are (workers/relay.py), and the one count of outcomes behind the heartbeat's totals, the stats hashes
+Redis, the engine or a clock: which read entries are settled at once and which start (workers/triage.py), a
+generation job's sequences and its share of the engine (workers/generation.py), what a job's events are
+(workers/relay.py), and the one count of outcomes behind the heartbeat's totals, the stats hashes
 and the metrics (workers/outcomes.py). Errors are the exceptions of broker/errors.py, sent as ``error`` events by
 ``broker.schemas.error_event``.
 
@@ -24,31 +27,22 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from broker.consumer import Delivery, JobConsumer, Malformed
-from broker.errors import InvalidRequest, JobCancelled, JobTimedOut, QueuechatError
+from broker.errors import JobCancelled, JobTimedOut, QueuechatError
 from broker.eventlog import NOT_OWNER, JobLog
 from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
-from broker.schemas import Job, JobKind, TokenLogprob, error_event
-from workers.admission import (
-    ANSWERED_AT_ADMISSION,
-    MAX_PROMPT_LOGPROBS_TOKENS,
-    AnyEvent,
-    Embedder,
-    Share,
-    answer_now,
-    continued_requests,
-    engine_failure,
-    generation_requests,
-    max_new_tokens,
-    prompt_ids_of,
-)
-from workers.engine import Engine, GenerationRequest, SeqUpdate
+from broker.schemas import error_event
+from workers.admission import AnyEvent, engine_failure
+from workers.backends import Backends, Tokens, answered
+from workers.engine import SeqUpdate
+from workers.generation import Generation
+from workers.heartbeat import Heartbeat
 from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcomes, outcome_of
 from workers.pacing import StreamInterval, TokenRate
@@ -56,8 +50,7 @@ from workers.parsing import OutputParsers
 from workers.progress import EngineProgress
 from workers.prompts import longest_token_chars
 from workers.relay import accepted, choice_done, choice_end, is_late, step
-from workers.running import Choice, RunningJob, seq_id, split_seq_id
-from workers.textstream import TextStream
+from workers.running import RunningJob, seq_id, split_seq_id
 from workers.token_text import TokenLogprobs
 from workers.tracing import record_job
 from workers.triage import orphans_to_cancel, triage, unheard
@@ -68,7 +61,7 @@ log = logging.getLogger(__name__)
 class ModelWorker:
     def __init__(
         self,
-        engine: Engine,
+        backends: Backends,
         tokenizer: Any,
         consumer: JobConsumer,
         registration: WorkerRegistration,
@@ -77,7 +70,6 @@ class ModelWorker:
         heartbeat_ttl: float = 6.0,
         chat_template: str | None = None,
         drain_timeout: float = 30.0,
-        embedder: Embedder | None = None,
         stream_interval: int = 1,
         orphan_grace: float = 10.0,
         max_tokens_cap: int | None = None,
@@ -86,7 +78,8 @@ class ModelWorker:
         on_wedged: Callable[[], None] | None = None,
         parsers: OutputParsers | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine = backends.engine  # None: a worker that generates nothing (an embeddings worker)
+        self.slots = backends.slots
         self.tokenizer = tokenizer
         self.consumer = consumer
         self.registration = registration
@@ -95,15 +88,9 @@ class ModelWorker:
         self.chat_template = chat_template
         self.parsers = parsers or OutputParsers()
         self.drain_timeout = drain_timeout
-        self.embedder = embedder  # set: an embeddings worker, which answers embedding jobs and no generation
         self.stream_interval = StreamInterval(stream_interval)
         self.orphan_grace = orphan_grace
         self.max_tokens_cap = max_tokens_cap
-        self.share = Share.of(engine)
-        # per job, the engine requests of its choices waiting for their share (see Share), and what it holds now
-        self._waiting: dict[str, deque[GenerationRequest]] = {}
-        self._holding: dict[str, tuple[int, int]] = {}
-        self._costs: dict[str, int] = {}  # seq id -> the tokens its engine request reserves
         self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
         # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
         self._unsent: list[tuple[str, AnyEvent]] = []
@@ -113,13 +100,32 @@ class ModelWorker:
         self._unacked: list[Delivery | Malformed] = []
         self.vocab_size = len(tokenizer)
         # A prompt longer than this cannot fit the context: refused before it is tokenised (see longest_token_chars)
-        context = int(getattr(engine, "max_model_len", 0) or 0)
+        context = backends.max_model_len
         self.max_prompt_chars = context * longest_token_chars(tokenizer) or None
+        # what serves each job kind: every worker counts tokens with its tokenizer
+        self.backends = backends.with_answerer(
+            Tokens(tokenizer, chat_template, self.vocab_size, self.max_prompt_chars, context)
+        )
         self.jobs: dict[str, RunningJob] = {}
         self._logprobs = TokenLogprobs(tokenizer)
+        # the jobs that run in the engine, where this worker has one
+        self.generation = (
+            Generation(
+                self.engine,
+                tokenizer,
+                chat_template=chat_template,
+                parsers=self.parsers,
+                vocab_size=self.vocab_size,
+                max_prompt_chars=self.max_prompt_chars,
+                max_tokens_cap=max_tokens_cap,
+                logprobs=self._logprobs,
+                restart_log=consumer.restart_log,
+            )
+            if self.engine is not None
+            else None
+        )
         self._ended: OrderedDict[str, RunningJob] = OrderedDict()  # recently ended, to recognise late outputs
         self.stopping = threading.Event()
-        self._stopped = threading.Event()
         self.outcomes = Outcomes()
         self.totals = self.outcomes.totals  # for the heartbeat: what this worker did since it started
         self.metrics: WorkerMetrics | None = None  # set when the worker serves --metrics-port
@@ -128,23 +134,28 @@ class ModelWorker:
         # outage every heartbeat key may have expired, and live workers need that long to renew theirs.
         self._broker_ok_since = time.monotonic()
         self._next_reclaim = 0.0
-        # Liveness by progress (workers/progress.py): a worker whose engine stopped producing output while it runs
-        # sequences says so in its heartbeat (state "wedged"), stops taking work, waits (a bounded time) for live
-        # workers to take its jobs over, then ``on_wedged`` ends the process so that its supervisor restarts it.
+        # the heartbeat thread, and liveness by progress (workers/heartbeat.py): a wedged worker hands its jobs over
         self.progress = EngineProgress(stall_timeout, stall_factor)
-        self.wedged = threading.Event()
-        self._handed_over = threading.Event()
-        self.on_wedged = on_wedged
-        self._wedged_at = math.inf
+        self.heartbeat = Heartbeat(
+            registration,
+            consumer,
+            self.progress,
+            status=self.status,
+            running=lambda: len(self.jobs),
+            stopping=self.stopping,
+            interval=heartbeat_interval,
+            ttl=heartbeat_ttl,
+            on_wedged=on_wedged,
+        )
+        self.wedged = self.heartbeat.wedged
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         """Serve until :meth:`stop` is called; then drain running work and deregister."""
         self.consumer.ensure_groups()
-        self._beat()
-        heart = threading.Thread(target=self._heartbeat_forever, name="queuechat-heartbeat", daemon=True)
-        heart.start()
+        self.heartbeat.beat()
+        self.heartbeat.start()
         log.info("worker %s serving %s", self.consumer.consumer, ", ".join(self.consumer.models))
         backoff = 0.05
         try:
@@ -160,11 +171,11 @@ class ModelWorker:
             if self.wedged.is_set():
                 # No drain (the engine is stuck) and no deregistering: the heartbeat goes on saying "wedged" so
                 # that live workers take the jobs over, counting a death against each (the job may be the cause).
-                self._handed_over.wait()
+                self.heartbeat.handed_over.wait()
                 return
             self._drain()
         finally:
-            self._stopped.set()
+            self.heartbeat.stopped.set()
             if not self.wedged.is_set():
                 try:
                     self.registration.deregister()
@@ -173,6 +184,18 @@ class ModelWorker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def close(self) -> None:
+        """Release the backends (once :meth:`run` has returned)."""
+        if self.engine is not None:
+            self.engine.close()
+
+    @property
+    def _generation(self) -> Generation:
+        """The engine's side, which only the jobs that run in it reach (see :meth:`Backends.answerer`)."""
+        if self.generation is None:
+            raise RuntimeError("this worker has no generation engine")
+        return self.generation
 
     def _drain(self) -> None:
         """Stop intake, let running sequences finish within the drain timeout, then leave the rest pending so a
@@ -185,7 +208,7 @@ class ModelWorker:
                 time.sleep(0.1)
         for running in list(self.jobs.values()):
             for index in range(len(running.choices)):
-                self.engine.cancel(seq_id(running.job.id, index))
+                self._generation.cancel(seq_id(running.job.id, index))
         if self.jobs:
             log.warning("handing back %d unfinished jobs", len(self.jobs))
         self.jobs.clear()
@@ -196,19 +219,19 @@ class ModelWorker:
         if self._broker_ok_since == math.inf:
             self.consumer.ensure_groups()  # Redis may have come back empty
             self._broker_ok_since = time.monotonic()
-        free = self.engine.slots - len(self.jobs)
+        free = self.slots - len(self.jobs)
         due = self._reclaim_due()
         if free > 0 and due:
             reclaimed = self.consumer.reclaim(free)
             if reclaimed.deliveries:
                 self._admit(reclaimed.deliveries, reclaimed=True)
-            free = self.engine.slots - len(self.jobs)
+            free = self.slots - len(self.jobs)
             # entries pending to this worker that it does not run: a delivery whose reply it never read (a lost
             # XREADGROUP reply), or a finished job whose acknowledgement an AOF restart lost; each is read with its
             # log, so a finished one is acknowledged and the others continued
             if free > 0 and (strays := self.consumer.strays(self._held_entries(), free)):
                 self._admit(strays, recounted=False)  # a finished one was counted when it ended
-            free = self.engine.slots - len(self.jobs)
+            free = self.slots - len(self.jobs)
         if free > 0:
             # Idle: block in Redis so a new job starts at once. Busy: just look, the engine is waiting.
             block_ms = None if self.jobs else 500
@@ -226,7 +249,7 @@ class ModelWorker:
         self.progress.poll_started()
         updates: list[SeqUpdate] = []
         try:
-            updates = self.engine.poll(timeout=0.05)
+            updates = self._generation.poll(timeout=0.05)
         finally:
             self.progress.poll_ended(bool(updates))
         return updates
@@ -283,8 +306,9 @@ class ModelWorker:
         for start in sorted_out.to_start:
             delivery, job = start.delivery, start.delivery.job
             try:
-                if job.kind in ANSWERED_AT_ADMISSION or self.embedder is not None:
-                    events.extend((job.id, e) for e in self._answer_now(job))
+                answerer = self.backends.answerer(job)  # InvalidRequest when no backend of this worker serves it
+                if answerer is not None:
+                    events.extend((job.id, e) for e in answered(job, answerer, self.consumer.consumer))
                     ended.add(job.id)
                     finished.append(delivery)
                     self.outcomes.count(job.model, "completed")
@@ -319,98 +343,9 @@ class ModelWorker:
         if any(r.ended_at_admission for r in self.jobs.values()):
             self._finish(set())
 
-    def _answer_now(self, job: Job) -> list[AnyEvent]:
-        worker = self.consumer.consumer
-        limit = int(getattr(self.engine, "max_model_len", 0) or 0)
-        tokenizer, template, bound = self.tokenizer, self.chat_template, self.max_prompt_chars
-        return answer_now(job, worker, tokenizer, template, self.vocab_size, self.embedder, bound, limit)
-
     def _start(self, delivery: Delivery, past: JobLog | None = None) -> RunningJob:
-        """Put a job's sequences into the engine. With ``past`` (the log of a job taken over from another worker)
-        each choice goes on from the tokens its client has: the prompt plus those tokens, the remaining
-        ``max_tokens``, the text stream primed with them and the seed moved on (see ``continuation_seed``)."""
-        job = delivery.job
-        prompt_ids = prompt_ids_of(
-            job, self.tokenizer, self.chat_template, self.vocab_size, self.max_prompt_chars, self.engine.max_model_len
-        )
-        max_new = max_new_tokens(job, len(prompt_ids), self.engine.max_model_len, self.max_tokens_cap)
-        params = job.params
-        end_ids = (set() if params.ignore_eos else set(self.engine.eos_token_ids)) | set(params.stop_token_ids)
-        skip = not self.parsers.keeps_special_tokens(job)
-        choices = [
-            Choice(
-                TextStream(
-                    self.tokenizer,
-                    params.stop,
-                    end_ids,
-                    skip_special_tokens=skip,
-                    stop_token_ids=params.stop_token_ids,
-                    min_tokens=params.min_tokens,
-                    include_stop=params.include_stop_str_in_output,
-                )
-            )
-            for _ in range(params.n)
-        ]
-        running = RunningJob(delivery=delivery, prompt_tokens=len(prompt_ids), choices=choices)
-        if job.kind == JobKind.CHAT:
-            running.reasoning_open = self.parsers.reasoning_open(self.tokenizer, prompt_ids)
-        requests = generation_requests(job, prompt_ids, max_new, self.engine.sampling_defaults)
-        if past is not None and past.exists:
-            if past.whole and (self.engine.continues_grammars or not params.constrained):
-                running.continued = True
-                running.seq = past.next_seq
-            else:
-                # A log without its beginning is not the whole story, and an engine that cannot start a grammar past
-                # the tokens sent (vLLM) would constrain the rest from the grammar's start: run the job again from
-                # the start (a stream that already showed text then fails).
-                log.warning("job %s runs again from its start (its log cannot be continued)", job.id)
-                self.consumer.restart_log(job.id, past)
-        if params.prompt_logprobs and not running.continued:
-            running.prompt_logprobs = self._prompt_logprobs(prompt_ids, params.top_logprobs)
-        to_run = continued_requests(running, requests, past) if running.continued and past is not None else requests
-        self._enter(job.id, to_run)
-        if running.continued:
-            log.info("job %s continued from seq %d (attempt %d)", job.id, running.seq, job.attempt)
-        running.admitted_at = time.time()
-        return running
-
-    def _enter(self, job_id: str, requests: list[GenerationRequest]) -> None:
-        """Put into the engine what the job's share allows of ``requests``; the rest wait (see Share)."""
-        held, reserved = self._holding.get(job_id, (0, 0))
-        now, later = self.share.split(requests, held, reserved)
-        for request in now:
-            self.engine.add(request)
-            cost = len(request.prompt_ids) + request.max_new_tokens
-            self._costs[request.seq_id] = cost
-            held, reserved = held + 1, reserved + cost
-        self._holding[job_id] = (held, reserved)
-        if later:
-            self._waiting[job_id] = deque(later)
-
-    def _choice_left(self, job_id: str, index: int) -> None:
-        """A choice of the job left the engine: what it reserved goes back to the job's share, and the job's next
-        waiting choices enter."""
-        running = self.jobs.get(job_id)
-        held, reserved = self._holding.get(job_id, (0, 0))
-        self._holding[job_id] = (max(0, held - 1), max(0, reserved - self._costs.pop(seq_id(job_id, index), 0)))
-        waiting = self._waiting.pop(job_id, None)
-        if waiting and running is not None and not running.finished:
-            self._enter(job_id, list(waiting))
-
-    def _forget_share(self, running: RunningJob) -> None:
-        job_id = running.job.id
-        self._waiting.pop(job_id, None)
-        self._holding.pop(job_id, None)
-        for index in range(len(running.choices)):
-            self._costs.pop(seq_id(job_id, index), None)
-
-    def _prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[TokenLogprob]:
-        if len(prompt_ids) > MAX_PROMPT_LOGPROBS_TOKENS:
-            raise InvalidRequest(
-                f"prompt logprobs (echo with logprobs) are limited to prompts of {MAX_PROMPT_LOGPROBS_TOKENS} tokens",
-                param="echo",
-            )
-        return self._logprobs.of_prompt(prompt_ids, self.engine.prompt_logprobs(prompt_ids, top))
+        """Put a job's sequences into the engine (see :meth:`Generation.start`)."""
+        return self._generation.start(delivery, past)
 
     def _started(self, sid: str) -> bool:
         job_id, index = split_seq_id(sid)
@@ -436,10 +371,10 @@ class ModelWorker:
                 self._cancel_all(running)
                 continue
             if result.stop:
-                self.engine.cancel(update.seq_id)
+                self._generation.cancel(update.seq_id)
             if result.finished:
                 try:
-                    self._choice_left(job_id, index)
+                    self._generation.choice_left(job_id, index, self.jobs.get(job_id))
                 except Exception as exc:  # a waiting choice the engine refused fails its job, never the worker
                     log.exception("job %s: a waiting choice could not start", job_id)
                     events.append((job_id, error_event(engine_failure(exc), running.next_seq())))
@@ -537,7 +472,7 @@ class ModelWorker:
                 message = "the job was cancelled: its client hung up, or nobody resumed its stream in time"
                 notices.append((job_id, error_event(JobCancelled(message), running.next_seq())))
             del self.jobs[job_id]
-            self._forget_share(running)
+            self._generation.forget(running)
             self._orphaned.pop(job_id, None)
             self._ended[job_id] = running
             while len(self._ended) > 256:
@@ -563,12 +498,9 @@ class ModelWorker:
         self._ack([])
 
     def _cancel_all(self, running: RunningJob) -> None:
-        self._forget_share(running)  # its waiting choices never start
-        for index, choice in enumerate(running.choices):
+        for index in range(len(running.choices)):
             self.stream_interval.drop(seq_id(running.job.id, index))
-            if not choice.done:
-                self.engine.cancel(seq_id(running.job.id, index))
-                choice.done = True
+        self._generation.cancel_all(running)  # its waiting choices never start either
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -580,57 +512,9 @@ class ModelWorker:
         return WorkerStatus(
             state=state,
             running=running,
-            free_slots=max(self.engine.slots - running, 0),
+            free_slots=max(self.slots - running, 0),
             tokens_per_s=round(self.token_rate.per_second(), 2),
             completed=self.totals["completed"],
             failed=self.totals["failed"],
             holding=[r.delivery.entry_id for r in list(self.jobs.values())],
         )
-
-    def _beat(self) -> None:
-        self.registration.heartbeat(self.status())
-        self.consumer.sync_clock()
-
-    def _heartbeat_forever(self) -> None:
-        while not self._stopped.wait(self.heartbeat_interval):
-            if self.stopping.is_set() and not self.jobs:
-                return
-            self._check_progress()
-            try:
-                self._beat()
-            except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
-            if self.wedged.is_set() and self._wedged_done():
-                break
-        if self.wedged.is_set():
-            self._handed_over.set()
-            if self.on_wedged is not None:
-                self.on_wedged()  # here, not in the consume loop: that loop may be stuck in the engine itself
-
-    def _check_progress(self) -> None:
-        """Declare the worker wedged when its engine has run sequences without output for too long. Checked on
-        the heartbeat thread, which a stuck engine cannot hold up."""
-        if self.wedged.is_set() or self.stopping.is_set() or not self.progress.wedged():
-            return
-        self._wedged_at = time.monotonic()
-        log.error(
-            "the engine produced nothing for %.1fs while running %d jobs (limit %.1fs: max(%.0fs, %g x the slowest "
-            "step, %.2fs)); wedged: handing its jobs over and exiting",
-            self.progress.stalled_for(),
-            len(self.jobs),
-            self.progress.limit,
-            self.progress.floor,
-            self.progress.factor,
-            self.progress.slowest,
-        )
-        self.wedged.set()
-
-    def _wedged_done(self) -> bool:
-        """Whether a wedged worker may exit: live workers took its jobs, or it gave them long enough (with no live
-        worker they wait in Redis for the next one, the restarted process included)."""
-        if time.monotonic() - self._wedged_at > 3 * self.heartbeat_ttl:
-            return True
-        try:
-            return self.consumer.holding() == 0
-        except RedisError:
-            return False

@@ -48,7 +48,7 @@ from workers.admission import (
     max_new_tokens,
     prompt_ids_of,
 )
-from workers.engine import Engine, GenerationRequest, SeqUpdate
+from workers.engine import Engine, EngineDead, GenerationRequest, SeqUpdate
 from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcomes, outcome_of
 from workers.pacing import StreamInterval, TokenRate
@@ -131,6 +131,9 @@ class ModelWorker:
         # Liveness by progress (workers/progress.py): a worker whose engine stopped producing output while it runs
         # sequences says so in its heartbeat (state "wedged"), stops taking work, waits (a bounded time) for live
         # workers to take its jobs over, then ``on_wedged`` ends the process so that its supervisor restarts it.
+        # An engine that failed for good (its ``failure``, see workers/engine.py) is handled the same way: its jobs
+        # were not at fault so much as they may be the cause, like a wedged engine's (a death is counted against
+        # each), and a fresh process is a surer start than rebuilding an engine in one whose device state broke.
         self.progress = EngineProgress(stall_timeout, stall_factor)
         self.wedged = threading.Event()
         self._handed_over = threading.Event()
@@ -193,6 +196,8 @@ class ModelWorker:
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
+        if self._engine_failed():
+            return
         if self._broker_ok_since == math.inf:
             self.consumer.ensure_groups()  # Redis may have come back empty
             self._broker_ok_since = time.monotonic()
@@ -290,6 +295,9 @@ class ModelWorker:
                     self.outcomes.count(job.model, "completed")
                     continue
                 running = self._start(delivery, start.past)
+            except EngineDead:  # not the job's fault: left pending to this worker, it is handed over with the rest
+                self._engine_failed()
+                continue
             except QueuechatError as exc:  # a job this worker cannot run as asked (a bad prompt or parameter)
                 self.outcomes.count(job.model, "failed")
                 sorted_out.fail(delivery, job.id, error_event(exc, start.first_seq))
@@ -440,6 +448,8 @@ class ModelWorker:
             if result.finished:
                 try:
                     self._choice_left(job_id, index)
+                except EngineDead:  # the job is handed over with the rest (see _engine_failed)
+                    self._engine_failed()
                 except Exception as exc:  # a waiting choice the engine refused fails its job, never the worker
                     log.exception("job %s: a waiting choice could not start", job_id)
                     events.append((job_id, error_event(engine_failure(exc), running.next_seq())))
@@ -607,10 +617,22 @@ class ModelWorker:
             if self.on_wedged is not None:
                 self.on_wedged()  # here, not in the consume loop: that loop may be stuck in the engine itself
 
+    def _engine_failed(self) -> bool:
+        """Whether the engine failed for good (its ``failure``); the first time, the worker declares itself
+        wedged: it stops taking work and hands its jobs over as a wedged worker does."""
+        failure = getattr(self.engine, "failure", None)
+        if failure is None:
+            return False
+        if not self.wedged.is_set():
+            self._wedged_at = time.monotonic()
+            log.error("the engine failed (%s) running %d jobs; handing them over and exiting", failure, len(self.jobs))
+            self.wedged.set()
+        return True
+
     def _check_progress(self) -> None:
-        """Declare the worker wedged when its engine has run sequences without output for too long. Checked on
-        the heartbeat thread, which a stuck engine cannot hold up."""
-        if self.wedged.is_set() or self.stopping.is_set() or not self.progress.wedged():
+        """Declare the worker wedged when its engine has run sequences without output for too long, or failed.
+        Checked on the heartbeat thread, which a stuck engine cannot hold up."""
+        if self.wedged.is_set() or self.stopping.is_set() or self._engine_failed() or not self.progress.wedged():
             return
         self._wedged_at = time.monotonic()
         log.error(

@@ -104,6 +104,7 @@ class VllmEngine:
         self._closing = threading.Event()
         self.failure: str | None = None  # why the engine stopped for good (see the module's docstring)
         self._held: set[str] = set()  # request ids inside vLLM now; the engine thread's alone
+        self._kv_usage: float | None = None  # set by the engine thread after each round (see kv_cache_usage)
         self._thread = threading.Thread(target=self._loop, name="queuechat-vllm", daemon=True)
         self._thread.start()
 
@@ -253,6 +254,11 @@ class VllmEngine:
         with self._lock:
             return len(self._live)
 
+    def kv_cache_usage(self) -> float | None:
+        """The used fraction of vLLM's KV cache blocks (0..1) after the engine thread's last round, for metrics;
+        None where the scheduler is not in this process (VLLM_ENABLE_V1_MULTIPROCESSING=1)."""
+        return self._kv_usage
+
     def live(self) -> set[str]:
         with self._lock:
             return set(self._live)
@@ -289,6 +295,8 @@ class VllmEngine:
                     self._die(again)
                     return
                 continue
+            finally:
+                self._kv_usage = _kv_usage_of(engine)
             for output in outputs:
                 if output.finished:
                     self._held.discard(output.request_id)
@@ -407,6 +415,19 @@ class VllmEngine:
             waiting.done.set()
 
 
+def _kv_usage_of(engine: Any) -> float | None:
+    """The used fraction of the KV cache, from the scheduler of vLLM's engine core in this process (LLMEngine's
+    InprocClient holds it as ``engine_core``); None where it lives in another process."""
+    core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
+    usage = getattr(getattr(core, "scheduler", None), "get_kv_cache_usage", None)
+    if not callable(usage):
+        return None
+    try:
+        return max(0.0, min(1.0, float(usage())))
+    except Exception:  # a metric is not worth a failed step
+        return None
+
+
 def _token_logprobs(token: int, position: Any, top: int) -> tuple[float | None, list[tuple[int, float]]]:
     """(the token's logprob, the ``top`` likeliest alternatives best first) from vLLM's {token id: Logprob}."""
     if not position:
@@ -448,6 +469,9 @@ class EngineView:
     @property
     def failure(self) -> str | None:
         return self.engine.failure
+
+    def kv_cache_usage(self) -> float | None:
+        return self.engine.kv_cache_usage()
 
     def poll(self, timeout: float) -> list[SeqUpdate]:
         return self.engine.poll(timeout, source=self._outputs)

@@ -11,7 +11,7 @@ from broker.errors import ContextLengthExceeded, EngineFailed, InvalidRequest, O
 from broker.eventlog import JobLog
 from broker.schemas import Accepted, ChatOptions, Delta, Done, Error, FinishReason, Job, JobKind, Usage
 from serving.prompt_size import text_chars
-from workers.engine import GenerationRequest, SamplingDefaults
+from workers.engine import GenerationRequest, SamplingDefaults, is_out_of_memory
 from workers.grammar import grammar_of
 from workers.prompts import chat_prompt_ids, check_prompt_chars, completion_prompt_ids
 from workers.running import RunningJob, seq_id
@@ -28,7 +28,7 @@ def engine_failure(exc: BaseException | None = None, message: str | None = None)
     """What a job the engine failed on (``exc``, or the engine's own ``message``) fails with: out-of-memory named as
     such, since the client's remedy differs."""
     text = message if message is not None else f"{type(exc).__name__}: {exc}"
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+    if is_out_of_memory(exc, text):
         return OutOfMemory(f"the worker ran out of memory: {text}")
     return EngineFailed(text)
 

@@ -83,6 +83,19 @@ def eos_ids_of(*sources: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def is_out_of_memory(exc: BaseException | None = None, text: str = "") -> bool:
+    """Whether an engine error is running out of (GPU) memory: torch's OutOfMemoryError, or a message that says so
+    (an error that reached the worker as text: a failed sequence's update)."""
+    said = f"{type(exc).__name__}: {exc} {text}" if exc is not None else text
+    lowered = said.lower()
+    return "outofmemoryerror" in lowered or "out of memory" in lowered
+
+
+class EngineDead(RuntimeError):
+    """The engine failed as a whole and serves nothing more (see ``Engine.failure``): the job that met it is not at
+    fault, and is handed over with the rest (workers/service.py) instead of failed."""
+
+
 class Engine(Protocol):
     max_model_len: int
     slots: int
@@ -90,6 +103,9 @@ class Engine(Protocol):
     sampling_defaults: SamplingDefaults
     # whether a request's grammar can start past its grammar_prefix; a continued job needs it (workers/service.py)
     continues_grammars: bool
+    # An engine may also have ``failure``: None while it serves, else why it stopped for good (its state is suspect,
+    # so the worker hands its jobs over and exits for its supervisor to restart it); read with getattr, as engines
+    # that recover by themselves (transformers restarts its generation loop) do not have it.
 
     def add(self, request: GenerationRequest) -> None: ...
     def prompt_logprobs(

@@ -6,6 +6,10 @@ It also judges liveness by progress (workers/progress.py), on this thread becaus
 consume loop but not this one: a worker whose engine stopped producing output while it runs sequences says so in
 its heartbeat (state "wedged"), stops taking work, waits (a bounded time) for live workers to take its jobs over,
 then ``on_wedged`` ends the process so that its supervisor restarts it.
+
+An engine that failed for good (its ``failure``, see workers/engine.py) is handled the same way: its jobs were not
+at fault so much as they may be the cause, like a wedged engine's (a death is counted against each), and a fresh
+process is a surer start than rebuilding an engine in one whose device state broke.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Heartbeat:
         interval: float,
         ttl: float,
         on_wedged: Callable[[], None] | None = None,
+        engine_failure: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.registration = registration
         self.consumer = consumer
@@ -48,6 +53,7 @@ class Heartbeat:
         self.interval = interval
         self.ttl = ttl
         self.on_wedged = on_wedged
+        self.engine_failure = engine_failure  # why the engine failed for good, or None while it works
         self.wedged = threading.Event()
         self.handed_over = threading.Event()  # a wedged worker's jobs went to live workers, or it waited long enough
         self.stopped = threading.Event()  # set by the consume loop once it has returned
@@ -76,9 +82,21 @@ class Heartbeat:
             if self.on_wedged is not None:
                 self.on_wedged()  # here, not in the consume loop: that loop may be stuck in the engine itself
 
+    def engine_failed(self) -> bool:
+        """Whether the engine failed for good; the first time, the worker declares itself wedged: it stops taking
+        work and hands its jobs over as a wedged worker does."""
+        failure = self.engine_failure()
+        if failure is None:
+            return False
+        if not self.wedged.is_set():
+            self._wedged_at = time.monotonic()
+            log.error("the engine failed (%s) running %d jobs; handing them over and exiting", failure, self.running())
+            self.wedged.set()
+        return True
+
     def _check_progress(self) -> None:
-        """Declare the worker wedged when its engine has run sequences without output for too long."""
-        if self.wedged.is_set() or self.stopping.is_set() or not self.progress.wedged():
+        """Declare the worker wedged when its engine has run sequences without output for too long, or failed."""
+        if self.wedged.is_set() or self.stopping.is_set() or self.engine_failed() or not self.progress.wedged():
             return
         self._wedged_at = time.monotonic()
         log.error(

@@ -19,7 +19,8 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# The exit status of a worker whose engine wedged (see workers/progress.py): not 0, so a supervisor restarts it.
+# The exit status of a worker whose engine wedged (see workers/progress.py) or failed for good (workers/engine.py):
+# not 0, so a supervisor restarts it.
 WEDGED_EXIT_STATUS = 3
 
 
@@ -176,7 +177,7 @@ def serve(options: WorkerSettings, settings: Any) -> None:
 
     def on_wedged() -> None:
         # At once, without closing the engine: its thread is stuck, and a clean shutdown would wait on it forever.
-        log.error("exiting with status %d: the engine is wedged", WEDGED_EXIT_STATUS)
+        log.error("exiting with status %d: the engine is wedged or failed", WEDGED_EXIT_STATUS)
         logging.shutdown()
         os._exit(WEDGED_EXIT_STATUS)
 

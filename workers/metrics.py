@@ -104,7 +104,8 @@ class _LiveCollector(Collector):
 
     def _kv_cache(self) -> Iterator[Metric]:
         """The used fraction of the engine's KV cache, under vLLM's current name and the older one its Grafana
-        dashboard queries; absent for engines that do not say (vLLM in process, embeddings)."""
+        dashboard queries; absent for engines that do not say (embeddings, vLLM with its engine core in a process
+        of its own)."""
         usage_of = getattr(getattr(self.worker, "engine", None), "kv_cache_usage", None)
         usage = usage_of() if callable(usage_of) else None
         if usage is None:

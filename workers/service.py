@@ -40,7 +40,7 @@ from broker.registry import WEDGED, WorkerRegistration, WorkerStatus
 from broker.schemas import error_event
 from workers.admission import AnyEvent, engine_failure
 from workers.backends import Backends, Tokens, answered
-from workers.engine import SeqUpdate
+from workers.engine import EngineDead, SeqUpdate
 from workers.generation import Generation
 from workers.heartbeat import Heartbeat
 from workers.metrics import WorkerMetrics
@@ -135,6 +135,7 @@ class ModelWorker:
         self._broker_ok_since = time.monotonic()
         self._next_reclaim = 0.0
         # the heartbeat thread, and liveness by progress (workers/heartbeat.py): a wedged worker hands its jobs over
+        # (and so does one whose engine failed for good: see Heartbeat.engine_failed)
         self.progress = EngineProgress(stall_timeout, stall_factor)
         self.heartbeat = Heartbeat(
             registration,
@@ -146,6 +147,7 @@ class ModelWorker:
             interval=heartbeat_interval,
             ttl=heartbeat_ttl,
             on_wedged=on_wedged,
+            engine_failure=lambda: getattr(self.engine, "failure", None),
         )
         self.wedged = self.heartbeat.wedged
 
@@ -216,6 +218,8 @@ class ModelWorker:
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
+        if self.heartbeat.engine_failed():
+            return
         if self._broker_ok_since == math.inf:
             self.consumer.ensure_groups()  # Redis may have come back empty
             self._broker_ok_since = time.monotonic()
@@ -314,6 +318,9 @@ class ModelWorker:
                     self.outcomes.count(job.model, "completed")
                     continue
                 running = self._start(delivery, start.past)
+            except EngineDead:  # not the job's fault: left pending to this worker, it is handed over with the rest
+                self.heartbeat.engine_failed()
+                continue
             except QueuechatError as exc:  # a job this worker cannot run as asked (a bad prompt or parameter)
                 self.outcomes.count(job.model, "failed")
                 sorted_out.fail(delivery, job.id, error_event(exc, start.first_seq))
@@ -375,6 +382,8 @@ class ModelWorker:
             if result.finished:
                 try:
                     self._generation.choice_left(job_id, index, self.jobs.get(job_id))
+                except EngineDead:  # the job is handed over with the rest (see Heartbeat.engine_failed)
+                    self.heartbeat.engine_failed()
                 except Exception as exc:  # a waiting choice the engine refused fails its job, never the worker
                     log.exception("job %s: a waiting choice could not start", job_id)
                     events.append((job_id, error_event(engine_failure(exc), running.next_seq())))

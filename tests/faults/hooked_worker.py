@@ -5,6 +5,10 @@ fault suite injects from outside the code under test. Test-only: nothing in the 
   does) when the worker starts it.
 - ``QCTEST_WEDGE_FILE``: once this file exists, the model's forward pass blocks forever while the process lives,
   as a stuck kernel or a deadlock would.
+- ``QCTEST_ENGINE_FAIL_FILE`` (vLLM engine): once this file exists, the model's forward pass raises, as a device
+  error (an illegal memory access, a lost GPU) does: vLLM's step fails.
+- ``QCTEST_OOM_FILE`` (vLLM engine): once this file exists, the next forward pass raises torch's OutOfMemoryError,
+  as CUDA does when a batch does not fit, and removes the file (one step runs out of memory).
 """
 
 from __future__ import annotations
@@ -42,11 +46,41 @@ def _wedge_when(path: str) -> None:
     LlamaForCausalLM.forward = forward_or_block  # type: ignore[method-assign]
 
 
+def _vllm_forward_raises(path: str, error: Any, once: bool) -> None:
+    """vLLM's Llama forward raises ``error()`` while ``path`` exists (``once``: the first time, removing it)."""
+    from vllm.model_executor.models.llama import LlamaForCausalLM
+
+    forward = LlamaForCausalLM.forward
+
+    def forward_or_raise(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.path.exists(path):
+            if once:
+                os.remove(path)
+            raise error()
+        return forward(self, *args, **kwargs)
+
+    LlamaForCausalLM.forward = forward_or_raise  # vLLM's class: untyped where vLLM is not installed
+
+
+def _device_error() -> Exception:
+    return RuntimeError("CUDA error: an illegal memory access was encountered (test fault)")
+
+
+def _out_of_memory() -> Exception:
+    import torch
+
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (test fault)")
+
+
 def main() -> None:
     if mark := os.environ.get("QCTEST_CRASH_MARK"):
         _crash_on(mark)
     if path := os.environ.get("QCTEST_WEDGE_FILE"):
         _wedge_when(path)
+    if path := os.environ.get("QCTEST_ENGINE_FAIL_FILE"):
+        _vllm_forward_raises(path, _device_error, once=False)
+    if path := os.environ.get("QCTEST_OOM_FILE"):
+        _vllm_forward_raises(path, _out_of_memory, once=True)
     from workers.main import main as worker_main
 
     worker_main()

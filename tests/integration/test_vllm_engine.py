@@ -167,3 +167,41 @@ def test_a_client_that_hangs_up_gets_its_vllm_request_aborted(
     print(f"\nhung up after {received} events: {generated} tokens relayed, {after} generated after the cancel")
     assert generated < 100  # far short of the 3,000 it was allowed: the job ended at the hang-up
     assert after <= 2  # and vLLM stopped generating for it at once
+
+
+def test_the_kv_cache_usage_is_on_the_workers_metrics(
+    start_worker: Callable[..., RunningWorker], start_api: Callable[..., Any], vllm_engine: Any, settings: Settings
+) -> None:
+    """vLLM's own count of used KV cache blocks, under vLLM's metric names: above 0 while a sequence holds blocks,
+    back to 0 once it is aborted."""
+    from tests.conftest import free_port
+    from tests.integration.test_metrics import scrape, value
+
+    port = free_port()
+    worker = start_worker(metrics_port=port, metrics_host="127.0.0.1")
+    url = f"http://127.0.0.1:{port}/metrics"
+    tiny = {"model_name": "tiny"}
+    try:
+        api = start_api()
+        wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+        body = {"model": "tiny", "prompt": "Once upon a time " * 40, "max_tokens": 3000, "stream": True}
+        running: Any = None
+        with httpx.stream("POST", f"{api.base_url}/v1/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                samples = scrape(url)  # one scrape: the running job and the cache it holds, seen together
+                if value(samples, "queuechat:num_requests_running", **tiny) == 1:
+                    running = samples
+                    break
+        assert running is not None, "the job ended before a scrape saw it running"
+        idle = wait_for(lambda: (s := scrape(url)) and value(s, "queuechat:kv_cache_usage_perc", **tiny) == 0 and s)
+    finally:
+        assert worker.worker.metrics is not None
+        worker.worker.metrics.close()
+    usage = value(running, "queuechat:kv_cache_usage_perc", **tiny)
+    print(f"\nKV cache usage while a sequence runs: {usage:.5f}")
+    assert 0 < usage < 1
+    assert value(running, "queuechat:gpu_cache_usage_perc", **tiny) == usage
+    assert ("queuechat:kv_cache_usage_perc", frozenset(tiny.items())) in idle

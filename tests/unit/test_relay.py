@@ -126,3 +126,17 @@ def test_a_continued_job_goes_on_from_the_tokens_its_client_has(tok: Any) -> Non
     assert first.seed not in (None, 7)  # moved on, so the continuation does not repeat the first tokens' draws
     assert (job.choices[0].tokens, job.choices[1].done, job.choices[1].tokens) == (len(sent), True, 4)
     assert job.ended_at_admission == [2]
+
+
+def test_an_out_of_memory_error_is_named_by_its_type_or_its_text() -> None:
+    """torch raises OutOfMemoryError whatever its message says; an engine passes it on as "Type: message" text."""
+    from broker.errors import OutOfMemory
+    from workers.admission import engine_failure
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name, as the check sees it
+        pass
+
+    assert isinstance(engine_failure(OutOfMemoryError("allocation failed")), OutOfMemory)
+    assert isinstance(engine_failure(message="OutOfMemoryError: allocation failed"), OutOfMemory)
+    assert isinstance(engine_failure(message="RuntimeError: CUDA out of memory. Tried to allocate"), OutOfMemory)
+    assert not isinstance(engine_failure(RuntimeError("an illegal memory access")), OutOfMemory)

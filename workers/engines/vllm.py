@@ -11,6 +11,15 @@ top alternatives (of the raw logits, as OpenAI reports them), prompt logprobs, p
 penalties, and grammars (JSON mode, JSON schemas, forced tool calls) through vLLM's structured outputs with the
 llguidance backend. What it cannot honour is refused with a :class:`~broker.errors.InvalidRequest` naming the
 parameter, which the worker answers with a 400.
+
+When a step fails: an out-of-memory step (torch's OutOfMemoryError, CUDA's "out of memory") is its batch's problem,
+not the engine's: every sequence vLLM held then fails with that error (the worker answers ``out_of_memory``, a 503
+its client may retry), they are aborted, the prefix cache is dropped (vLLM marks a step's blocks cached when it
+schedules them, so the failed step's were never written), and the engine goes on. Any other error leaves vLLM's
+scheduler and model runner in a state nothing vouches for (vLLM's own server shuts down on it, as EngineDeadError):
+the engine sets :attr:`VllmEngine.failure` and refuses work with :class:`~workers.engine.EngineDead`; the sequences
+it held are not failed, the worker hands their jobs over to live workers and exits for its supervisor to restart it
+(workers/service.py), rather than rebuilding an engine in a process whose device state may be what broke.
 """
 
 from __future__ import annotations
@@ -24,7 +33,15 @@ import uuid
 from typing import Any
 
 from broker.errors import InvalidRequest
-from workers.engine import GenerationRequest, SamplingDefaults, SeqUpdate, eos_ids_of, sampling_defaults_of
+from workers.engine import (
+    EngineDead,
+    GenerationRequest,
+    SamplingDefaults,
+    SeqUpdate,
+    eos_ids_of,
+    is_out_of_memory,
+    sampling_defaults_of,
+)
 from workers.engines.vllm_setup import ConfigHolder, VllmConfig, check_version, engine_args, generation_config
 
 log = logging.getLogger(__name__)
@@ -40,6 +57,7 @@ class _Scoring:
         self.done = threading.Event()
         self.output: Any = None
         self.error: str | None = None
+        self.dead = False  # the engine died while it waited
 
 
 class VllmEngine:
@@ -84,7 +102,9 @@ class VllmEngine:
         self._scoring: dict[str, _Scoring] = {}
         self.tokens_after_cancel = 0  # generated for sequences already cancelled (vLLM had not aborted them yet)
         self._closing = threading.Event()
-        self._fatal: str | None = None
+        self.failure: str | None = None  # why the engine stopped for good (see the module's docstring)
+        self._held: set[str] = set()  # request ids inside vLLM now; the engine thread's alone
+        self._kv_usage: float | None = None  # set by the engine thread after each round (see kv_cache_usage)
         self._thread = threading.Thread(target=self._loop, name="queuechat-vllm", daemon=True)
         self._thread.start()
 
@@ -137,8 +157,8 @@ class VllmEngine:
         total = len(request.prompt_ids) + request.max_new_tokens
         if total > self.max_model_len:
             raise ValueError(f"{total} tokens exceed this engine's limit of {self.max_model_len}")
-        if self._fatal is not None:
-            raise RuntimeError(f"the vLLM engine stopped: {self._fatal}")
+        if self.failure is not None:
+            raise EngineDead(f"the vLLM engine stopped: {self.failure}")
         params = self.sampling_params(request)
         with self._lock:
             self._live.add(request.seq_id)
@@ -166,6 +186,8 @@ class VllmEngine:
             raise InvalidRequest(
                 f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
             )
+        if self.failure is not None:
+            raise EngineDead(f"the vLLM engine stopped: {self.failure}")
         request_id = f"{SCORE_PREFIX}{uuid.uuid4().hex}"
         scoring = _Scoring()
         with self._lock:
@@ -175,6 +197,8 @@ class VllmEngine:
         if not scoring.done.wait(SCORE_TIMEOUT):
             self._commands.put(("abort", request_id))
             raise RuntimeError("scoring the prompt timed out")
+        if scoring.dead:
+            raise EngineDead(scoring.error or "the vLLM engine stopped")
         if scoring.error is not None:
             raise RuntimeError(scoring.error)
         scored: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
@@ -230,6 +254,11 @@ class VllmEngine:
         with self._lock:
             return len(self._live)
 
+    def kv_cache_usage(self) -> float | None:
+        """The used fraction of vLLM's KV cache blocks (0..1) after the engine thread's last round, for metrics;
+        None where the scheduler is not in this process (VLLM_ENABLE_V1_MULTIPROCESSING=1)."""
+        return self._kv_usage
+
     def live(self) -> set[str]:
         with self._lock:
             return set(self._live)
@@ -255,12 +284,22 @@ class VllmEngine:
             try:
                 busy = engine.has_unfinished_requests()
                 self._run_commands(engine, wait=not busy)
-                if not engine.has_unfinished_requests():
-                    continue
-                outputs = engine.step()
-            except Exception as exc:  # the engine died: fail what it held and refuse new work
-                self._die(exc)
-                return
+                outputs = engine.step() if engine.has_unfinished_requests() else []
+            except Exception as exc:
+                if not is_out_of_memory(exc):  # the engine died: refuse new work, its jobs are handed over
+                    self._die(exc)
+                    return
+                try:
+                    self._shed(engine, exc)
+                except Exception as again:  # it could not be emptied: as dead as any other failure
+                    self._die(again)
+                    return
+                continue
+            finally:
+                self._kv_usage = _kv_usage_of(engine)
+            for output in outputs:
+                if output.finished:
+                    self._held.discard(output.request_id)
             self._put([u for u in (self._update_of(o) for o in outputs) if u is not None])
 
     def _run_commands(self, engine: Any, *, wait: bool) -> None:
@@ -279,8 +318,11 @@ class VllmEngine:
                 except Exception as exc:  # this request's own problem (vLLM validates it here)
                     log.warning("vLLM refused request %s: %s", request_id, exc)
                     self._fail_one(request_id, f"{type(exc).__name__}: {exc}")
+                else:
+                    self._held.add(request_id)
             elif kind == "abort":
                 engine.abort_request([command[1]])
+                self._held.discard(command[1])
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
@@ -338,19 +380,52 @@ class VllmEngine:
             cached_tokens=getattr(output, "num_cached_tokens", None),  # the prefix cache's share of the prompt
         )
 
+    def _shed(self, engine: Any, exc: BaseException) -> None:
+        """After a step that ran out of memory: fail and abort every request vLLM held (the step's batch, and what
+        waited behind it), drop the prefix cache (the failed step's blocks are marked cached but were never
+        written), give the allocator's cache back, and go on with an empty engine."""
+        error = f"{type(exc).__name__}: {exc}"
+        held = sorted(self._held)
+        log.error("a vLLM step ran out of memory (%s); failing the %d requests it held", error, len(held))
+        engine.abort_request(held)
+        self._held.clear()
+        if not engine.reset_prefix_cache():
+            raise RuntimeError(f"the KV cache still held blocks after aborting every request ({error})")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # freeing the cache is a courtesy to the next step; the engine goes on without it
+            log.exception("could not empty the CUDA cache")
+        for request_id in held:
+            self._fail_one(request_id, error)
+
     def _die(self, exc: BaseException) -> None:
-        self._fatal = f"{type(exc).__name__}: {exc}"
-        log.error("the vLLM engine failed (%s); failing the sequences it held", self._fatal, exc_info=exc)
+        """The engine failed as a whole: refuse new work (EngineDead) and wake whoever waits on a prompt's score.
+        Its sequences are not failed: the worker sees ``failure``, hands their jobs over and exits."""
+        self.failure = f"{type(exc).__name__}: {exc}"
+        log.error("the vLLM engine failed (%s); it serves nothing more", self.failure, exc_info=exc)
         with self._lock:
-            lost = list(self._live)  # poll reports their failure, then forgets them
             scoring = list(self._scoring.values())
             self._scoring.clear()
         for waiting in scoring:
-            waiting.error = f"engine failure: {self._fatal}"
+            waiting.error = f"the vLLM engine stopped: {self.failure}"
+            waiting.dead = True
             waiting.done.set()
-        if lost:
-            failure = f"engine failure: {self._fatal}"
-            self._put([SeqUpdate(seq_id=s, token_ids=[], finished=True, error=failure) for s in lost])
+
+
+def _kv_usage_of(engine: Any) -> float | None:
+    """The used fraction of the KV cache, from the scheduler of vLLM's engine core in this process (LLMEngine's
+    InprocClient holds it as ``engine_core``); None where it lives in another process."""
+    core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
+    usage = getattr(getattr(core, "scheduler", None), "get_kv_cache_usage", None)
+    if not callable(usage):
+        return None
+    try:
+        return max(0.0, min(1.0, float(usage())))
+    except Exception:  # a metric is not worth a failed step
+        return None
 
 
 def _token_logprobs(token: int, position: Any, top: int) -> tuple[float | None, list[tuple[int, float]]]:
@@ -390,6 +465,13 @@ class EngineView:
 
     def cancel(self, seq_id: str) -> None:
         self.engine.cancel(seq_id)
+
+    @property
+    def failure(self) -> str | None:
+        return self.engine.failure
+
+    def kv_cache_usage(self) -> float | None:
+        return self.engine.kv_cache_usage()
 
     def poll(self, timeout: float) -> list[SeqUpdate]:
         return self.engine.poll(timeout, source=self._outputs)

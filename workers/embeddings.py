@@ -23,6 +23,7 @@ import torch
 from broker.errors import ContextLengthExceeded, InvalidRequest
 from broker.schemas import Done, FinishReason, Job, JobKind, Usage
 from workers.loading import resolve_device, resolve_dtype
+from workers.prompts import longest_token_chars
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class SentenceEmbedder:
         dimension_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimensions = int(dimension_of() or 0)
         self.max_model_len = int(self.model.max_seq_length or self.tokenizer.model_max_length)
+        # A text longer than this cannot fit (see longest_token_chars): refused before it is tokenised, as a
+        # generation worker refuses a prompt, so one huge input cannot take the worker's memory
+        self.max_input_chars = self.max_model_len * longest_token_chars(self.tokenizer) or None
         self._prefix, self._suffix = self._special_tokens()
         log.info("loaded embeddings model %s on %s (%d dimensions)", path, self.device, self.dimensions)
 
@@ -89,6 +93,13 @@ class SentenceEmbedder:
         items: list[str | list[int]] = list(inputs)
         for i, item in enumerate(items):
             if isinstance(item, str):
+                if self.max_input_chars and len(item) > self.max_input_chars:
+                    raise ContextLengthExceeded(
+                        f"This model's maximum context length is {self.max_model_len} tokens; input[{i}] has "
+                        f"{len(item)} characters, more than {self.max_input_chars} can be (refused before "
+                        "tokenising). Please reduce the length of the input.",
+                        param="input",
+                    )
                 ids.append(list(self.tokenizer(item, add_special_tokens=True)["input_ids"]))
                 continue
             bad = next((t for t in item if not 0 <= t < vocab), None)

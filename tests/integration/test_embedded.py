@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from broker.embedded import EmbeddedValkey
@@ -52,3 +53,14 @@ def test_server_dies_with_a_killed_parent() -> None:
         raise AssertionError("the embedded server outlived its parent")
     except redis.ConnectionError:
         pass
+
+
+def test_the_suites_redis_is_a_server_of_its_own(redis_url: str) -> None:
+    """Unless QUEUECHAT_TEST_REDIS_URL names one, the suite's Redis is a server this test process started, never
+    whatever answers on 127.0.0.1:6379: one shared with other work timed tests out under its load."""
+    if os.environ.get("QUEUECHAT_TEST_REDIS_URL"):
+        pytest.skip("QUEUECHAT_TEST_REDIS_URL names the Redis to test against")
+    server_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+    with open(f"/proc/{server_pid}/stat") as f:
+        parent_pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the field after the state
+    assert parent_pid == os.getpid()

@@ -146,6 +146,17 @@ def test_an_input_longer_than_the_model_is_refused(embed_stack: EmbedStack) -> N
     assert info.value.code == "context_length_exceeded"
 
 
+def test_a_huge_input_is_refused_without_tokenising_it(embed_stack: EmbedStack) -> None:
+    """Far longer than any text the model's context can hold: refused from its length (the characters-based
+    error; a tokenised input's error counts tokens), so a huge input cannot take the worker's memory."""
+    with pytest.raises(openai.BadRequestError) as info:
+        embed_stack.client().embeddings.create(model="minilm", input=["short", "word " * 200_000])
+    assert info.value.code == "context_length_exceeded"
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "input"
+    assert "input[1] has 1000000 characters" in info.value.message
+    assert len(embed_stack.client().embeddings.create(model="minilm", input="x").data) == 1  # and it serves on
+
+
 def test_models_lists_the_embeddings_model(embed_stack: EmbedStack) -> None:
     models = {m.id for m in embed_stack.client().models.list()}
     assert models == {"minilm", "tiny"}

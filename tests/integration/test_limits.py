@@ -99,14 +99,28 @@ def test_a_prompt_far_over_the_context_never_reaches_a_worker(
     assert _queued(settings) == before
 
 
-def test_a_worker_refuses_a_huge_prompt_without_tokenising_it(stack: Stack, settings: Settings) -> None:
+HUGE = "word " * 2_000_000  # 10,000,000 characters
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "chars"),
+    [
+        (JobKind.COMPLETION, {"prompt": HUGE}, len(HUGE)),
+        (JobKind.CHAT, {"messages": [{"role": "user", "content": HUGE}]}, len(HUGE) + len("user")),
+        (JobKind.TOKENIZE, {"prompt": HUGE}, len(HUGE)),  # /tokenize counts with a worker's tokenizer too
+    ],
+    ids=["completion", "chat", "tokenize"],
+)
+def test_a_worker_refuses_a_huge_prompt_without_tokenising_it(
+    stack: Stack, settings: Settings, kind: JobKind, fields: dict[str, Any], chars: int
+) -> None:
     """A job that reaches a worker past the API's bound (another front end, an older API): refused from its length,
     with the characters-based error (a tokenised prompt's error counts tokens)."""
 
     async def run() -> str:
         producer = Producer(async_client(str(settings.redis_url)), settings)
         try:
-            job = Job(kind=JobKind.COMPLETION, model="tiny", prompt="word " * 2_000_000, deadline=time.time() + 60)
+            job = Job(kind=kind, model="tiny", deadline=time.time() + 60, **fields)
             events = await producer.submit(job)
             with pytest.raises(JobFailed) as caught:
                 await events.next_event()
@@ -116,7 +130,7 @@ def test_a_worker_refuses_a_huge_prompt_without_tokenising_it(stack: Stack, sett
             await producer.close()
 
     message = asyncio.run(run())
-    assert "10000000 characters cannot fit" in message
+    assert f"{chars} characters cannot fit" in message
     # and the worker serves on
     ok = httpx.post(f"{stack.base_url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
     assert ok.status_code == 200

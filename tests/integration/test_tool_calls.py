@@ -4,6 +4,7 @@ every tool here has parameters a grammar can finish in a few tokens (enums, no f
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal
 
@@ -176,3 +177,35 @@ def test_a_streamed_forced_call_cut_short_ends_with_length(client: openai.OpenAI
     pieces, finish = _stream(client, max_tokens=3, tools=[BOOK], tool_choice=tool_choice)
     assert finish == "length"
     assert all(p.function.arguments is not None for p in pieces)
+
+
+def test_an_agent_required_to_call_a_tool_with_nested_parameters(stack: Stack) -> None:
+    """openai-agents, unchanged, over chat completions with tool_choice "required": its function tool's nested
+    pydantic parameter is a local $ref into $defs (as instructor and pydantic-ai send too); such a call was a 400
+    "Pointer '/$defs/Guest' does not exist" with param response_format."""
+    import agents  # the openai-agents package (test extra)
+
+    agents.set_tracing_disabled(True)  # no trace export to OpenAI's servers
+    booked: list[Guest] = []
+
+    @agents.function_tool
+    def book_room(guest: Guest, room: Literal["single", "double"]) -> str:
+        """Book a room for a guest."""
+        booked.append(guest)
+        return f"booked a {room} room for {guest.name}"
+
+    assert book_room.params_json_schema["properties"]["guest"] == {"$ref": "#/$defs/Guest"}
+    client = openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0)
+    agent = agents.Agent(
+        name="booking",
+        instructions="Book the room.",
+        tools=[book_room],
+        model=agents.OpenAIChatCompletionsModel(model="tiny", openai_client=client),
+        # the tiny model is random: the call is forced, and its output is the agent's answer
+        model_settings=agents.ModelSettings(tool_choice="required", max_tokens=80, temperature=0),
+        tool_use_behavior="stop_on_first_tool",
+    )
+    result = asyncio.run(agents.Runner.run(agent, "Book a room for Ann.", max_turns=2))
+    assert len(booked) == 1 and booked[0].name in ("Ann", "Bob")
+    assert [item.type for item in result.new_items] == ["tool_call_item", "tool_call_output_item"]
+    assert str(result.final_output).startswith("booked a ")

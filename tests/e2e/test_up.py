@@ -96,6 +96,35 @@ def test_other_commands_find_the_running_up(up: Up) -> None:
     assert not record.exists()  # removed on exit: nothing points at a Valkey that is gone
 
 
+def test_a_second_worker_joins_the_running_up(up: Up, tiny_model_dir: Path) -> None:
+    """A second ``queuechat worker`` started with no --redis-url and no QUEUECHAT_REDIS_URL serves through the
+    running `up` (its Redis, read from the runtime file), not a Redis on 127.0.0.1:6379."""
+    up.wait_serving()
+    with (up.log.parent / "second-worker.log").open("ab") as out:
+        second = subprocess.Popen(
+            [
+                sys.executable, "-m", "queuechat", "worker",
+                "--model-path", str(tiny_model_dir), "--model-names", "tiny-second",
+                "--device", "cpu", "--num-threads", "1",
+            ],
+            env=up.env, cwd=REPO, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+
+        def served() -> list[str]:
+            assert second.poll() is None, (up.log.parent / "second-worker.log").read_text(errors="replace")
+            return [m["id"] for m in httpx.get(f"{up.base_url}/v1/models", timeout=10).json()["data"]]
+
+        wait_for(lambda: "tiny-second" in served(), timeout=180)
+        body = {"model": "tiny-second", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        reply = httpx.post(f"{up.base_url}/v1/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+
+
 def test_the_api_line_is_printed_once_the_api_answers(up: Up) -> None:
     up.wait_serving()
     # at once, no retry: the line said the API serves

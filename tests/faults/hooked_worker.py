@@ -9,6 +9,8 @@ fault suite injects from outside the code under test. Test-only: nothing in the 
   error (an illegal memory access, a lost GPU) does: vLLM's step fails.
 - ``QCTEST_OOM_FILE`` (vLLM engine): once this file exists, the next forward pass raises torch's OutOfMemoryError,
   as CUDA does when a batch does not fit, and removes the file (one step runs out of memory).
+- ``QCTEST_FAIL_ADMISSION_PUBLISH``: the Nth publish that carries a job's ``accepted`` event fails once with a
+  connection error before anything is sent, as when the worker's connection drops at that moment.
 """
 
 from __future__ import annotations
@@ -72,6 +74,26 @@ def _out_of_memory() -> Exception:
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (test fault)")
 
 
+def _fail_admission_publish(nth: int) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from broker.consumer import JobConsumer
+    from broker.schemas import Accepted
+
+    publish = JobConsumer.publish
+    seen = 0
+
+    def publish_or_fail(self: JobConsumer, events: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal seen
+        if any(isinstance(event, Accepted) for _, event in events):
+            seen += 1
+            if seen == nth:
+                raise RedisConnectionError("injected: the connection dropped during this publish")
+        return publish(self, events, *args, **kwargs)
+
+    JobConsumer.publish = publish_or_fail  # type: ignore[method-assign]
+
+
 def main() -> None:
     if mark := os.environ.get("QCTEST_CRASH_MARK"):
         _crash_on(mark)
@@ -81,6 +103,8 @@ def main() -> None:
         _vllm_forward_raises(path, _device_error, once=False)
     if path := os.environ.get("QCTEST_OOM_FILE"):
         _vllm_forward_raises(path, _out_of_memory, once=True)
+    if nth := os.environ.get("QCTEST_FAIL_ADMISSION_PUBLISH"):
+        _fail_admission_publish(int(nth))
     from workers.main import main as worker_main
 
     worker_main()

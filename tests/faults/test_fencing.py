@@ -5,6 +5,9 @@ publish that failed is sent again with the same ``seq``s (none is burnt): every 
   continues them; after SIGCONT the first one's stale events for those jobs are refused by Redis, and it
   stops them (before, it went on generating, publishing and completing them beside the second worker).
 - A worker's own Redis connection cut for 1 s mid-generation (a proxy between it and Redis): its requests complete.
+- A worker's publish of a job's admission (its ``accepted`` event) fails as its connection drops: the events are
+  sent again with the same ``seq``s, and the request completes (before, they were dropped after their ``seq`` was
+  used, and the request failed with ``event_gap``).
 """
 
 from __future__ import annotations
@@ -118,3 +121,21 @@ async def test_a_one_second_cut_of_a_workers_connection_fails_none_of_its_reques
         proxy.close()
     print(f"\n1 s cut: {[r if isinstance(r, str) else r[:2] for r in results]}")
     assert results == [("length", max_tokens, reference)] * REQUESTS
+
+
+async def test_a_failed_admission_publish_burns_no_seq(cluster: Cluster) -> None:
+    max_tokens = 64
+    # the second admission's publish fails (the first is the reference request's)
+    env = {"QCTEST_FAIL_ADMISSION_PUBLISH": "2"}
+    cluster.start_worker("worker", slots=REQUESTS, module="tests.faults.hooked_worker", env=env)
+    base_url = cluster.start_api()
+    cluster.wait_workers(1)
+    reference = await _reference(base_url, max_tokens)
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        try:
+            reply = await c.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=max_tokens, temperature=0)
+        except openai.APIStatusError as exc:
+            raise AssertionError(f"the request failed: {exc.status_code} {exc.body}") from None
+    assert "injected: the connection dropped" in cluster.log_text("worker"), "the fault tested nothing"
+    assert reply.usage is not None and reply.usage.completion_tokens == max_tokens
+    assert (reply.choices[0].finish_reason, reply.choices[0].message.content) == ("length", reference)

@@ -4,19 +4,25 @@ timeout; beyond the connection limit a request is a clean 503; normal requests a
 from __future__ import annotations
 
 import http.client
+import resource
 import select
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from tests.conftest import free_port, wait_for
-from tests.faults.conftest import Cluster
+from tests.faults.conftest import REPO, Cluster
 
 SLOW_SOCKETS = 40
 LIMIT = 20
 HEADER_TIMEOUT = 2
 HTTPX_KEEPALIVE_EXPIRY = 5.0  # httpx.Limits' default keepalive_expiry
+CAPPED = 8  # the connection limit of the cap test: held by that many slow sockets
+LOW_SOFT_FILES = 256  # the soft open-file limit the cap test's API starts with (the hard one stays)
 
 
 def test_slow_clients_are_cut_and_normal_requests_served(cluster: Cluster) -> None:
@@ -97,3 +103,53 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_pools(cluster: Clust
         assert sock.recv(4096) == b""
     finally:
         conn.close()
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    """(soft, hard) open-file limits of a process, as the kernel holds them."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_beyond_the_connection_limit_a_request_is_a_clean_503_and_the_file_limit_is_raised(cluster: Cluster) -> None:
+    """The connection cap on its own (a header timeout long enough that it closes nothing here): with the limit's
+    worth of slow sockets open, a normal request is refused at once with a 503, and served again once they close.
+    The API started under a low soft open-file limit raises it to the hard one, so the cap, not the descriptors,
+    is what runs out first (1,100 slow sockets under a soft limit of 1,024 left no request served)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > LOW_SOFT_FILES, "the hard open-file limit is too low to test"
+    port = free_port()
+    log = (cluster.logs / "api.log").open("ab")
+    api = subprocess.Popen(
+        [
+            sys.executable, "-m", "queuechat", "api", "--port", str(port), "--log-level", "info",
+            "--limit-concurrency", str(CAPPED), "--header-timeout", "600",
+        ],
+        env=cluster.env, cwd=REPO, stdout=log, stderr=log,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT_FILES, hard)),
+    )  # fmt: skip
+    cluster.processes.append(api)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base_url}/health", timeout=1).status_code == 200, timeout=60)
+    soft_now, hard_now = _open_files_limits(api.pid)
+    assert soft_now == hard_now, f"the API kept a soft open-file limit of {soft_now} (hard {hard_now})"
+    assert httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200  # so a 503 below is the cap's
+
+    slow = []
+    try:
+        for _ in range(CAPPED):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and never the end of the head
+            slow.append(sock)
+        # the server counts a connection once its loop has accepted it: until all are counted, one may get through
+        wait_for(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 503, timeout=30)
+    finally:
+        for sock in slow:
+            sock.close()
+    # once the slow ones are gone, requests are served again
+    wait_for(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=30)
+    assert httpx.get(f"{base_url}/v1/models", timeout=10).json()["object"] == "list"
+    assert "Traceback" not in cluster.log_text("api")

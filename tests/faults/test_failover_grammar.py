@@ -97,7 +97,8 @@ async def _strike_mid_stream(cluster: Cluster, victim: subprocess.Popen[bytes], 
     cluster.wait_workers(2)
     client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=180)
     try:
-        reference = [await _reference(client, number) for number in range(len(PROMPTS))]
+        # at once: fault-free, and greedy text does not depend on what else is batched (the streams below rely on it)
+        reference = list(await asyncio.gather(*(_reference(client, number) for number in range(len(PROMPTS)))))
         outcomes = [Stream(number) for number in range(STREAMS)]
         tasks = []
         for outcome in outcomes:  # staggered, so the fault finds each stream at another token

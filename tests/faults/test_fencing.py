@@ -52,7 +52,10 @@ async def _reference(base_url: str, max_tokens: int) -> str:
 
 
 async def test_a_worker_back_from_a_25_s_stall_publishes_nothing_for_jobs_taken_over(cluster: Cluster) -> None:
-    max_tokens = 1500
+    # Long enough that the 6 jobs still run when the stalled worker is stopped (a heartbeat or so after they all
+    # started: ~90 tokens in), short enough that the second worker's one-after-another continuation of half of
+    # them, the stall's length, stays well inside the worker's 30 s wedge limit on a loaded machine.
+    max_tokens = 600
     stalled = cluster.start_worker("worker-a", slots=REQUESTS)
     # One slot: the second worker continues the taken-over jobs one after another, so some are still running on it
     # (and others still left to the stalled one) when the stalled worker comes back.
@@ -94,7 +97,9 @@ async def test_a_worker_back_from_a_25_s_stall_publishes_nothing_for_jobs_taken_
 
 
 async def test_a_one_second_cut_of_a_workers_connection_fails_none_of_its_requests(cluster: Cluster) -> None:
-    max_tokens = 2000
+    # Long enough that the jobs still generate through the cut (0.5 s after they all run, for 1 s): on two cores
+    # the 6 take several seconds together.
+    max_tokens = 800
     target = urlparse(cluster.redis_url)
     proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 6379)
     proxy.start()

@@ -1,4 +1,5 @@
-"""The ACL rules of broker.acl are enough to serve: a worker, the API and info each run as their own Redis user."""
+"""The ACL rules of broker.acl are enough to serve: a worker, the API, a batch worker and info each run as their own
+Redis user."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from broker.monitor import Snapshot
 from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.settings import Settings, parse_wait_for_worker
 from queuechat.cli import app
+from tests.batch_support import BatchWorkers, batch_settings_of, chat_lines, results, upload, wait_batch
 from tests.conftest import ApiServer, RunningWorker, wait_for
+from tests.integration.test_batches import openai_client
 from tests.integration.test_info import _job
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -77,6 +80,50 @@ def test_each_role_serves_with_its_own_user(
 
     snap = wait_for(info)
     assert [q.model for q in snap.queues] == ["tiny"] and len(snap.workers) == 1
+
+
+def test_a_batch_runs_with_the_front_and_batch_users(
+    settings: Settings,
+    role_urls: dict[str, str],
+    tmp_path: Path,
+    start_worker: Callable[..., RunningWorker],
+    start_api: Callable[..., ApiServer],
+) -> None:
+    """The Batch API's routes run as the front user (upload, create, cancel a batch no batch worker took yet) and
+    ``queuechat batch-worker`` as the batch user, and none of their commands is refused along the way."""
+    assert settings.redis_url
+    admin = sync_client(settings.redis_url)
+    batches = batch_settings_of(settings, tmp_path / "files")
+    start_worker(settings_=settings.model_copy(update={"redis_url": role_urls["worker"]}))
+    api = start_api(batches.model_copy(update={"redis_url": role_urls["front"]}))
+    wait_for(lambda: httpx.get(f"{api.base_url}/v1/models").json()["data"])
+    client = openai_client(api)
+    file_id = upload(client, chat_lines(3))
+    create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    early = client.batches.create(**create)
+    assert client.batches.cancel(early.id).status == "cancelled"  # its rq job taken off the queue by the front user
+    workers = BatchWorkers(batches.model_copy(update={"redis_url": role_urls["batch"]}), tmp_path)
+    try:
+        workers.start()
+        batch = wait_batch(client, client.batches.create(**create).id)
+        assert batch.status == "completed", workers.log_text()
+        answered = sorted(r["custom_id"] for r in results(client, batch.output_file_id))
+        assert answered == [f"request-{i}" for i in range(3)]
+        wait_for(lambda: "Job OK" in workers.log_text())  # rq has recorded the run's end
+    finally:
+        workers.settings = batches  # the test's own user deletes the queue
+        workers.stop()
+    refused = {
+        (entry["username"], entry["object"])
+        for entry in admin.acl_log()
+        if str(entry["username"]).startswith(f"{settings.key_prefix}-")
+    }
+    assert {object_ for _, object_ in refused} <= {"client|setinfo"}, refused  # (redis-py carries on without it)
+    batch_user = redis.Redis.from_url(role_urls["batch"])
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        batch_user.hincrby(Keys(settings.key_prefix).stats("tiny"), "completed", 1)  # counting is the workers' job
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        batch_user.flushall()
 
 
 def test_the_front_user_declares_a_model_scaled_from_zero(

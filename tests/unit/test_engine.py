@@ -146,3 +146,40 @@ def test_the_fast_path_is_off_outside_the_tested_transformers_range(tiny: tuple[
     assert "9.0.0" in why and "outside the tested range" in why
     assert not backend.fast_path_status(tiny[0], installed="5.19.0")[0]
     assert backend.fast_path_status(tiny[0], installed="5.24.0")[0]
+
+
+def test_a_sequence_added_again_right_after_its_cancel_answers_as_alone(tiny: tuple[Any, Any]) -> None:
+    """A worker that stopped a job (fenced, or its client left) may take the same job back at once and add its
+    sequence under the same seq id while the manager still holds the first request: the second must answer as
+    if alone, with no engine failure, and none of the first's late outputs may be taken for the second's."""
+    model, tokenizer = tiny
+    prompt = tokenizer.encode("workers read streams and publish tokens")
+    expected = generate(model, tokenizer, "workers read streams and publish tokens", 8)
+    engine = ContinuousBatchingEngine(model, tokenizer, EngineConfig(slots=8, num_blocks=64))
+    errors: list[str] = []
+    try:
+        for trial in range(12):
+            engine.add(GenerationRequest("job/0", prompt, max_new_tokens=40, temperature=0.0))
+            engine.add(GenerationRequest(f"other/{trial}", prompt, max_new_tokens=4, temperature=0.0))
+            others_done = 0
+            for _ in range(trial % 4):  # cancelled at different points: queued, prefilling, decoding
+                for update in engine.poll(timeout=0.05):
+                    errors += [update.error] if update.error else []
+                    others_done += update.finished and update.seq_id != "job/0"
+            engine.cancel("job/0")
+            engine.add(GenerationRequest("job/0", prompt, max_new_tokens=8, temperature=0.0))
+            again: list[int] = []
+            finished: set[str] = set()
+            deadline = time.monotonic() + 60
+            while len(finished) + others_done < 2 and time.monotonic() < deadline:
+                for update in engine.poll(timeout=0.05):
+                    errors += [update.error] if update.error else []
+                    if update.seq_id == "job/0":
+                        again += update.token_ids
+                    if update.finished:
+                        finished.add(update.seq_id)
+            assert "job/0" in finished, f"trial {trial}: the sequence added again never finished"
+            assert again == expected, f"trial {trial}"
+    finally:
+        engine.close()
+    assert errors == []

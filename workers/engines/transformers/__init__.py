@@ -14,6 +14,7 @@ transformers' own code and says so once in the log.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -127,8 +128,14 @@ class ContinuousBatchingEngine:
         # A request longer than the whole cache kills the manager's loop for everyone: refuse it up front.
         self.max_model_len = min(int(positions), num_blocks * config.page_size)
         self._lock = threading.Lock()
-        self._sent: dict[str, int] = {}  # seq id -> tokens already reported
-        self._recorded: set[str] = set()  # seq ids whose logprobs come from our recorder
+        # The manager's request ids are the worker's seq ids made unique per add (``<seq id>#<n>``): a job a worker
+        # stopped (fenced, cancelled) and then took back is added again under the same seq id while the manager
+        # may still hold the first request (its scheduler failed with a KeyError on the second, and the first's
+        # queued outputs would have been taken for the second's).
+        self._request_numbers = itertools.count()
+        self._request_of: dict[str, str] = {}  # seq id -> the manager's request id of its live request
+        self._sent: dict[str, int] = {}  # the manager's request id -> tokens already reported
+        self._recorded: set[str] = set()  # request ids whose logprobs come from our recorder
         self._failed: list[SeqUpdate] = []  # sequences lost with a dead generation loop, reported by poll
         self.fast_path = _install_fast_path(model)
         prefix.install()  # counts each prompt's tokens found in the prefix cache
@@ -180,6 +187,7 @@ class ContinuousBatchingEngine:
         if total > self.max_model_len:
             raise ValueError(f"{total} tokens exceed this engine's limit of {self.max_model_len}")
         self._check_loop()
+        request_id = f"{request.seq_id}#{next(self._request_numbers)}"
         greedy = request.temperature <= GREEDY_TEMPERATURE
         sampling_kwargs: dict[str, Any] = {sampling.TOP_K_KWARG: 1}  # top-k 1: greedy, left to the manager's argmax
         if not greedy:
@@ -195,20 +203,21 @@ class ContinuousBatchingEngine:
         if request.penalties is not None and request.penalties != (1.0, 0.0, 0.0):
             sampling_kwargs[processors.PENALTIES_KWARG] = tuple(float(p) for p in request.penalties)
         if request.grammar is not None:
-            self._extras.grammar.register(request.seq_id, request.grammar, request.grammar_prefix)
+            self._extras.grammar.register(request_id, request.grammar, request.grammar_prefix)
             sampling_kwargs[processors.GRAMMAR_KWARG] = request.grammar
         ends = (set() if request.ignore_eos else set(self.eos_token_ids)) | set(request.stop_token_ids)
         rules = processors.Rules.of(request.logit_bias, request.allowed_token_ids, request.min_tokens, ends)
         if rules is not None:
-            self._extras.rules.register(request.seq_id, rules)
+            self._extras.rules.register(request_id, rules)
             sampling_kwargs[processors.RULES_KWARG] = 1
         with self._lock:
-            self._sent[request.seq_id] = 0
+            self._sent[request_id] = 0
+            self._request_of[request.seq_id] = request_id
             if request.logprobs is not None:
-                self._recorded.add(request.seq_id)
+                self._recorded.add(request_id)
         added = self._manager.add_request(
             request.prompt_ids,
-            request_id=request.seq_id,
+            request_id=request_id,
             max_new_tokens=request.max_new_tokens,
             streaming=True,
             # the manager takes None for its generation config's EOS; -1 is none at all (ignore_eos)
@@ -217,8 +226,9 @@ class ContinuousBatchingEngine:
         )
         if added is None:
             with self._lock:
-                self._sent.pop(request.seq_id, None)
-            self._release(request.seq_id)
+                self._sent.pop(request_id, None)
+                self._forget(request.seq_id, request_id)
+            self._release(request_id)
             raise RuntimeError("the engine refused the request (its generation loop is stopping)")
 
     def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
@@ -237,16 +247,22 @@ class ContinuousBatchingEngine:
 
     def cancel(self, seq_id: str) -> None:
         with self._lock:
-            known = self._sent.pop(seq_id, None) is not None
-        if known:
-            self._manager.cancel_request(seq_id)
-            self._release(seq_id)
+            request_id = self._request_of.pop(seq_id, None)
+            known = request_id is not None and self._sent.pop(request_id, None) is not None
+        if request_id is not None and known:
+            self._manager.cancel_request(request_id)
+            self._release(request_id)
 
-    def _release(self, seq_id: str) -> None:
-        self._sampler.release(seq_id)
-        self._extras.release(seq_id)
-        self._recorded.discard(seq_id)
-        prefix.take(seq_id)
+    def _forget(self, seq_id: str, request_id: str) -> None:
+        """Drop ``seq_id``'s mapping if it is still ``request_id``'s (a later add may have replaced it)."""
+        if self._request_of.get(seq_id) == request_id:
+            del self._request_of[seq_id]
+
+    def _release(self, request_id: str) -> None:
+        self._sampler.release(request_id)
+        self._extras.release(request_id)
+        self._recorded.discard(request_id)
+        prefix.take(request_id)
 
     @property
     def running(self) -> int:
@@ -287,6 +303,7 @@ class ContinuousBatchingEngine:
                 sent = self._sent.get(out.request_id)
                 if sent is None:  # cancelled: the manager may still deliver what it had queued
                     continue
+                seq_id = out.request_id.rpartition("#")[0]
                 tokens = list(out.generated_tokens[sent:])
                 logprobs = list(out.logprobs[sent : sent + len(tokens)]) if out.logprobs else None
                 top: list[list[tuple[int, float]]] | None = None
@@ -299,12 +316,13 @@ class ContinuousBatchingEngine:
                 cached = prefix.take(out.request_id)  # before _release forgets it
                 if finished:
                     del self._sent[out.request_id]
+                    self._forget(seq_id, out.request_id)
                     self._release(out.request_id)
                 else:
                     self._sent[out.request_id] = sent + len(tokens)
                 updates.append(
                     SeqUpdate(
-                        seq_id=out.request_id,
+                        seq_id=seq_id,
                         token_ids=tokens,
                         logprobs=logprobs,
                         top_logprobs=top,
@@ -321,8 +339,9 @@ class ContinuousBatchingEngine:
             return
         fatal = self._manager.background_thread_status.fatal_error
         with self._lock:
-            lost = list(self._sent)
+            lost = [request_id.rpartition("#")[0] for request_id in self._sent]
             self._sent.clear()
+            self._request_of.clear()
         log.error("the generation loop stopped (%s); failing %d sequences and restarting it", fatal, len(lost))
         self._manager = self._start_manager()
         self._failed += [

@@ -209,3 +209,20 @@ def test_an_agent_required_to_call_a_tool_with_nested_parameters(stack: Stack) -
     assert len(booked) == 1 and booked[0].name in ("Ann", "Bob")
     assert [item.type for item in result.new_items] == ["tool_call_item", "tool_call_output_item"]
     assert str(result.final_output).startswith("booked a ")
+
+
+def test_a_pydantic_ai_agent_with_a_nested_output_model(stack: Stack) -> None:
+    """pydantic-ai, unchanged, on its OpenAI chat model: a pydantic output_type becomes an output tool it forces
+    with tool_choice "required", and a nested model puts a local $ref into $defs in that tool's parameters (a 400
+    before "required" resolved them)."""
+    from pydantic_ai import Agent  # the pydantic-ai-slim package (test extra)
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    client = openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    model = OpenAIChatModel("tiny", provider=OpenAIProvider(openai_client=client))
+    # the tiny model is random: the grammar of the forced call is what makes its output a valid Booking
+    agent = Agent(model, output_type=Booking, instructions="Book the room.", retries=0)
+    result = agent.run_sync("Book a room for Ann.", model_settings={"max_tokens": 80, "temperature": 0})
+    assert isinstance(result.output, Booking) and result.output.guest.name in ("Ann", "Bob")
+    Booking.model_validate(result.output.model_dump())

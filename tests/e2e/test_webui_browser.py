@@ -195,7 +195,7 @@ def test_chat_streams_stops_and_logs_votes(page: Any, served: Served, settings: 
     expect(bot).to_have_count(1)
 
     # Clear while an answer streams: once the reply has wound down the page is empty and ready, not redrawn by a
-    # late frame. (That Clear cancels the job is test_webui's; here a busy browser may click only after the end.)
+    # late frame. (That Clear cancels the job is test_webui_chat's; here a busy browser may click only after the end.)
     set_max_tokens(page, 3968)  # as long as the context allows after the first turn
     page.locator("#chat-input textarea").fill("Another long story")
     page.locator("#chat-send").click()

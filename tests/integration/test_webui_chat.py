@@ -1,76 +1,32 @@
-"""The web UI's chat logic with the tiny model through a real Redis: replies, Stop, side by side, the error
-messages a person sees, limits, the status strip and the vote log. The browser drives it in test_webui_browser."""
+"""The web UI's chat logic with the tiny model through a real Redis: replies, Stop and Clear, side by side, the
+error messages a person sees, a reasoning model's thinking, restarts, and the limits on input and turns. The browser
+drives it in test_webui_browser."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from broker.connection import async_client, sync_client
-from broker.consumer import JobConsumer
 from broker.keys import Keys
 from broker.producer import Producer
-from broker.registry import WorkerCard, WorkerRegistration, WorkerStatus
 from broker.schemas import Accepted, Delta, Done, FinishReason, Job, JobKind, Usage
 from broker.settings import Settings
-from tests.conftest import RunningWorker, free_port, wait_for
-from tests.integration.test_acl import role_urls  # noqa: F401  # the fixture: a Redis user per role
+from tests import webui_support
+from tests.conftest import RunningWorker, wait_for
 from tests.integration.test_reasoning import think_template
+from tests.webui_support import answer, idle_model, started
 from webui.chat import ChatSession, InputRejected, Params, Shown, reply, side_by_side
-from webui.main import parse_auth_file
-from webui.status import ModelLoad, model_loads, status_line, status_markdown
 from webui.tabs import chatbot_value
-from webui.votes import VoteLog
 
-
-@pytest.fixture
-async def producer(settings: Settings) -> AsyncIterator[Producer]:
-    assert settings.redis_url
-    producer = Producer(async_client(settings.redis_url), settings)
-    try:
-        yield producer
-    finally:
-        await producer.close()
-
-
-def idle_model(settings: Settings, model: str, *, live: bool) -> JobConsumer:
-    """A model whose stream exists but that nobody consumes: with ``live``, a registered worker that never reads
-    (its queue only grows); without, a model whose workers are all gone."""
-    assert settings.redis_url
-    keys = Keys(settings.key_prefix)
-    client = sync_client(settings.redis_url)
-    consumer = JobConsumer(client, keys, [model], f"{model}-worker")
-    consumer.ensure_groups()
-    if live:
-        card = WorkerCard(id=f"{model}-worker", models=[model], slots=2)
-        WorkerRegistration(client, keys, card, ttl=60).heartbeat(WorkerStatus())
-    return consumer
-
-
-async def started(
-    start_worker: Callable[..., RunningWorker], producer: Producer, names: str = "tiny", **options: Any
-) -> RunningWorker:
-    """A tiny worker, once the registry lists it."""
-    running = start_worker(names, **options)
-    deadline = time.monotonic() + 30
-    while not set(names.split(",")) <= set(await producer.live_models()):
-        assert time.monotonic() < deadline, "the worker did not register"
-        await asyncio.sleep(0.05)
-    return running
-
-
-async def answer(session: ChatSession, producer: Producer) -> None:
-    async for _ in reply(session, producer, timeout=60):
-        pass
+# The shared fixture, bound here so pytest finds it in this module (an import of it would trip ruff's F811 at
+# every test that takes it).
+producer = webui_support.producer
 
 
 async def test_a_conversation_streams_and_carries_its_history(
@@ -326,130 +282,3 @@ def test_regenerate_replaces_the_last_answer() -> None:
     again = session.retry("tiny-b", Params(max_tokens=16))
     assert again is not None and session.turns == [again]
     assert (again.user, again.model, again.answer, again.params.max_tokens) == ("Hello", "tiny-b", "", 16)
-
-
-async def test_status_counts_workers_running_and_waiting_jobs(
-    settings: Settings, producer: Producer, start_worker: Callable[..., RunningWorker]
-) -> None:
-    await started(start_worker, producer)
-    idle_model(settings, "busy", live=True)
-    for priority in (0, 0, 0, 2):  # priority 2: a stream of its own (fair queuing), counted with the model's
-        job = Job(kind=JobKind.CHAT, model="busy", messages=[], deadline=time.time() + 30, priority=priority)
-        await producer.submit(job)
-    loads = {m.model: m for m in await model_loads(producer)}
-    assert (loads["busy"].workers, loads["busy"].running, loads["busy"].waiting) == (1, 0, 4)
-    assert (loads["tiny"].workers, loads["tiny"].waiting) == (1, 0)
-    assert "**busy**: 1 worker, 0 running, 4 waiting" in status_markdown(list(loads.values()))
-    assert status_markdown([]).startswith("No worker is serving any model right now")
-
-
-def test_votes_append_one_json_line_per_vote_to_a_file_per_day(tmp_path: Path) -> None:
-    log = VoteLog(tmp_path / "votes")
-    session = ChatSession(system_prompt="Be kind.")
-    turn = session.ask("Hello", "tiny", Params(temperature=0.3, top_p=0.9, max_tokens=32))
-    turn.answer, turn.finished = "Hi!", time.time()
-    path = log.chat_vote("upvote", session, "10.0.0.7")
-    other = ChatSession()
-    other.ask("Hello", "tiny-b", Params()).answer = "Hey"
-    assert log.compare_vote("tievote", session, other, None) == path
-    assert path.name == f"{time.strftime('%Y-%m-%d', time.gmtime())}-conv.json"
-    up, tie = (json.loads(line) for line in path.read_text().splitlines())
-    assert (up["type"], up["model"], up["ip"]) == ("upvote", "tiny", "10.0.0.7")
-    (logged,) = up["state"]["turns"]
-    assert (logged["user"], logged["answer"], logged["params"]) == (
-        "Hello",
-        "Hi!",
-        {"temperature": 0.3, "top_p": 0.9, "max_tokens": 32},
-    )
-    assert logged["started"] <= logged["finished"] <= up["tstamp"]
-    assert up["state"]["system_prompt"] == "Be kind." and up["state"]["conversation_id"] == session.id
-    assert (tie["type"], tie["models"]) == ("tievote", ["tiny", "tiny-b"])
-    with pytest.raises(ValueError):
-        log.chat_vote("leftvote", session, None)
-
-
-def test_auth_file_in_fastchat_format(tmp_path: Path) -> None:
-    creds = tmp_path / "auth"
-    creds.write_text("alice:wonder, bob:builder\n")
-    assert parse_auth_file(creds) == [("alice", "wonder"), ("bob", "builder")]
-
-
-def test_webui_command_has_fastchat_flags() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "queuechat", "webui", "--help"], capture_output=True, text=True, timeout=120
-    ).stdout
-    for flag in ("--host", "--port", "--share", "--model-list-mode", "--gradio-auth-path", "--concurrency-count",
-                 "--redis-url"):  # fmt: skip
-        assert flag in out
-
-
-def test_standalone_server_asks_for_the_login_of_the_auth_file(settings: Settings, tmp_path: Path) -> None:
-    """``python -m webui`` on its own port; with ``--gradio-auth-path`` nothing but the login page is served
-    until a listed user logs in."""
-    assert settings.redis_url
-    creds = tmp_path / "auth"
-    creds.write_text("alice:wonder")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    args = ["--port", str(port), "--redis-url", settings.redis_url, "--gradio-auth-path", str(creds)]
-    log = (tmp_path / "webui.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "webui", *args], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: httpx.get(f"{base}/", timeout=2).status_code == 200, timeout=120, interval=0.2)
-        assert httpx.get(f"{base}/config", timeout=5).status_code == 401
-        with httpx.Client(base_url=base, timeout=5) as client:
-            assert client.post("/login", data={"username": "alice", "password": "nope"}).status_code == 400
-            assert client.post("/login", data={"username": "alice", "password": "wonder"}).status_code == 200
-            config = client.get("/config").json()
-        assert config["title"] == "queuechat" and not config["analytics_enabled"]
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
-
-
-@pytest.mark.parametrize("mode", ["once", "reload"])
-async def test_model_list_modes(settings: Settings, mode: str, tmp_path: Path) -> None:
-    """``once`` keeps the models seen at the first page load (the ↻ button still reads them afresh);
-    ``reload`` reads the registry at every load."""
-    from webui.backend import Backend
-    from webui.settings import WebUISettings
-
-    backend = Backend(settings, WebUISettings(model_list_mode=mode, log_dir=tmp_path))
-    try:
-        idle_model(settings, "first", live=True)
-        assert await backend.models(fresh=False) == ["first"]
-        idle_model(settings, "second", live=True)
-        expected = ["first"] if mode == "once" else ["first", "second"]
-        assert await backend.models(fresh=False) == expected
-        assert await backend.models(fresh=True) == ["first", "second"]
-    finally:
-        await backend.close()
-
-
-async def test_the_front_acl_role_is_enough_for_the_web_ui(
-    settings: Settings,
-    role_urls: dict[str, str],  # noqa: F811  # the fixture imported from test_acl
-    start_worker: Callable[..., RunningWorker],
-) -> None:
-    """The web UI is a front server: with the ``front`` Redis user it answers and shows the status strip."""
-    start_worker(settings_=settings.model_copy(update={"redis_url": role_urls["worker"]}))
-    front = settings.model_copy(update={"redis_url": role_urls["front"]})
-    producer = Producer(async_client(role_urls["front"]), front)
-    try:
-        deadline = time.monotonic() + 30
-        while "tiny" not in await producer.live_models():
-            assert time.monotonic() < deadline, "the worker did not register"
-            await asyncio.sleep(0.05)
-        session = ChatSession()
-        session.ask("Hello", "tiny", Params(max_tokens=8))
-        await answer(session, producer)
-        assert session.turns[0].answer and session.turns[0].error is None
-        # the worker acknowledges a job just after its last event, so the answer can be a moment ahead
-        deadline = time.monotonic() + 10
-        while (await model_loads(producer))[0] != ModelLoad("tiny", 1, 0, 0):
-            assert time.monotonic() < deadline, await model_loads(producer)
-            await asyncio.sleep(0.05)
-        assert (await status_line(producer)).startswith("**tiny**: 1 worker")
-    finally:
-        await producer.close()

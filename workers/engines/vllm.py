@@ -10,7 +10,8 @@ What maps onto vLLM's own parameters: temperature, top-p, top-k, per-request see
 top alternatives (of the raw logits, as OpenAI reports them), prompt logprobs, presence, frequency and repetition
 penalties, and grammars (JSON mode, JSON schemas, forced tool calls) through vLLM's structured outputs with the
 llguidance backend. What it cannot honour is refused with a :class:`~broker.errors.InvalidRequest` naming the
-parameter, which the worker answers with a 400.
+parameter, which the worker answers with a 400. That translation is workers/engines/vllm_requests.py, the outputs'
+into SeqUpdates workers/engines/vllm_outputs.py, the engine's configuration workers/engines/vllm_setup.py.
 
 When a step fails: an out-of-memory step (torch's OutOfMemoryError, CUDA's "out of memory") is its batch's problem,
 not the engine's: every sequence vLLM held then fails with that error (the worker answers ``out_of_memory``, a 503
@@ -32,7 +33,6 @@ import time
 import uuid
 from typing import Any
 
-from broker.errors import InvalidRequest
 from workers.engine import (
     EngineDead,
     GenerationRequest,
@@ -42,6 +42,8 @@ from workers.engine import (
     is_out_of_memory,
     sampling_defaults_of,
 )
+from workers.engines.vllm_outputs import kv_usage_of, token_logprobs, update_of
+from workers.engines.vllm_requests import check_top, sampling_params, scoring_params
 from workers.engines.vllm_setup import ConfigHolder, VllmConfig, check_version, engine_args, generation_config
 
 log = logging.getLogger(__name__)
@@ -112,41 +114,7 @@ class VllmEngine:
 
     def sampling_params(self, request: GenerationRequest) -> Any:
         """vLLM's SamplingParams for a request; InvalidRequest (a 400) for what vLLM cannot do."""
-        if request.logprobs is not None and request.logprobs > self.max_logprobs:
-            raise InvalidRequest(
-                f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
-            )
-        repetition, presence, frequency = request.penalties or (1.0, 0.0, 0.0)
-        try:
-            return self._sampling_params(request, repetition, presence, frequency)
-        except InvalidRequest:
-            raise
-        except ValueError as exc:  # vLLM's own checks (VLLMValidationError names the parameter)
-            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
-
-    def _sampling_params(self, request: GenerationRequest, repetition: float, presence: float, frequency: float) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
-        return SamplingParams(
-            max_tokens=request.max_new_tokens,
-            temperature=float(request.temperature),
-            top_p=float(request.top_p),
-            top_k=int(request.top_k or 0),
-            seed=request.seed,
-            stop_token_ids=list(request.stop_token_ids) or None,
-            logprobs=request.logprobs,
-            repetition_penalty=float(repetition),
-            presence_penalty=float(presence),
-            frequency_penalty=float(frequency),
-            structured_outputs=StructuredOutputsParams(grammar=lark_of(request.grammar)) if request.grammar else None,
-            ignore_eos=request.ignore_eos,
-            min_tokens=request.min_tokens,
-            logit_bias=dict(request.logit_bias) if request.logit_bias else None,
-            allowed_token_ids=list(request.allowed_token_ids) if request.allowed_token_ids else None,
-            detokenize=False,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        return sampling_params(request, self.max_logprobs)
 
     def share(self, slots: int) -> EngineView:
         """A view of this engine with its own outputs, for another worker in this process (tests run many
@@ -180,19 +148,14 @@ class VllmEngine:
     def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
         """Each prompt token's logprob given the tokens before it, with the ``top`` likeliest alternatives (the
         first has none): a one-token request with vLLM's prompt logprobs, waited for here."""
-        from vllm import SamplingParams
-
-        if top > self.max_logprobs:
-            raise InvalidRequest(
-                f"this worker reports at most {self.max_logprobs} alternatives per token", param="top_logprobs"
-            )
+        check_top(top, self.max_logprobs)
         if self.failure is not None:
             raise EngineDead(f"the vLLM engine stopped: {self.failure}")
         request_id = f"{SCORE_PREFIX}{uuid.uuid4().hex}"
         scoring = _Scoring()
         with self._lock:
             self._scoring[request_id] = scoring
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top, detokenize=False)
+        params = scoring_params(top)
         self._commands.put(("add", request_id, list(prompt_ids), params))
         if not scoring.done.wait(SCORE_TIMEOUT):
             self._commands.put(("abort", request_id))
@@ -203,7 +166,7 @@ class VllmEngine:
             raise RuntimeError(scoring.error)
         scored: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
         for token, position in zip(prompt_ids[1:], (scoring.output.prompt_logprobs or [None])[1:], strict=False):
-            chosen, alternatives = _token_logprobs(token, position, top)
+            chosen, alternatives = token_logprobs(token, position, top)
             scored.append((chosen, alternatives))
         return scored
 
@@ -296,7 +259,7 @@ class VllmEngine:
                     return
                 continue
             finally:
-                self._kv_usage = _kv_usage_of(engine)
+                self._kv_usage = kv_usage_of(engine)
             for output in outputs:
                 if output.finished:
                     self._held.discard(output.request_id)
@@ -358,27 +321,11 @@ class VllmEngine:
                     scoring.output = output
                     scoring.done.set()
             return None
-        completion = output.outputs[0]
-        tokens = list(completion.token_ids)
-        logprobs: list[float] | None = None
-        top: list[list[tuple[int, float]]] | None = None
-        if completion.logprobs is not None:
-            with self._lock:
-                wanted = self._top.get(request_id, 0)
-            pairs = [_token_logprobs(t, p, wanted) for t, p in zip(tokens, completion.logprobs, strict=False)]
-            logprobs = [chosen if chosen is not None else float("nan") for chosen, _ in pairs]
-            top = [alternatives for _, alternatives in pairs]
-        if output.finished:
-            with self._lock:
+        with self._lock:
+            wanted = self._top.get(request_id, 0)
+            if output.finished:
                 self._top.pop(request_id, None)
-        return SeqUpdate(
-            seq_id=request_id,
-            token_ids=tokens,
-            logprobs=logprobs,
-            top_logprobs=top,
-            finished=output.finished,
-            cached_tokens=getattr(output, "num_cached_tokens", None),  # the prefix cache's share of the prompt
-        )
+        return update_of(output, wanted)
 
     def _shed(self, engine: Any, exc: BaseException) -> None:
         """After a step that ran out of memory: fail and abort every request vLLM held (the step's batch, and what
@@ -413,30 +360,6 @@ class VllmEngine:
             waiting.error = f"the vLLM engine stopped: {self.failure}"
             waiting.dead = True
             waiting.done.set()
-
-
-def _kv_usage_of(engine: Any) -> float | None:
-    """The used fraction of the KV cache, from the scheduler of vLLM's engine core in this process (LLMEngine's
-    InprocClient holds it as ``engine_core``); None where it lives in another process."""
-    core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
-    usage = getattr(getattr(core, "scheduler", None), "get_kv_cache_usage", None)
-    if not callable(usage):
-        return None
-    try:
-        return max(0.0, min(1.0, float(usage())))
-    except Exception:  # a metric is not worth a failed step
-        return None
-
-
-def _token_logprobs(token: int, position: Any, top: int) -> tuple[float | None, list[tuple[int, float]]]:
-    """(the token's logprob, the ``top`` likeliest alternatives best first) from vLLM's {token id: Logprob}."""
-    if not position:
-        return None, []
-    chosen = position.get(token)
-    ranked = sorted(
-        ((lp.rank, tid, lp.logprob) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top),
-    )
-    return (float(chosen.logprob) if chosen is not None else None), [(tid, float(lp)) for _, tid, lp in ranked]
 
 
 class EngineView:
@@ -481,23 +404,3 @@ class EngineView:
 
     def close(self) -> None:
         pass
-
-
-def lark_of(grammar: str) -> str:
-    """An llguidance grammar (the JSON form workers/grammar.py makes) as the Lark text vLLM's ``grammar`` takes:
-    vLLM reads a grammar string as Lark or GBNF only, and llguidance's Lark embeds a JSON schema as ``%json``."""
-    import json
-
-    try:
-        spec = json.loads(grammar)
-    except json.JSONDecodeError:
-        return grammar  # Lark or GBNF already
-    parts = spec.get("grammars") if isinstance(spec, dict) else None
-    if not isinstance(parts, list) or len(parts) != 1:
-        raise InvalidRequest("this grammar cannot be used with the vLLM engine", param="response_format")
-    part = parts[0]
-    if part.get("json_schema") is not None:
-        return "start: %json " + json.dumps(part["json_schema"])
-    if part.get("lark_grammar"):
-        return str(part["lark_grammar"])
-    raise InvalidRequest("this grammar cannot be used with the vLLM engine", param="response_format")

@@ -145,7 +145,7 @@ def test_the_table_covers_every_json_route_with_statuses_the_api_documents() -> 
     # Anthropic's Messages API answers in its own error shape, and the Responses API has a table of its own
     from tests.integration.test_anthropic import BAD_REQUESTS as MESSAGES_BAD
     from tests.integration.test_anthropic import COUNT_TOKENS_BAD_REQUESTS
-    from tests.integration.test_responses import BAD_REQUESTS as RESPONSES_BAD
+    from tests.integration.test_responses_bad_input import BAD_REQUESTS as RESPONSES_BAD
 
     elsewhere = {
         "/v1/messages": MESSAGES_BAD,

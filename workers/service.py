@@ -12,7 +12,8 @@ Redis, the engine or a clock: which read entries are settled at once and which s
 generation job's sequences and its share of the engine (workers/generation.py), what a job's events are
 (workers/relay.py), and the one count of outcomes behind the heartbeat's totals, the stats hashes
 and the metrics (workers/outcomes.py). Errors are the exceptions of broker/errors.py, sent as ``error`` events by
-``broker.schemas.error_event``.
+``broker.schemas.error_event``. Events and acknowledgements go out through the outbox (workers/outbox.py), which
+keeps them through a broker outage and fences each job's events by its stream entry.
 
 Every event also goes to the job's log (broker/eventlog.py). A job taken over from a dead (or stopped) worker is
 continued from that log: its prompt plus the tokens already sent, the same sampling parameters, the remaining
@@ -44,6 +45,7 @@ from workers.engine import EngineDead, SeqUpdate
 from workers.generation import Generation
 from workers.heartbeat import Heartbeat
 from workers.metrics import WorkerMetrics
+from workers.outbox import Outbox
 from workers.outcomes import Outcomes, outcome_of
 from workers.pacing import StreamInterval, TokenRate
 from workers.parsing import OutputParsers
@@ -92,12 +94,8 @@ class ModelWorker:
         self.orphan_grace = orphan_grace
         self.max_tokens_cap = max_tokens_cap
         self._orphaned: dict[str, float] = {}  # job id -> since when no front server listens to it
-        # events of engine steps a broker outage kept from going out: sent first once it is back, so no token is lost
-        self._unsent: list[tuple[str, AnyEvent]] = []
-        self._unsent_ended: set[str] = set()
-        self._unsent_owned: dict[str, Delivery | Malformed] = {}
-        # acknowledgements an outage kept from Redis: sent with the next ones, so no finished job stays pending
-        self._unacked: list[Delivery | Malformed] = []
+        # events and acknowledgements a broker outage kept from Redis, sent first once it is back
+        self.outbox = Outbox(consumer)
         self.vocab_size = len(tokenizer)
         # A prompt longer than this cannot fit the context: refused before it is tokenised (see longest_token_chars)
         context = backends.max_model_len
@@ -260,7 +258,7 @@ class ModelWorker:
 
     def _held_entries(self) -> set[tuple[str, str]]:
         """The stream entries this worker runs or has yet to acknowledge."""
-        held = [r.delivery for r in self.jobs.values()] + self._unacked
+        held = [r.delivery for r in self.jobs.values()] + self.outbox.unacked
         return {(item.stream, item.entry_id) for item in held}
 
     def _reclaim_due(self) -> bool:
@@ -361,7 +359,7 @@ class ModelWorker:
 
     def _relay(self, updates: list[SeqUpdate]) -> None:
         updates = self.stream_interval.ready(updates, self._started)
-        if not updates and not self._unsent:
+        if not updates and not self.outbox.has_unsent:
             return
         events: list[tuple[str, AnyEvent]] = []
         now = time.time()
@@ -406,25 +404,17 @@ class ModelWorker:
         ended: set[str],
         owned: dict[str, Delivery | Malformed] | None = None,
     ) -> tuple[list[tuple[str, AnyEvent]], list[int]]:
-        """Publish events (after any an outage held back), each job's only while its stream entry is still this
-        worker's (``owned``, else the running or just ended job's delivery): a job another worker took over while
-        this one was stalled or cut off gets nothing more from here, and is dropped (see :meth:`_fence`). When
-        the broker fails the events are kept and sent again with the same ``seq`` values at the next try (a
-        repeated append is recognised by the log, a repeated event dropped by front servers), so none is burnt."""
-        owners = {**self._unsent_owned, **(owned or {})}
-        for job_id, _ in events:
-            running = self.jobs.get(job_id) or self._ended.get(job_id)
-            if job_id not in owners and running is not None:
-                owners[job_id] = running.delivery
-        events, ended = self._unsent + events, self._unsent_ended | ended
-        try:
-            receivers = self.consumer.publish(events, ended=ended, owned=owners)
-        except RedisError:
-            self._unsent, self._unsent_ended, self._unsent_owned = events, ended, owners
-            raise
-        self._unsent, self._unsent_ended, self._unsent_owned = [], set(), {}
+        """Publish events through the outbox (after any an outage held back, see workers/outbox.py), each job's
+        only while its stream entry is still this worker's (``owned``, else the running or just ended job's
+        delivery): a job another worker took over while this one was stalled or cut off gets nothing more from
+        here, and is dropped (see :meth:`_fence`)."""
+        events, receivers = self.outbox.publish(events, ended, owned, self._delivery_of)
         self._fence({job_id for (job_id, _), n in zip(events, receivers, strict=True) if n == NOT_OWNER})
         return events, receivers
+
+    def _delivery_of(self, job_id: str) -> Delivery | None:
+        running = self.jobs.get(job_id) or self._ended.get(job_id)
+        return running.delivery if running is not None else None
 
     def _fence(self, taken: set[str]) -> None:
         """Stop running jobs whose stream entries another worker holds now (it took them over while this one did
@@ -439,18 +429,13 @@ class ModelWorker:
             log.warning("job %s was taken over by another worker; fenced: this worker stops it", job_id)
 
     def _ack(self, items: list[Delivery | Malformed]) -> None:
-        """Acknowledge finished entries (and those an outage held back), keeping them for the next try when the
-        broker fails: a finished job left pending to a live worker would stay pending forever. What was counted
-        since the last acknowledgement goes into the stats hashes with it, and into the metrics."""
+        """Acknowledge finished entries through the outbox (with those an outage held back, see
+        workers/outbox.py). What was counted since the last acknowledgement goes into the stats hashes with it,
+        and into the metrics."""
         counters = self.outcomes.take()
         if self.metrics is not None:
             self.metrics.count(counters)
-        items, self._unacked = self._unacked + items, []
-        try:
-            self.consumer.ack(items, counters)
-        except RedisError:
-            self._unacked = items
-            raise
+        self.outbox.ack(items, counters)
 
     def _to_cancel(self, unheard: set[str]) -> set[str]:
         """Of the running jobs nobody heard this step, those to cancel: the ones whose client hung up (its front
@@ -501,7 +486,7 @@ class ModelWorker:
                 time.time() - running.started,
             )
             record_job(running, outcome, self.consumer.consumer)
-        self._unacked += finished  # acknowledged below, or at the next try should the broker fail meanwhile
+        self.outbox.hold_acks(finished)  # acknowledged below, or at the next try should the broker fail meanwhile
         if notices:  # before the acknowledgement: a job's events go out only while its entry is pending here
             self._publish(notices, {j for j, _ in notices})
         self._ack([])
